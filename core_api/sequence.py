@@ -1,0 +1,67 @@
+"""A sequence: what one engine holds for one request's sub-request."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core_api.types import Request
+
+# What a sequence is for on this engine.
+GENERATE = "generate"  # start_generate: prefill the rest of the prompt, then decode
+SEND = "send"  # remote_send: compute KV of prompt[:target], ship [begin, target), never sample
+RECEIVE = "receive"  # prep_recv: pages reserved for KV that another engine writes
+
+# Where it is in its life.
+WAITING, RUNNING, RECEIVING, SENT, FINISHED, FAILED, ABORTED = (
+    "waiting", "running", "receiving", "sent", "finished", "failed", "aborted",
+)
+
+
+@dataclass(slots=True, eq=False)
+class Sequence:
+    req: Request
+    kind: str
+    target: int  # prompt tokens whose KV must exist before sampling (GENERATE) or finishing (SEND/RECEIVE)
+    begin: int = 0  # SEND: first token to ship; RECEIVE: first reserved token (= matched length)
+    pages: list[int] = field(default_factory=list)
+    num_computed: int = 0  # leading tokens whose KV is in `pages`
+    num_registered: int = 0  # leading full pages published to the prefix cache
+    num_cached: int = 0  # tokens the prefix cache served at admission
+    output: list[int] = field(default_factory=list)
+    token_times: list[float] = field(default_factory=list)
+    status: str = WAITING
+    finish_reason: str | None = None
+    deadline: float = float("inf")  # RECEIVE: when an unused reservation is reclaimed
+    reserved: int = 0  # RECEIVE: pages still counted as reserved (awaiting incoming KV)
+    matched: bool = False  # prefix cache consulted (once, at first admission)
+    handle: object = None  # the backend's notification object (stream, transfer)
+
+    @property
+    def id(self) -> str:
+        return self.req.id
+
+    @property
+    def prompt_len(self) -> int:
+        return self.req.prompt.shape[0]
+
+    @property
+    def known_len(self) -> int:
+        """Tokens whose ids are known: the prompt (or its target) plus sampled outputs."""
+        if self.kind == GENERATE:
+            return self.prompt_len + len(self.output)
+        return self.target
+
+    @property
+    def prefill_remaining(self) -> int:
+        """Prompt tokens still to compute (0 once decoding)."""
+        return max(0, self.target - self.num_computed)
+
+    def token_ids(self, start: int, stop: int) -> np.ndarray:
+        """Input ids of positions [start, stop): prompt, then sampled outputs."""
+        n = self.prompt_len
+        if stop <= n:
+            return self.req.prompt[start:stop]
+        head = self.req.prompt[start:n] if start < n else self.req.prompt[:0]
+        tail = np.asarray(self.output[max(0, start - n) : stop - n], dtype=np.int32)
+        return np.concatenate([head, tail])

@@ -1,0 +1,150 @@
+"""Plain data that crosses the strategy/engine boundary.
+
+Hot objects are slotted dataclasses (they live inside the simulator's loops); configs at the
+edges are pydantic models elsewhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    """How tokens are drawn. temperature == 0 means greedy (the default, and what tests use)."""
+
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    # The simulator has no vocabulary; a real engine stops at EOS unless told to ignore it.
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """One user request. `id` is the sequence id tying sub-requests together on an engine."""
+
+    id: str
+    prompt: np.ndarray  # int32 token ids
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    arrival_time: float = 0.0
+    # Workload bookkeeping only (which shared prefix the prompt starts with); engines never read it.
+    prefix_group: int | None = None
+    prefix_len: int = 0
+    # Chained page hashes by page size, filled lazily by core_api.hashing and shared by all engines.
+    _page_hashes: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        prompt = np.asarray(self.prompt)
+        if prompt.ndim != 1:
+            raise ValueError(f"request {self.id}: prompt must be a 1-D array of token ids")
+        if prompt.size == 0:
+            raise ValueError(f"request {self.id}: prompt is empty")
+        if prompt.dtype != np.int32:
+            if prompt.size and (prompt.min() < 0 or prompt.max() > np.iinfo(np.int32).max):
+                raise ValueError(f"request {self.id}: token ids must fit in int32")
+            prompt = prompt.astype(np.int32)
+        self.prompt = prompt
+
+    @property
+    def prompt_len(self) -> int:
+        return int(self.prompt.shape[0])
+
+    def resolve(self, index: int | None) -> int:
+        """Python-style prompt index -> absolute position: None = whole prompt, -1 = all but last."""
+        n = self.prompt_len
+        if index is None:
+            return n
+        pos = index + n if index < 0 else index
+        if not 0 <= pos <= n:
+            raise ValueError(f"request {self.id}: index {index} outside a prompt of {n} tokens")
+        return pos
+
+
+@dataclass(slots=True, frozen=True)
+class KVAddr:
+    """Where a receiver wants KV written: its page ids for tokens [begin, end) of the prompt."""
+
+    engine_id: str
+    page_ids: tuple[int, ...]
+    page_size: int
+    begin: int
+    end: int
+
+    def __post_init__(self) -> None:
+        need = -(-(self.end - self.begin) // self.page_size) if self.end > self.begin else 0
+        if self.begin % self.page_size:
+            raise ValueError(f"KVAddr begin {self.begin} is not page aligned (page size {self.page_size})")
+        if len(self.page_ids) != need:
+            raise ValueError(f"KVAddr holds {len(self.page_ids)} pages, tokens [{self.begin}, {self.end}) need {need}")
+
+
+@dataclass(slots=True)
+class TokenChunk:
+    """Tokens from one stream with the time each was produced (seconds on the runtime's clock)."""
+
+    token_ids: list[int]
+    times: list[float]
+    finished: bool = False
+    finish_reason: str | None = None  # "length", "stop", "abort"
+
+
+Status = Literal["ok", "failed", "aborted"]
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """Raw timestamps of one request; metrics are computed from these after the run."""
+
+    request_id: str
+    arrival_time: float
+    prompt_len: int
+    max_tokens: int
+    token_times: list[float] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    finish_time: float | None = None
+    status: Status = "ok"
+    reason: str | None = None
+    tags: dict = field(default_factory=dict)
+
+    @property
+    def first_token_time(self) -> float | None:
+        return self.token_times[0] if self.token_times else None
+
+    @property
+    def output_len(self) -> int:
+        return len(self.token_times)
+
+    def add(self, chunk: TokenChunk) -> None:
+        self.token_ids.extend(chunk.token_ids)
+        self.token_times.extend(chunk.times)
+
+    def to_dict(self) -> dict:
+        return {
+            "request_id": self.request_id,
+            "arrival_time": self.arrival_time,
+            "prompt_len": self.prompt_len,
+            "max_tokens": self.max_tokens,
+            "output_len": self.output_len,
+            "token_times": self.token_times,
+            "finish_time": self.finish_time,
+            "status": self.status,
+            "reason": self.reason,
+            "tags": self.tags,
+        }

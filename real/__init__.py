@@ -1,0 +1,1 @@
+"""Real backend: torch Llama-family model, paged KV attention, engine processes and KV transfer."""

@@ -1,0 +1,1 @@
+"""SimPy backend: simulated engines, links and cost models (never imports torch)."""

@@ -1,0 +1,177 @@
+"""Build a simulated cluster from a ClusterConfig and run a workload through a strategy."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import simpy
+
+from core_api import strategy as strategy_registry
+from core_api.metrics import summarize
+from core_api.types import Request, RequestRecord
+from core_api.workload import Workload
+from sim.config import ClusterConfig, EngineConfig
+from sim.cost_model import CostModel, FittedCostModel, RooflineCostModel
+from sim.engine import SimEngine
+from sim.hardware import get_gpu, get_model, kv_bytes_per_token, kv_pages_for
+from sim.network import LinkSpec, Network
+from sim.runtime import SimRuntime
+from core_api.scheduler import SchedulerConfig
+
+DEFAULT_LINK_LATENCY_S = 5e-6
+
+
+@dataclass
+class RunResult:
+    """What one simulation produced. `to_json()` is byte-identical for the same config and seed."""
+
+    config: dict
+    seed: int
+    cost_models: dict[str, dict]
+    records: list[RequestRecord]
+    engine_stats: dict[str, dict]
+    network_stats: dict[str, dict]
+    sim_time_s: float
+    wall_time_s: float = field(default=0.0, compare=False)  # not in the JSON: it varies run to run
+
+    def metrics(self, slos: dict | None = None) -> dict[str, float]:
+        return summarize(self.records, slos=slos)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "seed": self.seed,
+            "cost_models": self.cost_models,
+            "sim_time_s": self.sim_time_s,
+            "metrics": self.metrics(),
+            "engine_stats": self.engine_stats,
+            "network_stats": self.network_stats,
+            "records": [r.to_dict() for r in self.records],
+        }
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps(self.to_dict(), sort_keys=True, allow_nan=True)
+
+
+def build_cost_model(cluster: ClusterConfig, engine: EngineConfig) -> CostModel:
+    if cluster.cost_model == "roofline":
+        model = get_model(engine.model, engine.dtype)
+        return RooflineCostModel(engine.gpu, model, engine.tp, cluster.efficiency or None)
+    return FittedCostModel.from_profile(cluster.cost_model)
+
+
+class SimCluster:
+    """Engines, links and a strategy on one SimPy environment. One instance runs one workload."""
+
+    def __init__(self, cluster: ClusterConfig, strategy: strategy_registry.Strategy | None = None) -> None:
+        self.config = cluster
+        self.env = simpy.Environment()
+        self.runtime = SimRuntime(self.env)
+        self.network = Network(self.env, cluster.link or self._default_link(cluster),
+                               {(o.src, o.dst): LinkSpec(latency_s=o.latency_s, bandwidth_Bps=o.bandwidth_Bps)
+                                for o in cluster.links})
+        self.engines: dict[str, SimEngine] = {}
+        self.cost_models: dict[str, dict] = {}
+        for engine_id, ec in cluster.expanded():
+            cost = build_cost_model(cluster, ec)
+            self.cost_models[engine_id] = cost.describe()
+            self.engines[engine_id] = SimEngine(
+                self.env, engine_id, self._scheduler_config(ec), cost, self.network,
+                kv_bytes_per_token(get_model(ec.model, ec.dtype)), self.engines,
+            )
+        unknown = {o.src for o in cluster.links} | {o.dst for o in cluster.links}
+        unknown -= set(self.engines)
+        if unknown:
+            raise ValueError(f"links name unknown engines {sorted(unknown)}; engines are {sorted(self.engines)}")
+        self.strategy = strategy or strategy_registry.build(
+            cluster.strategy.name, list(self.engines.values()), self.runtime, cluster.strategy.params
+        )
+
+    @staticmethod
+    def _default_link(cluster: ClusterConfig) -> LinkSpec:
+        first = cluster.engines[0]
+        gpu = get_gpu(first.gpu)
+        return LinkSpec(latency_s=DEFAULT_LINK_LATENCY_S, bandwidth_Bps=gpu.nvlink_bandwidth_Bps * first.tp)
+
+    @staticmethod
+    def _scheduler_config(ec: EngineConfig) -> SchedulerConfig:
+        num_pages = ec.num_pages
+        if num_pages is None:
+            num_pages = kv_pages_for(get_gpu(ec.gpu), get_model(ec.model, ec.dtype), ec.tp, ec.page_size, ec.mem_util)
+        return SchedulerConfig(
+            num_pages=num_pages, page_size=ec.page_size, max_num_batched_tokens=ec.max_num_batched_tokens,
+            max_num_seqs=ec.max_num_seqs, max_model_len=ec.max_model_len,
+            reservation_timeout_s=ec.reservation_timeout_s,
+        )
+
+    def run(self, workload: Workload, seed: int = 0, config_echo: dict | None = None) -> RunResult:
+        wall0 = time.perf_counter()
+        records = [RequestRecord(r.id, r.arrival_time, r.prompt_len, r.sampling.max_tokens) for r in workload]
+        self.env.process(self._arrivals(workload, records))
+        self.env.run()
+        return RunResult(
+            config=config_echo if config_echo is not None else self.config.model_dump(mode="json"),
+            seed=seed,
+            cost_models=self.cost_models,
+            records=records,
+            engine_stats={eid: self._engine_stats(e) for eid, e in self.engines.items()},
+            network_stats=self.network.stats(),
+            sim_time_s=self.env.now,
+            wall_time_s=time.perf_counter() - wall0,
+        )
+
+    def _arrivals(self, workload: Workload, records: list[RequestRecord]):
+        env, process = self.env, self.runtime.process
+        for req, record in zip(workload, records):
+            if req.arrival_time > env.now:
+                yield env.timeout(req.arrival_time - env.now)
+            process(self._serve(req, record))
+
+    async def _serve(self, req: Request, record: RequestRecord) -> None:
+        """Run one request through the strategy; a failure is recorded and the run goes on."""
+        try:
+            async for chunk in self.strategy.generate(req):
+                record.add(chunk)
+        except Exception as exc:  # noqa: BLE001 - any failure of one request must not stop the run
+            record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"
+            for engine in self.engines.values():  # nothing a failed request held may leak
+                await engine.release(req.id)
+        record.finish_time = record.token_times[-1] if record.status == "ok" and record.token_times else self.env.now
+        tags = self.strategy.pop_tags(req.id)
+        if tags:
+            record.tags = tags
+
+    @staticmethod
+    def _engine_stats(engine: SimEngine) -> dict:
+        kv = engine.sched.kv
+        stats = kv.stats()
+        return {
+            "steps": engine.steps,
+            "busy_s": engine.busy_s,
+            "preemptions": engine.sched.num_preemptions,
+            "prefix_hit_tokens": kv.hits,
+            "evictions": kv.evictions,
+            "pages": {"total": stats.total, "free": stats.free, "used": stats.used,
+                      "cached": stats.cached, "reserved": stats.reserved},
+        }
+
+    def check_no_leaks(self) -> None:
+        """Raise KVLeakError if any engine still holds used or reserved pages."""
+        for engine in self.engines.values():
+            engine.sched.kv.check_no_leaks()
+            if engine.sched.running or engine.sched.waiting or engine.sched.receiving or engine.sched.sending:
+                from core_api.kv_cache import KVLeakError
+
+                raise KVLeakError(f"engine {engine.id} still has sequences after the run")
+
+
+def simulate(config, workload: Workload | None = None) -> RunResult:
+    """Run a SimConfig (its workload unless one is given)."""
+    from core_api.workload import generate
+
+    workload = workload if workload is not None else generate(config.workload.model_copy(update={"seed": config.seed}))
+    cluster = SimCluster(config.cluster)
+    return cluster.run(workload, seed=config.seed, config_echo=config.model_dump(mode="json"))

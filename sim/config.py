@@ -1,0 +1,116 @@
+"""Validated configuration of a simulated cluster and of one simulation run."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from core_api.workload import WorkloadSpec
+from sim.hardware import GPUSpec, ModelSpec
+from sim.network import LinkSpec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EngineConfig(_Strict):
+    """One engine: a model on `tp` GPUs. `count` > 1 stamps out identical engines."""
+
+    id: str | None = None
+    count: int = Field(1, ge=1)
+    gpu: str | GPUSpec = "H100-SXM"
+    model: str | ModelSpec = "Llama-3.1-8B"
+    dtype: str | None = None  # override the model preset's dtype ("bf16" or "fp8")
+    tp: int = Field(1, ge=1)
+    page_size: int = Field(16, ge=1)
+    num_pages: int | None = Field(None, ge=1)  # default: what fits in GPU memory
+    mem_util: float = Field(0.9, gt=0, le=1)
+    max_num_batched_tokens: int = Field(2048, ge=1)
+    max_num_seqs: int = Field(256, ge=1)
+    max_model_len: int = Field(32768, ge=1)
+    reservation_timeout_s: float = Field(600.0, gt=0)
+
+
+class LinkOverride(LinkSpec):
+    src: str
+    dst: str
+
+
+class StrategyConfig(_Strict):
+    name: str = "round_robin"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ClusterConfig(_Strict):
+    engines: list[EngineConfig] = Field(min_length=1)
+    link: LinkSpec | None = None  # default: the first engine GPU's NVLink, 5 us latency
+    links: list[LinkOverride] = Field(default_factory=list)
+    strategy: StrategyConfig = StrategyConfig()
+    cost_model: str = "roofline"  # or the path of a fitted profile JSON
+    efficiency: dict[str, float] = Field(default_factory=dict)  # roofline efficiency overrides
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> ClusterConfig:
+        ids = self.engine_ids()
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"engine ids must be unique, repeated: {dupes}")
+        return self
+
+    def engine_ids(self) -> list[str]:
+        ids = []
+        for e in self.engines:
+            base = e.id
+            for k in range(e.count):
+                if base is None:
+                    ids.append(f"e{len(ids)}")
+                else:
+                    ids.append(base if e.count == 1 else f"{base}{k}")
+        return ids
+
+    def expanded(self) -> list[tuple[str, EngineConfig]]:
+        """(engine id, its config) for every engine, `count` unrolled."""
+        out, ids = [], iter(self.engine_ids())
+        for e in self.engines:
+            out.extend((next(ids), e) for _ in range(e.count))
+        return out
+
+
+class SimConfig(_Strict):
+    """Everything one simulation needs; the CLI's --config file holds this (YAML or JSON)."""
+
+    cluster: ClusterConfig
+    workload: WorkloadSpec
+    seed: int = Field(0, ge=0)
+
+
+def default_config() -> SimConfig:
+    """Llama-3.1-8B on two H100s as 1P1D, 1000 chat-like Poisson requests at 4 req/s."""
+    return SimConfig(
+        cluster=ClusterConfig(
+            engines=[EngineConfig(count=2)],
+            strategy=StrategyConfig(name="pd"),
+        ),
+        workload=WorkloadSpec(
+            num_requests=1000,
+            arrival={"process": "poisson", "rate": 4.0},
+            prompt_len={"kind": "lognormal", "mean": 1024, "sigma": 0.8, "max": 8192},
+            output_len={"kind": "lognormal", "mean": 256, "sigma": 0.6, "max": 2048},
+        ),
+    )
+
+
+def load_config(path: str | Path) -> SimConfig:
+    """Read a YAML or JSON SimConfig; errors name the offending field."""
+    import json
+
+    import yaml
+
+    text = Path(path).read_text()
+    try:
+        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: not valid {'JSON' if str(path).endswith('.json') else 'YAML'}: {exc}") from None
+    return SimConfig.model_validate(data)

@@ -1,0 +1,212 @@
+"""SimEngine: one simulated engine, a SimPy process stepping the shared Scheduler.
+
+Each step reads as three lines: the scheduler picks a batch, the cost model says how long it
+takes (simulated time advances), the scheduler applies the result. Streams are coalesced: a
+start_generate consumer wakes on its first token and at its end, with every token's exact time
+in the chunk, so a simulation costs O(steps + requests) events rather than O(tokens).
+KV produced for a remote_send is shipped chunk by chunk as prefill steps complete, so transfer
+overlaps compute; remote_send returns once the last byte has landed on the receiver.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import simpy
+
+from core_api.engine import EngineLoad
+from core_api.scheduler import Scheduler, SchedulerConfig
+from core_api.sequence import Sequence
+from core_api.types import KVAddr, Request, TokenChunk
+from sim.runtime import SimWait
+
+if TYPE_CHECKING:
+    from sim.cost_model import CostModel
+    from sim.network import Network
+
+
+class EngineCallError(RuntimeError):
+    """A sub-request failed on an engine (aborted, expired reservation, rejected request)."""
+
+
+class _Stream:
+    __slots__ = ("first", "done")
+
+    def __init__(self, env: simpy.Environment) -> None:
+        self.first, self.done = env.event(), env.event()
+
+
+class _Send:
+    __slots__ = ("done", "dst", "shipped", "in_flight", "computed", "error")
+
+    def __init__(self, env: simpy.Environment, dst: "SimEngine", begin: int) -> None:
+        self.done = env.event()
+        self.dst, self.shipped, self.in_flight = dst, begin, 0
+        self.computed, self.error = False, None
+
+
+class SimEngine:
+    def __init__(self, env: simpy.Environment, engine_id: str, scheduler: SchedulerConfig,
+                 cost_model: "CostModel", network: "Network", kv_bytes_per_token: float,
+                 peers: dict[str, "SimEngine"]) -> None:
+        self.env, self.id = env, engine_id
+        self.sched = Scheduler(scheduler)
+        self.cost_model, self.network = cost_model, network
+        self.kv_bytes_per_token = kv_bytes_per_token
+        self.peers = peers  # every engine of the cluster by id, this one included
+        self._wake: simpy.Event | None = None
+        self.steps = 0
+        self.busy_s = 0.0
+        env.process(self._loop())
+
+    # -- the microserving API -------------------------------------------------------------
+    async def prep_recv(self, req: Request, end: int | None = None) -> tuple[KVAddr, int]:
+        seq = self.sched.add_receive(req, end, self.env.now)
+        if not self.sched.try_admit_receive(seq, self.env.now):
+            self._poke()
+            seq.handle = self.env.event()
+            failure = await SimWait(seq.handle)
+            if failure is not None:
+                raise failure
+        first = seq.begin // self.sched.page_size
+        return KVAddr(self.id, tuple(seq.pages[first:]), self.sched.page_size, seq.begin, seq.target), seq.begin
+
+    async def remote_send(self, req: Request, kv_addr: KVAddr, dst: str, begin: int,
+                          end: int | None = None) -> None:
+        end = req.resolve(end)
+        receiver = self.peers.get(dst)
+        if receiver is None or kv_addr.engine_id != dst:
+            raise ValueError(f"remote_send to {dst!r}: unknown engine or KVAddr of {kv_addr.engine_id!r}")
+        if (begin, end) != (kv_addr.begin, kv_addr.end):
+            raise ValueError(
+                f"request {req.id}: remote_send range [{begin}, {end}) does not match the receiver's "
+                f"reservation [{kv_addr.begin}, {kv_addr.end})"
+            )
+        seq = self.sched.add_send(req, begin, end)
+        seq.handle = send = _Send(self.env, receiver, begin)
+        self._poke()
+        failure = await SimWait(send.done)
+        if failure is not None:
+            raise failure
+
+    async def start_generate(self, req: Request, begin: int = 0):
+        seq = self.sched.add_generate(req, begin)
+        seq.handle = stream = _Stream(self.env)
+        self._poke()
+        failure = await SimWait(stream.first)
+        if failure is not None:
+            raise failure
+        yield TokenChunk(seq.output[:1], seq.token_times[:1], finished=seq.finish_reason is not None,
+                         finish_reason=seq.finish_reason)
+        if seq.finish_reason is not None and seq.status == "finished":
+            return
+        failure = await SimWait(stream.done)
+        if failure is not None:
+            raise failure
+        yield TokenChunk(seq.output[1:], seq.token_times[1:], finished=True, finish_reason=seq.finish_reason)
+
+    async def release(self, req_id: str) -> None:
+        for seq in self.sched.release(req_id):
+            self._notify_failure(seq, EngineCallError(f"request {req_id} released on engine {self.id}"))
+        self._poke()
+
+    async def cached_prefix_len(self, req: Request) -> int:
+        return self.sched.cached_prefix_len(req)
+
+    def load(self) -> EngineLoad:
+        return self.sched.load(self.id)
+
+    # -- the step loop --------------------------------------------------------------------
+    def _loop(self):
+        sched, env = self.sched, self.env
+        while True:
+            if sched.receiving:
+                for seq in sched.expire(env.now):
+                    self._notify_failure(seq, EngineCallError(f"reservation for {seq.id} expired"))
+            out = sched.schedule(env.now)
+            self._after_schedule(out)
+            batch = out.batch
+            if not batch:
+                self._wake = env.event()
+                yield self._wake
+                continue
+            duration = self.cost_model.step_time(batch.features)
+            yield env.timeout(duration)
+            self.steps += 1
+            self.busy_s += duration
+            self._after_step(sched.update(batch, None, env.now))
+
+    def _after_schedule(self, out) -> None:
+        for seq in out.admitted_receives:
+            if seq.handle is not None:
+                seq.handle.succeed(None)
+        for seq in out.failed:
+            self._notify_failure(seq, EngineCallError(f"request {seq.id} failed on {self.id}: {seq.finish_reason}"))
+
+    def _after_step(self, result) -> None:
+        for seq in result.sampled:
+            if len(seq.output) == 1:
+                seq.handle.first.succeed(None)
+        for seq in result.finished:
+            if len(seq.output) > 1:
+                seq.handle.done.succeed(None)
+        for seq, start, stop in result.sends:
+            self._ship(seq, stop)
+
+    def _ship(self, seq: Sequence, stop: int) -> None:
+        """Send KV of [shipped, stop) to the receiver; finish the send once all has landed."""
+        send: _Send = seq.handle
+        if send.error is not None:
+            return
+        if stop > send.shipped:
+            nbytes = (stop - send.shipped) * self.kv_bytes_per_token
+            send.shipped = stop
+            send.in_flight += 1
+            self.network.transfer(self.id, send.dst.id, nbytes).callbacks.append(
+                lambda _ev, seq=seq: self._landed(seq)
+            )
+        if seq.num_computed >= seq.target:
+            send.computed = True
+            self._maybe_done(seq)
+
+    def _landed(self, seq: Sequence) -> None:
+        send: _Send = seq.handle
+        send.in_flight -= 1
+        if send.error is None and not send.dst.sched.touch_receive(seq.id, self.env.now):
+            send.error = EngineCallError(
+                f"request {seq.id}: reservation on {send.dst.id} expired or was released during the transfer"
+            )
+        self._maybe_done(seq)
+
+    def _maybe_done(self, seq: Sequence) -> None:
+        send: _Send = seq.handle
+        if send.in_flight or not (send.computed or send.error):
+            return
+        if send.error is None:
+            try:
+                send.dst.sched.complete_receive(seq.id, self.env.now)
+            except KeyError as exc:
+                send.error = EngineCallError(str(exc.args[0]))
+            send.dst._poke()
+        self.sched.finish_send(seq.id)
+        self._poke()
+        if not send.done.triggered:
+            send.done.succeed(send.error)
+
+    def _notify_failure(self, seq: Sequence, error: Exception) -> None:
+        handle = seq.handle
+        if isinstance(handle, _Stream):
+            event = handle.done if handle.first.triggered else handle.first
+        elif isinstance(handle, _Send):
+            handle.error = handle.error or error
+            if handle.in_flight:
+                return  # _landed finishes it once the bytes in flight are accounted
+            event = handle.done
+            self.sched.finish_send(seq.id)
+        else:
+            event = handle
+        if event is not None and not event.triggered:
+            event.succeed(error)
+
+    def _poke(self) -> None:
+        if self._wake is not None and not self._wake.triggered:
+            self._wake.succeed()

@@ -1,0 +1,206 @@
+"""GPU and model specs: the numbers a roofline cost model and KV capacity planning need.
+
+Presets use public datasheet figures, dense (not 2:4 sparse) throughput. NVLink/PCIe
+bandwidth is per direction (datasheets quote the bidirectional sum; a transfer only uses one
+direction). Memory is what `nvidia-smi` reports as total, since that is what an engine can
+actually allocate from.
+
+KV accounting, defined once here so every caller agrees:
+- `kv_bytes_per_token(model)`: bytes of K and V for one token in the whole ENGINE (all layers,
+  all KV heads). This is what a KV transfer moves and what a page holds, per token.
+- `kv_bytes_per_token_per_gpu(model, tp)`: the share each of the engine's tp GPUs stores. KV
+  heads are split across TP ranks; when tp > kv_heads they are replicated (each rank keeps one).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MiB = 1 << 20
+GiB = 1 << 30
+DTYPE_BYTES = {"bf16": 2, "fp8": 1}
+# Activation/workspace memory kept free per GPU (cuBLAS workspace, logits, CUDA graphs).
+DEFAULT_ACTIVATION_RESERVE_BYTES = 2 * GiB
+
+
+class GPUSpec(BaseModel):
+    """Peak throughputs of one GPU. peak_fp8_flops=None: no FP8 tensor cores (runs at bf16 peak)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    peak_bf16_flops: float = Field(gt=0)
+    peak_fp8_flops: float | None = Field(default=None, gt=0)
+    hbm_bandwidth_Bps: float = Field(gt=0)
+    memory_bytes: int = Field(gt=0)
+    nvlink_bandwidth_Bps: float = Field(gt=0, description="per direction")
+    pcie_bandwidth_Bps: float = Field(gt=0, description="per direction")
+
+    def peak_flops(self, dtype: str) -> float:
+        if dtype == "fp8" and self.peak_fp8_flops is not None:
+            return self.peak_fp8_flops
+        return self.peak_bf16_flops
+
+
+GPU_PRESETS: dict[str, GPUSpec] = {
+    g.name: g
+    for g in (
+        # A100 SXM4 80GB: 312 TFLOPS bf16 dense, no FP8, HBM2e 2039 GB/s, NVLink3 600 GB/s total.
+        GPUSpec(name="A100-80G", peak_bf16_flops=312e12, peak_fp8_flops=None, hbm_bandwidth_Bps=2.039e12,
+                memory_bytes=81920 * MiB, nvlink_bandwidth_Bps=300e9, pcie_bandwidth_Bps=32e9),
+        # H100 SXM5: 989.4 TFLOPS bf16 / 1978.9 fp8 dense, HBM3 3.35 TB/s, NVLink4 900 GB/s total.
+        GPUSpec(name="H100-SXM", peak_bf16_flops=989.4e12, peak_fp8_flops=1978.9e12, hbm_bandwidth_Bps=3.35e12,
+                memory_bytes=81559 * MiB, nvlink_bandwidth_Bps=450e9, pcie_bandwidth_Bps=64e9),
+        # H200 SXM: H100 compute, HBM3e 4.8 TB/s, 141 GB, NVLink4 900 GB/s total.
+        GPUSpec(name="H200", peak_bf16_flops=989.4e12, peak_fp8_flops=1978.9e12, hbm_bandwidth_Bps=4.8e12,
+                memory_bytes=143771 * MiB, nvlink_bandwidth_Bps=450e9, pcie_bandwidth_Bps=64e9),
+    )
+}
+
+
+class ModelSpec(BaseModel):
+    """Shape of a Llama-family decoder (GQA attention, SwiGLU MLP, RMSNorm).
+
+    dtype "fp8" means FP8 linear weights and KV cache (1 byte); embeddings and the LM head stay
+    bf16, as in common FP8 checkpoints.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    num_layers: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    num_kv_heads: int = Field(gt=0)
+    head_dim: int | None = Field(default=None, gt=0, description="default hidden_size // num_heads")
+    ffn_size: int = Field(gt=0)
+    vocab_size: int = Field(gt=0)
+    max_context: int = Field(default=131072, gt=0)
+    tied_embeddings: bool = False
+    dtype: Literal["bf16", "fp8"] = "bf16"
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        if self.head_dim is None:
+            if self.hidden_size % self.num_heads:
+                raise ValueError("hidden_size must be divisible by num_heads when head_dim is not given")
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                             f"({self.num_kv_heads})")
+        return self
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def linear_params_per_layer(self) -> int:
+        """QKV + O projections + gate/up/down MLP: the weights every token multiplies through."""
+        h, hd = self.hidden_size, self.head_dim
+        qkv = h * (self.num_heads + 2 * self.num_kv_heads) * hd
+        return qkv + self.num_heads * hd * h + 3 * h * self.ffn_size
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def lm_head_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def num_params(self) -> int:
+        """All parameters; a tied LM head shares the embedding matrix."""
+        norms = (2 * self.num_layers + 1) * self.hidden_size
+        head = 0 if self.tied_embeddings else self.lm_head_params
+        return self.num_layers * self.linear_params_per_layer + self.embedding_params + head + norms
+
+
+MODEL_PRESETS: dict[str, ModelSpec] = {
+    m.name: m
+    for m in (
+        ModelSpec(name="Llama-3.1-8B", num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=8,
+                  ffn_size=14336, vocab_size=128256),
+        ModelSpec(name="Llama-3.1-70B", num_layers=80, hidden_size=8192, num_heads=64, num_kv_heads=8,
+                  ffn_size=28672, vocab_size=128256),
+        ModelSpec(name="Llama-2-7B", num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=32,
+                  ffn_size=11008, vocab_size=32000, max_context=4096),
+        ModelSpec(name="SmolLM2-135M", num_layers=30, hidden_size=576, num_heads=9, num_kv_heads=3,
+                  ffn_size=1536, vocab_size=49152, max_context=8192, tied_embeddings=True),
+        # Not a real checkpoint: the seeded random test model real/ builds for CPU tests.
+        ModelSpec(name="tiny-llama", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2,
+                  ffn_size=128, vocab_size=256, max_context=2048),
+    )
+}
+
+
+def _lookup(table: dict, name: str, what: str):
+    try:
+        return table[name]
+    except KeyError:
+        raise ValueError(f"unknown {what} {name!r}; known: {', '.join(sorted(table))}") from None
+
+
+def get_gpu(spec: str | dict | GPUSpec) -> GPUSpec:
+    """A preset name, an inline dict (validated), or a GPUSpec."""
+    if isinstance(spec, GPUSpec):
+        return spec
+    if isinstance(spec, dict):
+        return GPUSpec.model_validate(spec)
+    return _lookup(GPU_PRESETS, spec, "GPU")
+
+
+def get_model(spec: str | dict | ModelSpec, dtype: str | None = None) -> ModelSpec:
+    """A preset name, an inline dict (validated), or a ModelSpec; `dtype` overrides its dtype."""
+    if isinstance(spec, ModelSpec):
+        model = spec
+    elif isinstance(spec, dict):
+        model = ModelSpec.model_validate(spec)
+    else:
+        model = _lookup(MODEL_PRESETS, spec, "model")
+    if dtype is not None and dtype != model.dtype:
+        model = ModelSpec.model_validate({**model.model_dump(), "dtype": dtype})
+    return model
+
+
+def weight_bytes_per_gpu(model: ModelSpec, tp: int = 1, include_lm_head: bool = True) -> float:
+    """Weight bytes on one TP rank: linear layers, embedding and LM head are sharded, norms replicated."""
+    linear = model.num_layers * model.linear_params_per_layer * model.dtype_bytes
+    embed = model.embedding_params * 2
+    head = model.lm_head_params * 2 if include_lm_head and not model.tied_embeddings else 0
+    norms = (2 * model.num_layers + 1) * model.hidden_size * 2
+    return (linear + embed + head) / tp + norms
+
+
+def kv_bytes_per_token(model: ModelSpec) -> int:
+    """K and V bytes of one token for the whole engine (what a transfer moves per token)."""
+    return 2 * model.num_layers * model.num_kv_heads * model.head_dim * model.dtype_bytes
+
+
+def kv_heads_per_gpu(model: ModelSpec, tp: int) -> float:
+    """KV heads each rank stores: split across ranks, replicated once tp exceeds them."""
+    return max(model.num_kv_heads / tp, 1.0)
+
+
+def kv_bytes_per_token_per_gpu(model: ModelSpec, tp: int = 1) -> float:
+    """The share of one token's KV that each of the engine's tp GPUs stores (and reads)."""
+    return 2 * model.num_layers * kv_heads_per_gpu(model, tp) * model.head_dim * model.dtype_bytes
+
+
+def kv_pages_for(gpu: GPUSpec, model: ModelSpec, tp: int, page_size: int, mem_util: float = 0.9,
+                 activation_reserve_bytes: float = DEFAULT_ACTIVATION_RESERVE_BYTES) -> int:
+    """KV pages an engine of tp GPUs holds: per GPU, mem_util * memory - weights - reserve.
+
+    Every rank holds its share of every page, so the engine's page count is what fits on one rank.
+    """
+    if tp < 1 or page_size < 1 or not 0 < mem_util <= 1:
+        raise ValueError(f"need tp >= 1, page_size >= 1, 0 < mem_util <= 1 (got {tp}, {page_size}, {mem_util})")
+    free = gpu.memory_bytes * mem_util - weight_bytes_per_gpu(model, tp) - activation_reserve_bytes
+    pages = int(free // (page_size * kv_bytes_per_token_per_gpu(model, tp)))
+    if pages < 1:
+        raise ValueError(f"{model.name} ({model.dtype}) at tp={tp} leaves no room for KV on {gpu.name}: "
+                         f"{weight_bytes_per_gpu(model, tp) / GiB:.1f} GiB weights per GPU, "
+                         f"{gpu.memory_bytes * mem_util / GiB:.1f} GiB usable")
+    return pages

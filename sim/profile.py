@@ -1,0 +1,99 @@
+"""The calibration profile: a fitted step-time model and the context it was measured in.
+
+Written by calibration (profile -> fit), read by FittedCostModel. Coefficient names are the
+StepFeatures field names plus "const", so a coefficient multiplies the feature of the same
+name: t = const + sum(coefficients[k] * features.k). A profile carries enough context
+(hardware, model, dtype, TP, page size) for the cluster to refuse one measured for another
+setup, and its fit error so a run can be repeated at the error bounds.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sim.hardware import ModelSpec
+from sim.network import LinkSpec
+
+KNOWN_COEFFICIENTS = ("const", "prefill_tokens", "prefill_seqs", "prefill_attn",
+                      "decode_seqs", "decode_context", "sampled")
+
+
+class ProfileError(ValueError):
+    """A profile file that cannot be read or fails the schema; the message names the field."""
+
+
+class CostProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    hardware: str = Field(description="device name, e.g. 'NVIDIA H100 80GB HBM3' or 'cpu: AMD EPYC ...'")
+    model: str | ModelSpec = Field(description="preset name or full model spec")
+    dtype: Literal["fp32", "fp16", "bf16", "fp8"]
+    tp: int = Field(ge=1)
+    page_size: int = Field(ge=1)
+    engine_version: str
+    coefficients: dict[str, float]
+    transfer: LinkSpec | None = Field(default=None, description="fitted KV transfer latency + bandwidth")
+    fit_error: dict[str, float] = Field(default_factory=dict, description="feature/metric -> MAPE (0.05 = 5%)")
+    sample_count: int = Field(ge=0)
+    created: str = Field(description="ISO date or datetime")
+    environment: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("coefficients")
+    @classmethod
+    def _known_names(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(KNOWN_COEFFICIENTS))
+        if unknown:
+            raise ValueError(f"unknown coefficient(s) {', '.join(map(repr, unknown))}; "
+                             f"known: {', '.join(KNOWN_COEFFICIENTS)}")
+        bad = [k for k, x in v.items() if not math.isfinite(x)]
+        if bad:
+            raise ValueError(f"coefficient(s) {', '.join(bad)} not finite")
+        return v
+
+    @field_validator("created")
+    @classmethod
+    def _iso_date(cls, v: str) -> str:
+        try:
+            _dt.datetime.fromisoformat(v)
+        except ValueError:
+            raise ValueError(f"not an ISO date/datetime: {v!r}") from None
+        return v
+
+    @property
+    def model_name(self) -> str:
+        return self.model if isinstance(self.model, str) else self.model.name
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "profile") -> CostProfile:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ProfileError(f"{source}: invalid cost profile: {format_validation_error(e)}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> CostProfile:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except OSError as e:
+            raise ProfileError(f"{path}: cannot read cost profile: {e.strerror}") from None
+        except json.JSONDecodeError as e:
+            raise ProfileError(f"{path}: not JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+        return cls.from_dict(data, source=str(path))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.model_dump_json(indent=2) + "\n")
+
+
+def format_validation_error(e: ValidationError) -> str:
+    """One line per problem, each starting with the dotted field path."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
