@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import statistics
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sim.cost_model import RooflineCostModel  # noqa: E402
+from sim.cost_model import RooflineCostModel
 
 DEFAULT_DATA = os.environ.get("VIDUR_H100_PROFILES", "/work/shared/data/vidur_h100_profiles")
 LINEAR = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
@@ -96,7 +97,9 @@ def main() -> None:
         for r in csv.DictReader(fh):
             if r["collective"] == "all_reduce" and r["rank"] == "0":
                 ar[(int(r["size"]), int(r["num_workers"]))] = float(r["time_stats.all_reduce.median"]) * 1e-3
-    for size in (2048, 65536, 1 << 20, 4 << 20, 16 << 20, 64 << 20):
+    sizes = sorted({s for s, _ in ar})
+    for target in (2048, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20):
+        size = min(sizes, key=lambda s: abs(math.log(s / target)))
         cells = [f"{ar[(size, tp)] * 1e6:10.1f} {cms[tp].allreduce_time(size) * 1e6:7.1f}" for tp in TPS[1:]
                  if (size, tp) in ar]
         print(f"{size:>10} " + " ".join(cells))

@@ -120,11 +120,13 @@ class Scheduler:
                 )
             if seq.status != RECEIVING:
                 raise ValueError(f"request {req.id}: start_generate before its prep_recv was admitted")
+            # Already admitted (it holds its pages): it joins the running set directly, so a
+            # reservation queued behind it can never block the sequence that would free memory.
             self.receiving.pop(req.id, None)
             self._unreserve(seq)
-            seq.kind, seq.target, seq.status = GENERATE, req.prompt_len, WAITING
+            seq.kind, seq.target, seq.status = GENERATE, req.prompt_len, RUNNING
             seq.deadline = float("inf")
-            self.waiting.append(seq)
+            self.running.append(seq)
             self.queued_prefill_tokens += seq.prefill_remaining
             return seq
         seq = Sequence(req, GENERATE, target=req.prompt_len)
@@ -215,12 +217,12 @@ class Scheduler:
         while waiting:
             seq = waiting[0]
             if seq.kind == RECEIVE:
-                if not self._admit_receive(seq, now):
+                if len(self.running) + len(self.receiving) >= cfg.max_num_seqs or not self._admit_receive(seq, now):
                     return
                 waiting.popleft()
                 out.admitted_receives.append(seq)
                 continue
-            if budget <= 0 or len(self.running) >= cfg.max_num_seqs:
+            if budget <= 0 or len(self.running) + len(self.receiving) >= cfg.max_num_seqs:
                 return
             hit = self._match_prefix(seq) if not seq.pages else []
             held = len(seq.pages) + len(hit)

@@ -112,6 +112,7 @@ class SimCluster:
         records = [RequestRecord(r.id, r.arrival_time, r.prompt_len, r.sampling.max_tokens) for r in workload]
         self.env.process(self._arrivals(workload, records))
         self.env.run()
+        self._fail_stalled(records)
         return RunResult(
             config=config_echo if config_echo is not None else self.config.model_dump(mode="json"),
             seed=seed,
@@ -129,6 +130,14 @@ class SimCluster:
             if req.arrival_time > env.now:
                 yield env.timeout(req.arrival_time - env.now)
             process(self._serve(req, record))
+
+    def _fail_stalled(self, records: list[RequestRecord]) -> None:
+        """Requests still open when no event is left can never finish: say so, never report them ok."""
+        for record in records:
+            if record.finish_time is None:
+                record.status = "failed"
+                record.reason = "stalled: the simulation ran out of events before this request finished"
+                record.finish_time = self.env.now
 
     async def _serve(self, req: Request, record: RequestRecord) -> None:
         """Run one request through the strategy; a failure is recorded and the run goes on."""

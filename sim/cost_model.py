@@ -2,24 +2,36 @@
 
 Two models behind one protocol:
 
-- RooflineCostModel: from a GPU spec and a model spec. Each kind of kernel is a roofline term,
-  max(FLOPs / (peak * eff_compute), bytes / (bandwidth * eff_memory)), and terms add up
-  (kernels run one after another): linear layers (every token through every weight, weights
-  read once per step), prefill attention, decode attention (streams the context's KV),
+- RooflineCostModel: from a GPU spec and a model spec. Each kind of kernel is a roofline term
+  of a compute time FLOPs / (peak * eff_compute) and a memory time bytes / (HBM bw *
+  eff_memory), combined as their sum less `overlap` x the smaller one (overlap=1 is the
+  classic max(); the calibrated default is 0, see below). Terms add up (kernels run one after
+  another): linear layers (every token through every weight, weights read once per step),
+  prefill attention, decode attention (streams the context's KV),
   elementwise ops (norms, RoPE, activation, residual: activation traffic), the LM head for
   sampled rows, and with TP > 1 two ring all-reduces per layer. Plus a fixed cost per step
   (scheduler, launch, sampling) and per layer (GEMM kernels have a floor of a few us).
 - FittedCostModel: a linear model over StepFeatures with coefficients from a calibration
   profile (sim/profile.py).
 
-Defaults checked against measurements, not guessed (calibration/check_roofline_vs_vidur.py,
-Vidur's H100 profiles of Llama-2-7B operators, 1..4096 tokens, TP 1/2/4/8). Linear layers
-(QKV, O, up/gate, down) per layer, model vs measured median: mean |error| 8.6%, worst -22%
-(256 tokens at TP1, where cuBLAS tile quantisation makes GEMMs slower than either roof); at
-4096 tokens within 1-3%, at 1 token within 2-8%. With elementwise ops added, the whole
-non-attention layer is within mean 10%, worst 27%. All-reduce vs Vidur's NCCL measurements
-(TP2/4/8, 2 KB..64 MB): mean |error| 21%. Attention efficiency is not calibrated (no
-attention profile in that data): 0.5 of peak, about FlashAttention-2 on H100.
+Defaults checked against measurements, not guessed (calibration/check_roofline_vs_vidur.py
+on Vidur's H100 CUDA-kernel profiles of Llama-2-7B, 1..4096 tokens, TP 1/2/4/8):
+- Linear layers (QKV, O, gate/up, down) of one layer, model vs measured median: mean |error|
+  8.4% (TP1 9.6%, TP2 6.1%, TP4 5.2%, TP8 12.8%); at 1 token within 6% for every TP, at 4096
+  within 8%; worst +32% (512 tokens, TP1) and -34% (264 tokens, TP8: cuBLAS tile quantisation
+  steps that no roofline has). compute 0.76 and memory 0.83 are the large- and small-batch
+  asymptotes; 11 us per layer is the GEMM floor (four kernels of ~2.7 us; it is what makes
+  per-layer time at 1 token fall as 11 us + 145 us / tp rather than 156 us / tp).
+- Compute and memory time ADD (overlap=0): GEMMs near the ridge reach neither roof. The
+  classic max() roofline (overlap=1) with the same factors is off by mean 20%, worst -59%.
+- Whole non-attention layer (adding norms, RoPE, SwiGLU, residual traffic): mean 9.3%, worst
+  -39% at tiny batches, where Vidur's unfused eager elementwise kernels cost ~15-20 us per
+  layer of launch floors that fused, CUDA-graphed serving engines mostly avoid (not modelled).
+- All-reduce: bandwidth term 0.7 of NVLink fits NCCL kernel times from 4 MB to 64 MB within
+  ~20% (TP8 64 MB: model +22%); all sizes mean 12.5%. Vidur's NCCL floor is ~40 us below 4
+  MB; custom all-reduce kernels in serving engines take ~5-10 us; 20 us is a middle value.
+- Attention efficiency is not calibrated (no attention profile in that data): 0.5 of peak,
+  about FlashAttention-2 on H100.
 
 Why so many small terms: decode is memory bound (weights + KV / HBM), long prefill compute
 bound, and a simulator of disaggregation must get both regimes and the switch between them.
@@ -55,9 +67,9 @@ class RooflineEfficiency(BaseModel):
     compute: float = Field(default=0.76, gt=0, le=1, description="GEMM FLOP/s / peak")
     memory: float = Field(default=0.83, gt=0, le=1, description="achieved HBM bandwidth / peak")
     attention: float = Field(default=0.5, gt=0, le=1, description="attention FLOP/s / peak")
-    network: float = Field(default=0.6, gt=0, le=1, description="all-reduce bus bandwidth / NVLink")
-    allreduce_latency_s: float = Field(default=12e-6, ge=0)
-    layer_overhead_s: float = Field(default=3e-6, ge=0, description="per layer per step (kernel floors)")
+    network: float = Field(default=0.7, gt=0, le=1, description="all-reduce bus bandwidth / NVLink")
+    allreduce_latency_s: float = Field(default=20e-6, ge=0)
+    layer_overhead_s: float = Field(default=11e-6, ge=0, description="per layer per step (kernel floors)")
     step_overhead_s: float = Field(default=0.0, ge=0, description="per step (scheduling, sampling)")
     overlap: float = Field(default=0.0, ge=0, le=1, description=(
         "share of the smaller roof hidden under the larger: 1 = classic max(), 0 = sum"))
@@ -105,7 +117,7 @@ class RooflineCostModel:
 
     def _roof(self, a: float, b: float) -> float:
         """Compute time a and memory time b of one kernel: their sum less the overlapped part."""
-        return a + b - self._overlap * (a if a < b else b)
+        return a + b - self._overlap * min(a, b)
 
     def step_time(self, f: StepFeatures) -> float:
         tokens = f.prefill_tokens + f.decode_seqs
@@ -187,7 +199,7 @@ class FittedCostModel:
         t = (self._const + self._p_tok * f.prefill_tokens + self._p_seq * f.prefill_seqs
              + self._p_attn * f.prefill_attn + self._d_seq * f.decode_seqs + self._d_ctx * f.decode_context
              + self._sampled * f.sampled)
-        return t if t > 0.0 else 0.0  # an extrapolating fit must never move the clock backwards
+        return max(0.0, t)  # an extrapolating fit must never move the clock backwards
 
     def describe(self) -> dict:
         return {"kind": "fitted", **self.info, "coefficients": dict(self.coefficients)}

@@ -44,8 +44,20 @@ class LinkSpec(BaseModel):
 class _Link:
     """The live state of one directed link; see the module docstring for the model."""
 
-    __slots__ = ("env", "latency", "bw", "heap", "vtime", "last", "gen", "seq",
-                 "bytes", "transfers", "busy_s", "max_active")
+    __slots__ = (
+        "busy_s",
+        "bw",
+        "bytes",
+        "env",
+        "gen",
+        "heap",
+        "last",
+        "latency",
+        "max_active",
+        "seq",
+        "transfers",
+        "vtime",
+    )
 
     def __init__(self, env: simpy.Environment, spec: LinkSpec):
         self.env = env

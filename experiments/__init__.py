@@ -1,0 +1,1 @@
+"""Experiments, sweeps, plots and the `microserving` command line."""

@@ -1,0 +1,53 @@
+"""The `microserving` command: one subcommand per job, each in its own module.
+
+Subcommands register lazily (their modules import torch, matplotlib or zmq only when used).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> module exposing add_parser(subparsers) and run(args) -> int
+SUBCOMMANDS = {
+    "sim": "experiments.sim_cli",
+}
+
+
+def _optional(name: str, module: str) -> None:
+    """Register a subcommand whose module may not exist in this checkout yet."""
+    if importlib.util.find_spec(module) is not None:
+        SUBCOMMANDS[name] = module
+
+
+for _name, _module in (
+    ("run", "real.cli"),
+    ("engine", "real.engine_cli"),
+    ("serve", "real.serve_cli"),
+    ("calibrate", "calibration.cli"),
+    ("sweep", "experiments.sweep"),
+    ("plot", "experiments.plots"),
+    ("capacity", "experiments.capacity"),
+    ("search", "experiments.strategy_search"),
+):
+    _optional(_name, _module)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="microserving", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    modules = {}
+    for name, module_name in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        module.add_parser(sub)
+        modules[name] = module
+    args = parser.parse_args(argv)
+    try:
+        return modules[args.command].run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""`microserving sim`: simulate a workload on a cluster and print its metrics."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sim", help="simulate a cluster (default: Llama-3.1-8B, 2x H100, PD, 1000 requests)",
+                       description="Run one simulation. Without --config: a built-in default.")
+    p.add_argument("--config", type=Path, help="SimConfig file (YAML or JSON): cluster, workload, seed")
+    p.add_argument("--strategy", help="strategy name (see --list-strategies) or module:Class")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=JSON",
+                   help="strategy parameter, e.g. --param ratio=0.3 (repeatable)")
+    p.add_argument("--rate", type=float, help="request rate (req/s)")
+    p.add_argument("--num-requests", type=int, help="number of requests")
+    p.add_argument("--seed", type=int, help="workload seed")
+    p.add_argument("--profile", type=Path, help="fitted cost profile JSON (instead of the roofline model)")
+    p.add_argument("--out", type=Path, help="write the full RunResult JSON here")
+    p.add_argument("--list-strategies", action="store_true", help="print known strategy names and exit")
+
+
+def build_config(args: argparse.Namespace):
+    """Merge the config file (or default) with command-line overrides; validated."""
+    from sim.config import default_config, load_config
+
+    config = load_config(args.config) if args.config else default_config()
+    data = config.model_dump(mode="json")
+    if args.strategy:
+        data["cluster"]["strategy"] = {"name": args.strategy, "params": {}}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--param {item!r}: expected KEY=VALUE")
+        try:
+            data["cluster"]["strategy"]["params"][key] = json.loads(value)
+        except json.JSONDecodeError:
+            data["cluster"]["strategy"]["params"][key] = value
+    if args.rate is not None:
+        data["workload"]["arrival"]["rate"] = args.rate
+    if args.num_requests is not None:
+        data["workload"]["num_requests"] = args.num_requests
+    if args.seed is not None:
+        data["seed"] = args.seed
+    if args.profile is not None:
+        data["cluster"]["cost_model"] = str(args.profile)
+    return type(config).model_validate(data)
+
+
+def run(args: argparse.Namespace) -> int:
+    from core_api.metrics import format_table
+    from core_api.strategy import StrategyError, known_strategies
+    from sim.cluster import simulate
+
+    if args.list_strategies:
+        print("\n".join(known_strategies()))
+        return 0
+    try:
+        config = build_config(args)
+        result = simulate(config)
+    except (ValidationError, ValueError, StrategyError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    w, c = config.workload, config.cluster
+    print(f"strategy {c.strategy.name} on {len(c.engine_ids())} engines; {w.num_requests} requests at "
+          f"{w.arrival.rate:g} req/s (seed {config.seed}); simulated {result.sim_time_s:.1f} s "
+          f"in {result.wall_time_s:.2f} s wall")
+    print(format_table(result.metrics()))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(result.to_json())
+        print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,185 @@
+"""Roofline and fitted cost models, and the calibration profile schema."""
+import json
+import time
+
+import pytest
+
+from core_api.step import StepFeatures
+from sim.cost_model import CostModel, FittedCostModel, RooflineCostModel
+from sim.hardware import get_gpu, get_model, weight_bytes_per_gpu
+from sim.profile import KNOWN_COEFFICIENTS, CostProfile, ProfileError
+
+
+def prefill(tokens, ctx=0, seqs=1):
+    return StepFeatures(prefill_tokens=tokens, prefill_seqs=seqs, prefill_attn=tokens * (ctx + tokens / 2),
+                        sampled=seqs)
+
+
+def decode(seqs, ctx_each):
+    return StepFeatures(decode_seqs=seqs, decode_context=seqs * ctx_each, sampled=seqs)
+
+
+@pytest.fixture
+def h100_8b():
+    return RooflineCostModel("H100-SXM", "Llama-3.1-8B")
+
+
+def test_protocol_and_empty_step(h100_8b):
+    assert isinstance(h100_8b, CostModel)
+    assert h100_8b.step_time(StepFeatures()) == 0.0
+    d = h100_8b.describe()
+    assert (d["kind"], d["gpu"], d["model"], d["tp"]) == ("roofline", "H100-SXM", "Llama-3.1-8B", 1)
+    json.dumps(d)
+
+
+def test_monotonic_in_tokens_and_context(h100_8b):
+    pre = [h100_8b.step_time(prefill(n)) for n in (1, 16, 128, 512, 2048, 8192)]
+    assert pre == sorted(pre) and len(set(pre)) == len(pre)
+    ctx = [h100_8b.step_time(prefill(256, c)) for c in (0, 1000, 10000, 100000)]
+    assert ctx == sorted(ctx) and len(set(ctx)) == len(ctx)
+    dec = [h100_8b.step_time(decode(b, 2000)) for b in (1, 8, 64, 256)]
+    assert dec == sorted(dec) and len(set(dec)) == len(dec)
+    dctx = [h100_8b.step_time(decode(16, c)) for c in (100, 1000, 10000)]
+    assert dctx == sorted(dctx) and len(set(dctx)) == len(dctx)
+
+
+def test_small_decode_is_memory_bound(h100_8b):
+    gpu, model = get_gpu("H100-SXM"), get_model("Llama-3.1-8B")
+    floor = weight_bytes_per_gpu(model) / gpu.hbm_bandwidth_Bps  # every weight read once at peak
+    t1 = h100_8b.step_time(decode(1, 512))
+    assert floor < t1 < 1.3 * floor  # ~5.8 ms vs 4.8 ms at peak bandwidth
+    # Memory bound: 8 sequences cost barely more than one.
+    assert h100_8b.step_time(decode(8, 512)) < 1.1 * t1
+
+
+def test_long_prefill_is_compute_bound(h100_8b):
+    model = get_model("Llama-3.1-8B")
+    n = 8192
+    linear = 2 * model.num_layers * model.linear_params_per_layer * n / (989.4e12 * 0.76)
+    t = h100_8b.step_time(prefill(n))
+    assert linear < t < 1.5 * linear  # attention and elementwise add the rest
+    assert h100_8b.step_time(prefill(2 * n)) > 1.9 * t
+
+
+def test_fp8_faster_than_bf16():
+    bf16 = RooflineCostModel("H100-SXM", "Llama-3.1-8B")
+    fp8 = RooflineCostModel("H100-SXM", get_model("Llama-3.1-8B", dtype="fp8"))
+    for f in (decode(1, 512), decode(64, 2000), prefill(4096), prefill(512, 4096)):
+        assert fp8.step_time(f) < 0.8 * bf16.step_time(f)
+    # A100 has no FP8 tensor cores: compute-bound prefill gains only from the lighter memory traffic.
+    a_bf16 = RooflineCostModel("A100-80G", "Llama-3.1-8B")
+    a_fp8 = RooflineCostModel("A100-80G", get_model("Llama-3.1-8B", dtype="fp8"))
+    assert a_fp8.step_time(prefill(8192)) > 0.9 * a_bf16.step_time(prefill(8192))
+
+
+def test_tensor_parallel_all_reduce_cost():
+    f = prefill(1024)
+    L, h = 32, 4096
+    base = RooflineCostModel("H100-SXM", "Llama-3.1-8B", tp=2)
+    slow = RooflineCostModel("H100-SXM", "Llama-3.1-8B", tp=2, efficiency={"allreduce_latency_s": 1e-4})
+    assert slow.step_time(f) - base.step_time(f) == pytest.approx(2 * L * (1e-4 - 20e-6))
+    nbytes = 1024 * h * 2
+    ring = 2 * (2 - 1) / 2 * nbytes / (450e9 * 0.7)
+    assert base.allreduce_time(nbytes) == pytest.approx(20e-6 + ring)
+    free = RooflineCostModel("H100-SXM", "Llama-3.1-8B", tp=2, efficiency={"allreduce_latency_s": 0, "network": 1})
+    assert base.step_time(f) - free.step_time(f) == pytest.approx(
+        2 * L * (20e-6 + ring) - 2 * L * ring * 0.7, rel=1e-9)
+    # TP halves the per-GPU work but pays the all-reduce: faster, not twice as fast, for prefill.
+    tp1 = RooflineCostModel("H100-SXM", "Llama-3.1-8B").step_time(f)
+    assert tp1 / 2 < base.step_time(f) < tp1
+    assert RooflineCostModel("H100-SXM", "Llama-3.1-8B").allreduce_time(nbytes) == 0.0
+
+
+def test_classic_roofline_is_a_lower_bound(h100_8b):
+    classic = RooflineCostModel("H100-SXM", "Llama-3.1-8B", efficiency={"overlap": 1.0})
+    for f in (decode(1, 512), decode(256, 2000), prefill(300), prefill(4096)):
+        assert classic.step_time(f) <= h100_8b.step_time(f)
+
+
+COEF = {"const": 1e-3, "prefill_tokens": 2e-5, "prefill_seqs": 3e-4, "prefill_attn": 1e-9,
+        "decode_seqs": 5e-5, "decode_context": 2e-8, "sampled": 1e-6}
+
+
+def profile_dict(**over):
+    d = {"hardware": "cpu: test", "model": "tiny-llama", "dtype": "fp32", "tp": 1, "page_size": 16,
+         "engine_version": "0.1.0", "coefficients": dict(COEF), "transfer": {"latency_s": 1e-4, "bandwidth_Bps": 1e9},
+         "fit_error": {"prefill": 0.03, "decode": 0.05}, "sample_count": 120, "created": "2025-01-31",
+         "environment": {"torch": "2.x", "threads": 1}}
+    d.update(over)
+    return d
+
+
+def test_fitted_equals_linear_combination():
+    m = FittedCostModel(COEF)
+    f = StepFeatures(prefill_tokens=300, prefill_seqs=2, prefill_attn=45000.0, decode_seqs=7,
+                     decode_context=7000, sampled=9)
+    expect = 1e-3 + 2e-5 * 300 + 3e-4 * 2 + 1e-9 * 45000 + 5e-5 * 7 + 2e-8 * 7000 + 1e-6 * 9
+    assert m.step_time(f) == pytest.approx(expect, rel=1e-12)
+    assert m.step_time(StepFeatures()) == 0.0
+    assert set(KNOWN_COEFFICIENTS) == set(COEF)
+    with pytest.raises(ValueError, match="bogus"):
+        FittedCostModel({"bogus": 1.0})
+
+
+def test_fitted_from_profile_and_scaling(tmp_path):
+    path = tmp_path / "p.json"
+    CostProfile.from_dict(profile_dict()).save(path)
+    f = decode(4, 100)
+    base = FittedCostModel.from_profile(str(path))
+    assert base.describe()["profile"] == str(path) and base.describe()["kind"] == "fitted"
+    up = FittedCostModel.from_profile(CostProfile.load(path), scale=1.05)
+    assert up.step_time(f) == pytest.approx(1.05 * base.step_time(f))
+    only_ctx = FittedCostModel.from_profile(CostProfile.load(path), scale={"decode_context": 2.0})
+    assert only_ctx.step_time(f) - base.step_time(f) == pytest.approx(2e-8 * 400)
+    with pytest.raises(ValueError, match="nope"):
+        FittedCostModel.from_profile(CostProfile.load(path), scale={"nope": 2.0})
+
+
+def test_fitted_never_negative():
+    assert FittedCostModel({"const": -1.0, "decode_seqs": 1e-6}).step_time(decode(1, 1)) == 0.0
+
+
+@pytest.mark.parametrize("over, field", [
+    ({"coefficients": {"const": 1.0, "prefill_tokenz": 1.0}}, "coefficients.*prefill_tokenz"),
+    ({"tp": 0}, "tp"),
+    ({"created": "last tuesday"}, "created"),
+    ({"transfer": {"latency_s": 0, "bandwidth_Bps": -5}}, "transfer.bandwidth_Bps"),
+    ({"dtype": "int3"}, "dtype"),
+    ({"extra_field": 1}, "extra_field"),
+    ({"model": {"name": "m", "num_layers": "many"}}, "model"),
+])
+def test_profile_schema_errors_name_the_field(tmp_path, over, field):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(profile_dict(**over)))
+    with pytest.raises(ProfileError, match=field):
+        CostProfile.load(path)
+
+
+def test_profile_load_errors(tmp_path):
+    d = profile_dict()
+    del d["sample_count"]
+    (tmp_path / "missing.json").write_text(json.dumps(d))
+    with pytest.raises(ProfileError, match="sample_count"):
+        CostProfile.load(tmp_path / "missing.json")
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ProfileError, match="not JSON.*line 1"):
+        CostProfile.load(tmp_path / "broken.json")
+    with pytest.raises(ProfileError, match="cannot read"):
+        CostProfile.load(tmp_path / "absent.json")
+
+
+def test_profile_with_inline_model_spec():
+    spec = get_model("tiny-llama").model_dump()
+    p = CostProfile.from_dict(profile_dict(model=spec))
+    assert p.model_name == "tiny-llama"
+
+
+def test_step_time_is_cheap(h100_8b):
+    fitted = FittedCostModel(COEF)
+    f = StepFeatures(prefill_tokens=512, prefill_seqs=1, prefill_attn=512 * 700.0, decode_seqs=32,
+                     decode_context=32 * 900, sampled=33)
+    for model in (h100_8b, fitted):
+        t0 = time.perf_counter()
+        for _ in range(100_000):
+            model.step_time(f)
+        assert time.perf_counter() - t0 < 1.0  # ~1-2 us per call; generous for slow CI

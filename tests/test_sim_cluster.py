@@ -1,0 +1,169 @@
+"""The simulated cluster end to end: determinism, no leaks, analytic timings, bad input."""
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from core_api.step import StepFeatures
+from core_api.strategy import StrategyError
+from core_api.workload import WorkloadSpec, generate
+from sim.cluster import SimCluster, simulate
+from sim.config import SimConfig, load_config
+from sim.cost_model import RooflineCostModel
+from tests.helpers import make_request, small_cluster, workload_of
+
+
+def small_sim_config(strategy="pd", n=40, rate=20.0, seed=3) -> SimConfig:
+    return SimConfig(
+        cluster=small_cluster(2, strategy, num_pages=4096),
+        workload=WorkloadSpec(num_requests=n, arrival={"rate": rate},
+                              prompt_len={"kind": "uniform", "low": 16, "high": 600},
+                              output_len={"kind": "uniform", "low": 1, "high": 40},
+                              prefix={"num_groups": 2, "prefix_len": 64, "fraction": 0.5}),
+        seed=seed,
+    )
+
+
+def test_same_config_and_seed_give_byte_identical_results():
+    a = simulate(small_sim_config()).to_json()
+    b = simulate(small_sim_config()).to_json()
+    c = simulate(small_sim_config(seed=4)).to_json()
+    assert a == b
+    assert a != c
+
+
+@pytest.mark.parametrize("strategy", ["round_robin", "least_loaded", "pd"])
+def test_every_request_completes_and_no_page_leaks(strategy):
+    config = small_sim_config(strategy, n=80, rate=50.0)
+    cluster = SimCluster(config.cluster)
+    result = cluster.run(generate(config.workload))
+    assert [r.status for r in result.records] == ["ok"] * 80
+    assert all(r.output_len == r.max_tokens for r in result.records)
+    cluster.check_no_leaks()
+    for stats in result.engine_stats.values():
+        assert stats["pages"]["used"] == 0 and stats["pages"]["reserved"] == 0
+
+
+def test_memory_pressure_preempts_but_completes_without_leaks():
+    config = small_sim_config("pd", n=60, rate=1000.0)
+    config.cluster.engines[0].num_pages = 160
+    config.workload = WorkloadSpec.model_validate({**config.workload.model_dump(), "output_len": {"kind": "fixed", "value": 300}})
+    cluster = SimCluster(config.cluster)
+    result = cluster.run(generate(config.workload))
+    assert all(r.status == "ok" for r in result.records)
+    assert sum(s["preemptions"] for s in result.engine_stats.values()) > 0
+    cluster.check_no_leaks()
+
+
+def test_one_request_on_an_idle_engine_matches_the_cost_model_exactly():
+    prompt_len, max_tokens = 300, 5
+    cluster = SimCluster(small_cluster(1, "round_robin"))
+    result = cluster.run(workload_of([make_request("r", prompt_len, max_tokens)]))
+    [record] = result.records
+    cost = RooflineCostModel("H100-SXM", "Llama-3.1-8B", 1)
+    prefill = cost.step_time(StepFeatures(prefill_tokens=prompt_len, prefill_seqs=1,
+                                          prefill_attn=prompt_len * prompt_len / 2, sampled=1))
+    assert record.first_token_time - record.arrival_time == prefill
+    times = record.token_times
+    for i in range(1, max_tokens):
+        decode = cost.step_time(StepFeatures(decode_seqs=1, decode_context=prompt_len + i, sampled=1))
+        assert times[i] - times[i - 1] == pytest.approx(decode, rel=1e-12)
+
+
+def test_pd_ttft_is_prefill_plus_transfer_plus_one_token_step():
+    prompt_len = 256
+    config = small_cluster(2, "pd")
+    cluster = SimCluster(config)
+    result = cluster.run(workload_of([make_request("r", prompt_len, 2)]))
+    [record] = result.records
+    cost = RooflineCostModel("H100-SXM", "Llama-3.1-8B", 1)
+    n = prompt_len - 1
+    prefill = cost.step_time(StepFeatures(prefill_tokens=n, prefill_seqs=1, prefill_attn=n * n / 2))
+    last = cost.step_time(StepFeatures(prefill_tokens=1, prefill_seqs=1, prefill_attn=n + 0.5, sampled=1))
+    link = cluster.network.spec("e0", "e1")
+    kv_bytes = n * 2 * 32 * 8 * 128 * 2  # tokens x (K,V) x layers x kv heads x head dim x bf16
+    assert record.first_token_time == pytest.approx(prefill + link.uncontended_time(kv_bytes) + last, rel=1e-12)
+
+
+def test_a_request_too_long_fails_with_a_reason_and_the_rest_complete():
+    cluster = SimCluster(small_cluster(2, "pd", max_model_len=1000))
+    requests = [make_request(f"r{i}", 100, 4, arrival=i * 0.01, seed=i) for i in range(5)]
+    requests.append(make_request("huge", 1200, 4, arrival=0.02, seed=99))
+    result = cluster.run(workload_of(requests))
+    by_id = {r.request_id: r for r in result.records}
+    assert by_id["huge"].status == "failed" and "max context of 1000" in by_id["huge"].reason
+    assert all(by_id[f"r{i}"].status == "ok" for i in range(5))
+    cluster.check_no_leaks()
+
+
+def test_a_request_larger_than_all_kv_pages_fails_cleanly():
+    cluster = SimCluster(small_cluster(1, "round_robin", num_pages=10, page_size=16))
+    result = cluster.run(workload_of([make_request("big", 200, 4), make_request("ok", 20, 4, arrival=0.1)]))
+    by_id = {r.request_id: r for r in result.records}
+    assert by_id["big"].status == "failed" and "needs 13 KV pages" in by_id["big"].reason
+    assert by_id["ok"].status == "ok"
+    cluster.check_no_leaks()
+
+
+def test_bad_workload_values_are_rejected_at_validation():
+    with pytest.raises(ValidationError, match="num_requests"):
+        WorkloadSpec(num_requests=0)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        make_request("e", 0, prompt=__import__("numpy").zeros(0, "int32"))
+    with pytest.raises(ValueError, match="max_tokens must be >= 1"):
+        make_request("m", 4, max_tokens=0)
+
+
+def test_unknown_strategy_lists_known_names():
+    with pytest.raises(StrategyError, match="known: .*pd.*round_robin"):
+        SimCluster(small_cluster(2, "no_such_strategy"))
+
+
+def test_pd_on_one_engine_is_refused_before_any_request():
+    with pytest.raises(StrategyError, match="at least 2 engines"):
+        SimCluster(small_cluster(1, "pd"))
+
+
+def test_malformed_config_file_names_the_bad_field(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("cluster:\n  engines:\n    - tp: zero\nworkload:\n  num_requests: 5\n")
+    with pytest.raises(ValidationError, match=r"engines\.0\.tp"):
+        load_config(path)
+    path.write_text("cluster:\n  engines: [{}]\n  stratgy: {name: pd}\nworkload: {num_requests: 5}\n")
+    with pytest.raises(ValidationError, match="stratgy"):
+        load_config(path)
+
+
+def test_core_api_and_sim_do_not_import_torch():
+    code = ("import sys, core_api.scheduler, core_api.strategy, core_api.metrics, core_api.workload, "
+            "sim.cluster, strategies; sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_cli_sim_runs_and_reports_errors(tmp_path, capsys):
+    from experiments.cli import main
+
+    out = tmp_path / "r.json"
+    assert main(["sim", "--num-requests", "20", "--rate", "10", "--out", str(out)]) == 0
+    assert "Successful requests:" in capsys.readouterr().out and out.stat().st_size > 0
+    assert main(["sim", "--strategy", "nope", "--num-requests", "5"]) == 2
+    assert "known:" in capsys.readouterr().err
+
+
+def test_a_stalled_request_is_reported_failed_not_ok():
+    from core_api.strategy import Strategy
+    from sim.runtime import SimWait
+
+    class Stuck(Strategy):
+        name = "stuck"
+
+        async def generate(self, req):
+            await SimWait(self.runtime.env.event())  # never fires
+            yield
+
+    config = small_cluster(1)
+    cluster = SimCluster(config)
+    cluster.strategy = Stuck(list(cluster.engines.values()), cluster.runtime)
+    [record] = cluster.run(workload_of([make_request("r", 10)])).records
+    assert record.status == "failed" and record.reason.startswith("stalled")
