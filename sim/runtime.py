@@ -41,7 +41,10 @@ def _drive(coro: Coroutine) -> Generator[simpy.Event, Any, Any]:
             )
         try:
             value, error = (yield event), None
-        except BaseException as exc:  # the event failed: hand the exception to the coroutine
+        except GeneratorExit:  # the process itself is being discarded (e.g. a stalled run ends)
+            coro.close()
+            raise
+        except Exception as exc:  # the event failed: hand the exception to the coroutine
             value, error = None, exc
 
 
