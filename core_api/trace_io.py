@@ -17,6 +17,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from core_api.types import Request
 from core_api.workload import ArrivalSpec, Workload
 
-__all__ = ["BadLines", "SkippedLine", "TraceError", "TraceOptions", "TraceWarning", "TraceWorkload",
+__all__ = ["BadLines", "RowError", "SkippedLine", "TraceError", "TraceOptions", "TraceWarning", "TraceWorkload",
            "build_workload", "select"]
 
 _SHOW = 5  # skipped lines quoted in the warning
@@ -32,6 +33,10 @@ _SHOW = 5  # skipped lines quoted in the warning
 
 class TraceError(ValueError):
     """A trace file cannot be read; the message names the file and, for bad rows, the line."""
+
+
+class RowError(ValueError):
+    """One row is malformed; loaders turn it into TraceError (with the line) or a skip."""
 
 
 class TraceWarning(UserWarning):
@@ -114,22 +119,46 @@ class BadLines:
                                        f"{shown}{more}"), stacklevel=3)
 
 
+def read_text(path: Path) -> str:
+    """The whole file (BOM dropped, line endings kept for csv); unreadable -> TraceError."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return f.read()
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read trace: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise TraceError(f"{path}: not UTF-8 text: {exc}") from None
+
+
 def positive_int(value: object, what: str, allow_zero: bool = True) -> int:
     """A token count from text or JSON: an integer >= 0 (or >= 1); ValueError says which field."""
     if isinstance(value, bool):
-        raise ValueError(f"{what} is not a number: {value!r}")
+        raise RowError(f"{what} is not a number: {value!r}")
     if isinstance(value, str):
         value = value.strip()
         try:
             value = int(value) if value.lstrip("-").isdigit() else float(value)
         except ValueError:
-            raise ValueError(f"{what} is not a number: {value!r}") from None
+            raise RowError(f"{what} is not a number: {value!r}") from None
     if not isinstance(value, (int, float)) or isinstance(value, float) and not value.is_integer():
-        raise ValueError(f"{what} is not an integer: {value!r}")
+        raise RowError(f"{what} is not an integer: {value!r}")
     n = int(value)
     if n < (0 if allow_zero else 1):
-        raise ValueError(f"{what} must be >= {0 if allow_zero else 1}, got {n}")
+        raise RowError(f"{what} must be >= {0 if allow_zero else 1}, got {n}")
     return n
+
+
+def finite_float(value: object, what: str) -> float:
+    """A finite number from text or JSON; ValueError names the field."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise RowError(f"{what} is not a number: {value!r}")
+    try:
+        x = float(value)
+    except ValueError:
+        raise RowError(f"{what} is not a number: {value!r}") from None
+    if not math.isfinite(x):
+        raise RowError(f"{what} is not finite: {value!r}")
+    return x
 
 
 def select(arrivals: np.ndarray, opts: TraceOptions) -> np.ndarray:

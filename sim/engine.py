@@ -9,6 +9,7 @@ overlaps compute; remote_send returns once the last byte has landed on the recei
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 import simpy
@@ -16,6 +17,7 @@ import simpy
 from core_api.engine import EngineLoad
 from core_api.scheduler import Scheduler, SchedulerConfig
 from core_api.sequence import Sequence
+from core_api.step import StepFeatures
 from core_api.types import KVAddr, Request, TokenChunk
 from sim.runtime import SimWait
 
@@ -56,6 +58,8 @@ class SimEngine:
         self._wake: simpy.Event | None = None
         self.steps = 0
         self.busy_s = 0.0
+        # Apply runs of identical decode steps at once (exact same times; see decode_run_length).
+        self.fast_forward = True
         env.process(self._loop())
 
     # -- the microserving API -------------------------------------------------------------
@@ -129,11 +133,39 @@ class SimEngine:
                 self._wake = env.event()
                 yield self._wake
                 continue
+            run = sched.decode_run_length(batch, out) if self.fast_forward else 1
+            if run > 1:
+                yield from self._decode_run(batch, run)
+                continue
             duration = self.cost_model.step_time(batch.features)
             yield env.timeout(duration)
             self.steps += 1
             self.busy_s += duration
             self._after_step(sched.update(batch, None, env.now))
+
+    def _decode_run(self, batch, run: int):
+        """Up to `run` pure-decode steps as one timeout. A wake-up (new work) cuts the run short
+        at the end of the step in progress, so nothing is scheduled later than it would be."""
+        env, f = self.env, batch.features
+        start, step_time, features = env.now, self.cost_model.step_time, StepFeatures(
+            decode_seqs=f.decode_seqs, sampled=f.sampled)
+        times, t, context = [], start, f.decode_context
+        for _ in range(run):
+            features.decode_context = context
+            t += step_time(features)
+            times.append(t)
+            context += f.decode_seqs
+        self._wake = env.event()
+        yield env.any_of([env.timeout(t - start), self._wake])
+        if env.now < t:  # woken early: finish the step in progress, then stop
+            done = bisect_left(times, env.now)
+            if times[done] > env.now:
+                yield env.timeout(times[done] - env.now)
+            times = times[: done + 1]
+        self._wake = None
+        self.steps += len(times)
+        self.busy_s += times[-1] - start
+        self._after_step(self.sched.apply_decode_run(batch, times))
 
     def _after_schedule(self, out) -> None:
         for seq in out.admitted_receives:
