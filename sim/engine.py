@@ -55,7 +55,10 @@ class SimEngine:
         self.cost_model, self.network = cost_model, network
         self.kv_bytes_per_token = kv_bytes_per_token
         self.peers = peers  # every engine of the cluster by id, this one included
-        self._wake: simpy.Event | None = None
+        self._wake: simpy.Event | None = None  # set while idle
+        self._run_end: simpy.Event | None = None  # set during a decode run
+        self._run_times: list[float] = []
+        self._run_cut: int | None = None  # steps of the run to apply, when cut short
         self.steps = 0
         self.busy_s = 0.0
         # Apply runs of identical decode steps at once (exact same times; see decode_run_length).
@@ -155,14 +158,13 @@ class SimEngine:
             t += step_time(features)
             times.append(t)
             context += f.decode_seqs
-        self._wake = env.event()
-        yield env.any_of([env.timeout(t - start), self._wake])
-        if env.now < t:  # woken early: finish the step in progress, then stop
-            done = bisect_left(times, env.now)
-            if times[done] > env.now:
-                yield env.timeout(times[done] - env.now)
-            times = times[: done + 1]
-        self._wake = None
+        self._run_times, self._run_cut = times, None
+        self._run_end = end = env.event()
+        env.timeout(t - start).callbacks.append(lambda _ev: end.triggered or end.succeed())
+        yield end
+        if self._run_cut is not None:
+            times = times[: self._run_cut]
+        self._run_end = None
         self.steps += len(times)
         self.busy_s += times[-1] - start
         self._after_step(self.sched.apply_decode_run(batch, times))
@@ -218,9 +220,10 @@ class SimEngine:
                 send.dst.sched.complete_receive(seq.id, self.env.now)
             except KeyError as exc:
                 send.error = EngineCallError(str(exc.args[0]))
-            send.dst._poke()
+            # A landed reservation is no new compute for the receiver: no wake-up needed.
         self.sched.finish_send(seq.id)
-        self._poke()
+        if self.sched.waiting:  # freed pages may admit queued work
+            self._poke()
         if not send.done.triggered:
             send.done.succeed(send.error)
 
@@ -240,5 +243,13 @@ class SimEngine:
             event.succeed(error)
 
     def _poke(self) -> None:
+        """New work arrived: wake an idle loop, or end a decode run after the step in progress."""
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
+        elif self._run_end is not None and self._run_cut is None:
+            times, now = self._run_times, self.env.now
+            done = bisect_left(times, now)  # the step in progress (or ending right now)
+            self._run_cut = done + 1
+            if done + 1 < len(times):
+                end = self._run_end
+                self.env.timeout(times[done] - now).callbacks.append(lambda _ev: end.triggered or end.succeed())
