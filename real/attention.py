@@ -18,8 +18,15 @@ import torch.nn.functional as F
 
 from real.attention_metadata import AttentionMetadata, SeqSpec, build_metadata
 
-__all__ = ["AttentionMetadata", "SeqSpec", "build_metadata", "write_kv", "gather_kv",
-           "TorchPagedAttention", "make_attention"]
+__all__ = [
+    "AttentionMetadata",
+    "SeqSpec",
+    "TorchPagedAttention",
+    "build_metadata",
+    "gather_kv",
+    "make_attention",
+    "write_kv",
+]
 
 
 def write_kv(kv_layer: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> None:
@@ -33,7 +40,7 @@ def gather_kv(kv_layer: torch.Tensor, meta: AttentionMetadata, seq: int) -> tupl
     a, b = meta.page_indptr_host[seq], meta.page_indptr_host[seq + 1]
     pages = meta.kv_page_indices[a:b]
     length = meta.kv_lens[seq]
-    _, _, page_size, heads, dim = kv_layer.shape
+    _, _, _page_size, heads, dim = kv_layer.shape
     k = kv_layer[pages, 0].reshape(-1, heads, dim)[:length]
     v = kv_layer[pages, 1].reshape(-1, heads, dim)[:length]
     return k, v

@@ -20,8 +20,9 @@ received from another engine). Query at position p attends to KV positions 0..p.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 

@@ -11,8 +11,8 @@ speak Hugging Face parameter names (real.weights) and fuse on the way in.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,9 @@ class LlamaModel(nn.Module):
     `batch_invariant=True` makes every row's result independent of the rest of the batch
     (row-wise linears, per-query attention; see real.batch_invariant). It is what the
     exactness tests use; it costs speed, and on CUDA it means the torch attention path.
+
+    Build it on its device (the loaders' `device` argument) rather than calling `.to()`: the
+    RoPE table and the attention backend are chosen for that device at construction.
     """
 
     def __init__(self, config: LlamaConfig, embed: torch.Tensor, layers: list[LlamaLayer], norm: torch.Tensor,
@@ -61,7 +64,7 @@ class LlamaModel(nn.Module):
     # ---- construction -------------------------------------------------------------------
     @classmethod
     def from_state_dict(cls, config: LlamaConfig, state: Mapping[str, torch.Tensor], device="cpu",
-                        batch_invariant: bool = False) -> "LlamaModel":
+                        batch_invariant: bool = False) -> LlamaModel:
         """From Hugging Face parameter names (`model.layers.0.self_attn.q_proj.weight`, ...)."""
         from real.weights import fuse_state_dict
 

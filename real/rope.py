@@ -48,7 +48,7 @@ class RotaryTable:
         self.cos = emb.cos().to(dtype=dtype, device=device)
         self.sin = emb.sin().to(dtype=dtype, device=device)
 
-    def to(self, device: torch.device | str) -> "RotaryTable":
+    def to(self, device: torch.device | str) -> RotaryTable:
         self.cos, self.sin = self.cos.to(device), self.sin.to(device)
         return self
 

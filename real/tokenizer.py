@@ -47,7 +47,7 @@ class GGUFTokenizer:
         self.chat_template, self.add_bos = chat_template, add_bos
 
     @classmethod
-    def from_gguf(cls, path) -> "GGUFTokenizer":
+    def from_gguf(cls, path) -> GGUFTokenizer:
         """From a GGUF path or an open gguf.GGUFReader."""
         from real.gguf_loader import field, open_gguf
 
