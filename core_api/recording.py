@@ -8,8 +8,9 @@ read `log` (or `calls_for`) after the run.
 """
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Iterable
+from typing import Any
 
 from core_api.engine import Engine, EngineLoad
 from core_api.types import KVAddr, Request, TokenChunk

@@ -1,2 +1,10 @@
 """Built-in strategies; importing the package registers every one by name."""
-from strategies import data_parallel, pd  # noqa: F401
+from strategies import (  # noqa: F401
+    adaptive,
+    balanced_pd,
+    data_parallel,
+    migration,
+    pd,
+    pd_prefix_aware,
+    prefix_aware,
+)

@@ -29,12 +29,17 @@ class LeastLoaded(Strategy):
     """The engine with the fewest queued prefill tokens, ties broken by fewest sequences."""
 
     async def generate(self, req: Request):
-        engine = min(self.engines, key=_load_key)
+        engine = least_loaded(self.engines)
         self.tag(req, engine=engine.id)
         async for chunk in engine.start_generate(req):
             yield chunk
 
 
-def _load_key(engine):
-    load = engine.load()
-    return (load.queued_prefill_tokens, load.num_running + load.num_waiting)
+def least_loaded(engines):
+    """Fewest queued prefill tokens (the next request's TTFT), then fewest sequences (its TPOT)."""
+
+    def key(engine):
+        load = engine.load()
+        return (load.queued_prefill_tokens, load.num_running + load.num_waiting)
+
+    return min(engines, key=key)

@@ -3,7 +3,12 @@
 The least-loaded prefill engine computes KV of prompt[:-1] and writes it into pages the chosen
 decode engine reserved with prep_recv; the decode engine then computes the last prompt token
 (sampling the first output token) and decodes. Prefill never samples. Wins when long prompts
-would otherwise stall decoding (TPOT), at the price of moving KV between engines.
+would otherwise stall decoding (TPOT), at the price of moving KV between engines and of leaving
+prefill engines idle when prompts are short.
+
+`DisaggregatedStrategy` holds what every PD flavour shares: the prefill/decode roles (checked
+before any request runs), the engine picks, and `split_flow`, the three-call sequence with the
+split point as its one parameter (pd: the last prompt token; balanced_pd: a share of the prompt).
 """
 from __future__ import annotations
 
@@ -17,6 +22,12 @@ class RoleParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prefill: list[str] | None = None  # engine ids; default: the first half of the engines
     decode: list[str] | None = None  # default: the rest
+
+
+def busy(engine) -> int:
+    """Sequences an engine is working on or waiting for: the load measure of the decode side."""
+    load = engine.load()
+    return load.num_running + load.num_waiting + load.num_receiving
 
 
 class DisaggregatedStrategy(Strategy):
@@ -37,19 +48,29 @@ class DisaggregatedStrategy(Strategy):
         return min(self.prefill, key=lambda e: e.load().queued_prefill_tokens)
 
     def pick_decode(self):
-        def key(e):
-            load = e.load()
-            return (load.num_running + load.num_waiting + load.num_receiving, -load.usable_pages)
+        return min(self.decode, key=lambda e: (busy(e), -e.load().usable_pages))
 
-        return min(self.decode, key=key)
+    async def split_flow(self, req: Request, split: int, prefill=None, decode=None):
+        """prefill computes KV of prompt[:split] into decode's pages; decode prefills prompt[split:]
+        and generates. Pages decode already caches are not sent (begin = matched); when it caches
+        all of prompt[:split], or split is 0, the prefill engine is not called at all."""
+        decode = decode or self.pick_decode()
+        matched, sender = 0, None
+        if split > 0:
+            kv_addr, matched = await decode.prep_recv(req, end=split)
+            if split > matched:
+                sender = prefill or self.pick_prefill()
+                await sender.remote_send(req, kv_addr, decode.id, begin=matched, end=split)
+        self.tag(req, prefill=sender and sender.id, decode=decode.id, split=split, matched=matched)
+        async for chunk in decode.start_generate(req, begin=split):
+            yield chunk
 
 
 @register("pd")
 class PrefillDecode(DisaggregatedStrategy):
-    async def generate(self, req: Request):
-        prefill, decode = self.pick_prefill(), self.pick_decode()
-        self.tag(req, prefill=prefill.id, decode=decode.id)
-        kv_addr, matched = await decode.prep_recv(req, end=-1)
-        await prefill.remote_send(req, kv_addr, decode.id, begin=matched, end=-1)
-        async for chunk in decode.start_generate(req, begin=-1):
-            yield chunk
+    """prep_recv(end=-1) on decode, remote_send(begin=matched, end=-1) from prefill,
+    start_generate(begin=-1) on decode."""
+
+    def generate(self, req: Request):
+        self.tag(req, mode="pd")
+        return self.split_flow(req, req.prompt_len - 1)
