@@ -66,20 +66,26 @@ class BlockManager:
 
     # -- allocation -----------------------------------------------------------------------
     def allocate(self, n: int) -> list[int] | None:
-        """n pages with ref count 1, or None (and nothing taken) if they do not fit."""
-        if n > len(self._free) + len(self._evictable):
+        """n pages with ref count 1, or None (and nothing taken) if they do not fit.
+
+        Free pages go first (taken in bulk), then the least recently used cached pages."""
+        free = self._free
+        if n > len(free) + len(self._evictable):
             return None
-        pages = []
-        for _ in range(n):
-            if self._free:
-                page = self._free.pop()
-            else:
-                page, _ = self._evictable.popitem(last=False)
-                del self._page_of[self._key_of[page]]
-                self._key_of[page] = None
-                self.evictions += 1
-            self._ref[page] = 1
-            pages.append(page)
+        k = min(n, len(free))
+        pages = free[len(free) - k :][::-1]  # the order pop() would give
+        del free[len(free) - k :]
+        if k < n:
+            evictable, page_of, key_of = self._evictable, self._page_of, self._key_of
+            for _ in range(n - k):
+                page = evictable.popitem(last=False)[0]
+                del page_of[key_of[page]]
+                key_of[page] = None
+                pages.append(page)
+            self.evictions += n - k
+        ref = self._ref
+        for page in pages:
+            ref[page] = 1
         return pages
 
     def acquire(self, pages: list[int]) -> None:
@@ -127,6 +133,14 @@ class BlockManager:
         self._page_of[key] = page
         self._key_of[page] = key
         return True
+
+    def register_all(self, pages: list[int], keys: list[int]) -> None:
+        """register() each (page, key) pair; one call per sequence step on the hot path."""
+        page_of, key_of = self._page_of, self._key_of
+        for page, key in zip(pages, keys):
+            if key not in page_of and key_of[page] is None:
+                page_of[key] = page
+                key_of[page] = key
 
     def count_unreferenced(self, pages: list[int]) -> int:
         """How many of these pages are cached but unreferenced (acquiring them uses up room)."""

@@ -136,7 +136,8 @@ class Scheduler:
         return seq
 
     def add_send(self, req: Request, begin: int, end: int | None) -> Sequence:
-        """remote_send: compute KV of prompt[:end] and ship [begin, end); never samples."""
+        """remote_send: compute KV of prompt[:end] and ship [begin, end); never samples.
+        The sequence comes back already SENT when the prefix cache holds the whole range."""
         end = req.resolve(end)
         if not 0 <= begin <= end:
             raise ValueError(f"request {req.id}: remote_send range [{begin}, {end}) is empty or reversed")
@@ -145,9 +146,27 @@ class Scheduler:
         self._check_fits(req, end)
         seq = Sequence(req, SEND, target=end, begin=begin)
         self._send[req.id] = seq
+        if end % self.page_size == 0 and self._send_from_cache(seq):
+            return seq
         self.waiting.append(seq)
         self.queued_prefill_tokens += seq.target
         return seq
+
+    def _send_from_cache(self, seq: Sequence) -> bool:
+        """A send whose whole range is cached needs no compute, so it skips the queue (a context
+        migration off a busy engine must not wait behind that engine's prefills). The returned
+        sequence is then already SENT: the backend ships its pages at once."""
+        hit = self._match_prefix(seq)
+        if len(hit) * self.page_size < seq.target:
+            seq.matched = False
+            return False
+        self.kv.acquire(hit)
+        self.kv.hits += seq.target
+        seq.pages, seq.num_registered = hit, len(hit)
+        seq.num_cached = seq.num_computed = seq.target
+        seq.status = SENT
+        self.sending[seq.id] = seq
+        return True
 
     def add_receive(self, req: Request, end: int | None, now: float) -> Sequence:
         """prep_recv: queue a reservation for prompt[matched:end]; admitted by schedule()."""
@@ -482,9 +501,8 @@ class Scheduler:
         full = min(seq.num_computed, seq.target, seq.prompt_len) // self.page_size
         if full > seq.num_registered:
             keys = request_page_keys(seq.req, self.page_size)
-            register = self.kv.register
-            for i in range(seq.num_registered, full):
-                register(seq.pages[i], keys[i])
+            first = seq.num_registered
+            self.kv.register_all(seq.pages[first:full], keys[first:full])
             seq.num_registered = full
 
     def _set_computed(self, seq: Sequence, value: int) -> None:

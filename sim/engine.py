@@ -90,7 +90,10 @@ class SimEngine:
             )
         seq = self.sched.add_send(req, begin, end)
         seq.handle = send = _Send(self.env, receiver, begin)
-        self._poke()
+        if seq.status == "sent":  # served whole by the prefix cache: ship at once
+            self._ship(seq, end)
+        else:
+            self._poke()
         failure = await SimWait(send.done)
         if failure is not None:
             raise failure

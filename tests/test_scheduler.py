@@ -136,3 +136,16 @@ def test_identical_inputs_give_identical_schedules():
         return drain(s)
 
     assert run() == run()
+
+
+def test_a_send_served_whole_by_the_cache_skips_the_queue():
+    s = Scheduler(SchedulerConfig(num_pages=32, page_size=4, max_num_batched_tokens=8))
+    ctx = make_request("ctx", 16, max_tokens=1)
+    s.add_generate(ctx)
+    drain(s)
+    s.add_generate(make_request("busy", 30, max_tokens=4, seed=3))  # a prefill occupies the queue
+    send = s.add_send(make_request("mig", 16, prompt=ctx.prompt.copy()), 0, None)
+    assert send.status == "sent" and send.num_computed == 16 and len(s.waiting) == 1
+    s.finish_send("mig")
+    drain(s)
+    s.kv.check_no_leaks()
