@@ -1,0 +1,238 @@
+"""The paper's experiment (MicroServing, arXiv 2412.12488, end-to-end figure), on the simulator.
+
+Llama-3.1-70B in FP8 on one node of 8x H100 SXM with NVLink, four ways to use the 8 GPUs:
+data parallel (2 engines x TP4, round robin), one TP8 engine, 1P1D (TP4 prefill + TP4
+decode) and balanced PD with ratio 0.1 (the decode engine prefills the last 10% of each
+prompt). Workload LLMPerf-sonnet-like: input 3000 +- 5, output 100 +- 5 tokens, Poisson
+arrivals at 1.6 .. 5.6 req/s; 140 requests per run of which the first 40 warm the system up
+and are left out of the metrics (they still load the engines). Metrics: mean and p99 TTFT,
+TPOT and JCT (= end-to-end latency), each averaged over `--seeds` runs with different seeds
+(100 requests make a noisy p99; the spread is in the results file). Then a balance-ratio
+sweep (0 .. 0.5) at the highest rate shows where balanced PD's best ratio lies.
+
+Runs go through the sweep runner (parallel, resumable: results/paper_microserving/*.jsonl).
+Writes table.md / table.csv, ratio_sweep.md, paper_microserving.png under --out and copies
+the figure to docs/paper_microserving.png for the README.
+
+    PYTHONPATH=. python -m experiments.paper_microserving [--seeds 5] [--jobs N]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from core_api.traces import sonnet_spec
+from experiments.sweep import print_progress, read_results, run_sweep
+from experiments.sweep_spec import SweepSpec
+
+RATES = [1.6, 2.4, 3.2, 4.0, 4.8, 5.6]
+RATIOS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
+WARMUP, MEASURED = 40, 100
+ENGINE = {"gpu": "H100-SXM", "model": "Llama-3.1-70B", "dtype": "fp8"}
+ROLES = {"prefill": ["e0"], "decode": ["e1"]}
+# config name -> (cluster label, strategy label): the series of the table and figure
+CONFIGS = {"Data parallel (2xTP4)": ("2xTP4", "round_robin"), "TP8 (1 engine)": ("1xTP8", "round_robin"),
+           "1P1D (TP4 each)": ("2xTP4", "pd"), "Balanced PD 0.1": ("2xTP4", "balanced_pd[ratio=0.1]")}
+METRICS = [("mean_ttft_ms", "mean TTFT"), ("p99_ttft_ms", "p99 TTFT"), ("mean_tpot_ms", "mean TPOT"),
+           ("p99_tpot_ms", "p99 TPOT"), ("mean_e2el_ms", "mean JCT"), ("p99_e2el_ms", "p99 JCT")]
+
+
+def spec(seeds: list[int], rates: list[float], ratios: list[float] | None = None) -> SweepSpec:
+    """The four configurations (or, with `ratios`, balanced PD at each ratio) as one sweep."""
+    pair = [{**ENGINE, "count": 2, "tp": 4}]
+    if ratios is None:
+        clusters = [{"label": "2xTP4", "set": {"engines": pair},
+                     "strategies": [{"name": "round_robin"}, {"name": "pd", "params": ROLES},
+                                    {"name": "balanced_pd", "params": ROLES, "grid": {"ratio": [0.1]}}]},
+                    {"label": "1xTP8", "set": {"engines": [{**ENGINE, "count": 1, "tp": 8}]},
+                     "strategies": [{"name": "round_robin"}]}]
+    else:
+        clusters = [{"label": "2xTP4", "set": {"engines": pair},
+                     "strategies": [{"name": "balanced_pd", "params": ROLES, "grid": {"ratio": ratios}}]}]
+    workload = sonnet_spec(WARMUP + MEASURED, rates[0]).model_dump(mode="json")
+    return SweepSpec.model_validate({
+        "name": "paper_microserving" + ("_ratios" if ratios is not None else ""),
+        "base": {"cluster": {"engines": pair}, "workload": workload},
+        "clusters": clusters, "workloads": [{"label": "sonnet-3000x100"}],
+        "rates": rates, "seeds": seeds, "warmup_requests": WARMUP, "save_samples": False,
+    })
+
+
+def averaged(lines: list[dict], x: str) -> dict[tuple[str, str], dict[float, dict[str, float]]]:
+    """series -> x value -> metric -> mean over seeds (ok runs only). A series is (cluster,
+    strategy label) against rate; against ratio, the cluster alone (each ratio is its own label)."""
+    acc: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for ln in lines:
+        if ln.get("status") != "ok":
+            continue
+        lb = ln["labels"]
+        if x == "rate":
+            series, xv = (lb["cluster"], lb["strategy"]), lb["rate"]
+        else:
+            series, xv = (lb["cluster"], "balanced_pd"), ln["config"]["cluster"]["strategy"]["params"]["ratio"]
+        for k, _ in METRICS:
+            acc[series][xv][k].append(ln["metrics"][k])
+    return {s: {xv: {k: sum(v) / len(v) for k, v in ms.items()} for xv, ms in per.items()} for s, per in acc.items()}
+
+
+def table(avg, rates: list[float]) -> list[list[str]]:
+    rows = [["config", "rate"] + [f"{name} (ms)" for _, name in METRICS]]
+    for name, series in CONFIGS.items():
+        for rate in rates:
+            m = avg.get(series, {}).get(rate)
+            rows.append([name, f"{rate:g}"] + ([f"{m[k]:.1f}" for k, _ in METRICS] if m else ["-"] * len(METRICS)))
+    return rows
+
+
+def ratio_table(avg) -> list[list[str]]:
+    rows = [["ratio"] + [f"{name} (ms)" for _, name in METRICS]]
+    per = next(iter(avg.values()), {})
+    for ratio in sorted(per):
+        rows.append([f"{ratio:g}"] + [f"{per[ratio][k]:.1f}" for k, _ in METRICS])
+    return rows
+
+
+def markdown(rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(out)
+
+
+def reading(avg, rates: list[float]) -> str:
+    """Which configuration has the lowest p99 JCT at the lowest and the highest rate, by how much."""
+    lines = []
+    for rate in (rates[0], rates[-1]):
+        p99 = {name: avg[s][rate]["p99_e2el_ms"] for name, s in CONFIGS.items() if rate in avg.get(s, {})}
+        if len(p99) < 2:
+            continue
+        ranked = sorted(p99, key=p99.get)
+        best = ranked[0]
+        others = ", ".join(f"{(1 - p99[best] / p99[o]) * 100:.0f}% below {o} ({p99[o]:.0f} ms)" for o in ranked[1:])
+        lines.append(f"at {rate:g} req/s: {best} has the lowest p99 JCT, {p99[best]:.0f} ms: {others}")
+    return "\n".join(lines)
+
+
+def docs_page(table_md: str, ratio_md: str, summary: str, seeds: int, image: str) -> str:
+    """The docs page next to the figure: what was run, the tables, and the generated reading."""
+    return f"""# The paper's experiment on the simulator
+
+Generated by `python -m experiments.paper_microserving` (do not edit by hand). Llama-3.1-70B FP8 on
+8x H100 SXM (NVLink), roofline cost model. LLMPerf-sonnet-like workload: 3000 +- 5 input and
+100 +- 5 output tokens, Poisson arrivals; {MEASURED} measured requests after {WARMUP} warm-up requests
+per run; every number is the mean over {seeds} seeds. JCT = end-to-end latency. Times in ms.
+
+![MicroServing experiment]({image})
+
+{table_md}
+
+Balance-ratio sweep (balanced PD, 1P1D TP4, at {RATES[-1]:g} req/s; ratio 0 is plain 1P1D):
+
+{ratio_md}
+
+{summary}
+"""
+
+
+def figure(avg, ratio_avg, rates: list[float], out: Path, seeds: int) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 4, figsize=(18, 7.5))
+    for col, base in enumerate(("ttft", "tpot", "e2el")):
+        for row, stat in enumerate(("mean", "p99")):
+            ax = axes[row][col]
+            for name, s in CONFIGS.items():
+                xs = [r for r in rates if r in avg.get(s, {})]
+                ax.plot(xs, [avg[s][r][f"{stat}_{base}_ms"] for r in xs], marker="o", label=name)
+            ax.set_title(f"{stat} {'JCT' if base == 'e2el' else base.upper()} (ms)", fontsize=10)
+            ax.set_xlabel("request rate (req/s)")
+            ax.grid(alpha=0.3)
+    per = next(iter(ratio_avg.values()), {})
+    ratios = sorted(per)
+    ax = axes[0][3]
+    for (k, label), style in zip((("mean_e2el_ms", "mean JCT"), ("p99_e2el_ms", "p99 JCT")), ("k-s", "k--s")):
+        ax.plot(ratios, [per[r][k] for r in ratios], style, ms=4, label=label)
+    ax.set_title(f"balanced PD at {rates[-1]:g} req/s: JCT (ms) vs ratio", fontsize=10)
+    ax.legend(fontsize=8)
+    ax = axes[1][3]
+    for (k, label), style in zip((("mean_ttft_ms", "mean TTFT"), ("p99_ttft_ms", "p99 TTFT"),
+                                  ("mean_tpot_ms", "mean TPOT")), ("k-s", "k--s", "m-^")):
+        ax.plot(ratios, [per[r][k] for r in ratios], style, ms=4, label=label)
+    ax.set_title(f"balanced PD at {rates[-1]:g} req/s: TTFT / TPOT (ms) vs ratio", fontsize=10)
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    for ax in axes[:, 3]:
+        ax.set_xlabel("balance ratio (share of prompt prefilled on the decode engine)")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=4, bbox_to_anchor=(0.5, 1.03))
+    fig.suptitle(f"Llama-3.1-70B FP8 on 8x H100 SXM (simulated): sonnet 3000+-5 in / 100+-5 out, "
+                 f"{MEASURED} requests after {WARMUP} warm-up, mean of {seeds} seeds", y=1.07)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=5, help="runs per point, seeds 0..n-1 (default 5)")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--out", type=Path, default=Path("results/paper_microserving"))
+    p.add_argument("--docs", type=Path, default=Path("docs/paper_microserving.png"),
+                   help="where the README's copy of the figure goes ('' for none)")
+    p.add_argument("--fresh", action="store_true", help="ignore earlier results in --out")
+    args = p.parse_args(argv)
+    seeds = list(range(args.seeds))
+    t0 = time.perf_counter()
+    main_file, ratio_file = args.out / "results.jsonl", args.out / "ratio_sweep.jsonl"
+    for f in (main_file, ratio_file) if args.fresh else ():
+        f.unlink(missing_ok=True)
+    main_spec, ratio_spec = spec(seeds, RATES), spec(seeds, RATES[-1:], RATIOS)
+    run_sweep(main_spec, main_file, args.jobs, resume=True, progress=print_progress)
+    run_sweep(ratio_spec, ratio_file, args.jobs, resume=True, progress=print_progress)
+    keys = {r.key for r in main_spec.runs()}, {r.key for r in ratio_spec.runs()}
+    lines = [ln for ln in read_results(main_file) if ln["key"] in keys[0]]
+    ratio_lines = [ln for ln in read_results(ratio_file) if ln["key"] in keys[1]]
+    failed = [ln for ln in lines + ratio_lines if ln["status"] != "ok"]
+    for ln in failed[:5]:
+        print(f"failed {ln['labels']}: {ln['error']}", file=sys.stderr)
+    avg, ratio_avg = averaged(lines, "rate"), averaged(ratio_lines, "ratio")
+
+    rows, rrows = table(avg, RATES), ratio_table(ratio_avg)
+    text = markdown(rows)
+    best_ratio = min(next(iter(ratio_avg.values()), {}).items(), key=lambda kv: kv[1]["p99_e2el_ms"],
+                     default=(None, None))[0]
+    summary = reading(avg, RATES)
+    if best_ratio is not None:
+        summary += f"\nbalance-ratio sweep at {RATES[-1]:g} req/s: lowest p99 JCT at ratio {best_ratio:g}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "table.md").write_text(
+        f"Mean over {len(seeds)} seeds; {MEASURED} measured requests after {WARMUP} warm-up.\n\n{text}\n\n"
+        f"{summary}\n")
+    (args.out / "table.csv").write_text("\n".join(",".join(r) for r in rows) + "\n")
+    (args.out / "ratio_sweep.md").write_text(markdown(rrows) + "\n")
+    fig = figure(avg, ratio_avg, RATES, args.out / "paper_microserving.png", len(seeds))
+    print(text)
+    print(f"\nbalance-ratio sweep, balanced PD at {RATES[-1]:g} req/s:")
+    print(markdown(rrows))
+    print("\n" + summary)
+    if str(args.docs):
+        args.docs.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(fig, args.docs)
+        args.docs.with_suffix(".md").write_text(docs_page(text, markdown(rrows), summary, len(seeds), args.docs.name))
+    print(f"\nwrote {args.out}/table.md, table.csv, ratio_sweep.md, {fig}"
+          + (f", {args.docs} and {args.docs.with_suffix('.md')}" if str(args.docs) else "")
+          + f" in {time.perf_counter() - t0:.1f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
