@@ -1,0 +1,296 @@
+"""RealEngine: the router's asyncio handle on one engine process; implements core_api's Engine.
+
+One zmq DEALER socket per engine. Calls carry ids; a reader task routes every answer to the
+future (or, for start_generate, the queue) waiting on it, so many requests share the socket
+without head-of-line blocking. Every answer piggybacks the engine's load snapshot, which `load()`
+returns without a round trip (plus optimistic local bumps for calls not yet reflected in it).
+
+Liveness: a heartbeat pings the engine; if nothing at all comes back for `heartbeat_timeout_s`
+(or the launcher reports the process dead via `mark_dead`), every pending call and stream fails
+at once with EngineCallError naming the engine and the reason, and later calls fail immediately.
+The router keeps serving through the other engines.
+
+Token times: engines stamp tokens with their own monotonic clock. The heartbeat estimates the
+engine's clock offset (exactly 0 on the same host, where CLOCK_MONOTONIC is shared), and chunks
+are shifted onto the router's runtime clock (`time_origin` = monotonic time of runtime zero).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import zmq
+import zmq.asyncio
+
+from core_api.engine import EngineLoad
+from core_api.types import KVAddr, Request, TokenChunk
+from real import protocol as p
+from real.transfer import host_key
+
+log = logging.getLogger(__name__)
+DOWN_LOAD = 1 << 40
+
+
+class EngineCallError(RuntimeError):
+    """A sub-request failed on an engine (rejected, released, expired, or the engine is gone)."""
+
+
+class EngineDownError(EngineCallError):
+    """The engine process died or stopped answering."""
+
+
+class RealEngine:
+    def __init__(self, address: str, engine_id: str | None = None, directory: dict[str, RealEngine] | None = None,
+                 heartbeat_s: float = 0.5, heartbeat_timeout_s: float = 30.0,
+                 ctx: zmq.asyncio.Context | None = None) -> None:
+        self.address = address
+        self.id: str | None = engine_id  # None: adopt the engine's own id at hello
+        self.directory = directory if directory is not None else {}
+        self.heartbeat_s, self.heartbeat_timeout_s = heartbeat_s, heartbeat_timeout_s
+        self.ctx = ctx or zmq.asyncio.Context.instance()
+        self.info: dict = {}
+        self.host = ""
+        self.time_origin = 0.0
+        self.down: str | None = None
+        self._ids = itertools.count(1)
+        self._calls: dict[int, asyncio.Future] = {}
+        self._streams: dict[int, asyncio.Queue] = {}
+        self._load: EngineLoad | None = None
+        self._bump = (0, 0, 0)  # waiting, receiving, queued prefill tokens not yet in a snapshot
+        self._offset, self._best_rtt = 0.0, float("inf")
+        self._same_host = False
+        self._last_rx = time.monotonic()
+        self._tasks: list[asyncio.Task] = []
+        self.sock: zmq.asyncio.Socket | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def connect(self, timeout_s: float = 30.0) -> RealEngine:
+        """Open the socket, say hello (retrying until `timeout_s`), start reader and heartbeat."""
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.connect(self.address)
+        self._tasks.append(asyncio.ensure_future(self._reader()))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            t0 = time.monotonic()
+            try:
+                info = await asyncio.wait_for(self._call(p.Hello(op="hello", id=0)), min(2.0, timeout_s))
+                break
+            except asyncio.TimeoutError:
+                if time.monotonic() > deadline:
+                    await self.close()
+                    raise EngineDownError(f"engine at {self.address} did not answer hello within {timeout_s:g} s")
+        if self.id is not None and self.id != info["engine_id"]:
+            await self.close()
+            raise EngineCallError(f"engine at {self.address} is {info['engine_id']!r}, expected {self.id!r}")
+        self.info, self.id, self.host = info, info["engine_id"], info["host"]
+        self._same_host = self.host == host_key()
+        self._clock_sample(t0, time.monotonic(), info["now"])
+        self._last_rx = time.monotonic()
+        self._tasks.append(asyncio.ensure_future(self._heartbeat()))
+        return self
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._fail_all(EngineDownError(f"engine {self.id}: client closed"))
+        if self.sock is not None:
+            self.sock.close(0)
+            self.sock = None
+
+    def mark_dead(self, reason: str) -> None:
+        """The engine is gone: fail everything pending now, and every later call at once."""
+        if self.down is None:
+            self.down = reason
+            log.warning("engine %s is down: %s", self.id, reason)
+        self._fail_all(EngineDownError(f"engine {self.id} ({self.address}) is down: {self.down}"))
+
+    def _fail_all(self, exc: Exception) -> None:
+        calls, self._calls = self._calls, {}
+        for fut in calls.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        for queue in self._streams.values():
+            queue.put_nowait(exc)
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _post(self, msg) -> None:
+        if self.down is not None:
+            raise EngineDownError(f"engine {self.id} ({self.address}) is down: {self.down}")
+        if self.sock is None:
+            raise EngineCallError(f"engine {self.id}: not connected")
+        self.sock.send(p.encode(msg), flags=zmq.NOBLOCK)
+
+    async def _call(self, msg) -> dict:
+        if msg.id == 0:
+            msg.id = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._calls[msg.id] = fut
+        try:
+            self._post(msg)
+            return await fut
+        finally:
+            self._calls.pop(msg.id, None)
+
+    async def _reader(self) -> None:
+        sock = self.sock
+        while True:
+            frames = await sock.recv_multipart()
+            self._last_rx = time.monotonic()
+            try:
+                self._dispatch(p.decode_client_msg(frames[0]))
+            except p.ProtocolError as exc:
+                log.warning("engine %s sent a bad message: %s", self.id, exc)
+            except Exception:  # a bug here must not silence the engine for every caller
+                log.exception("engine %s: cannot dispatch an answer", self.id)
+
+    def _dispatch(self, msg) -> None:
+        """Route one answer: the load snapshot it carries, then its stream queue or call future."""
+        if msg.load is not None and self.info:
+            self._load = p.load_from_wire(self.id, msg.load)
+            self._bump = (0, 0, 0)
+        queue = self._streams.get(msg.id)
+        if queue is not None:
+            queue.put_nowait(msg)
+            return
+        fut = self._calls.get(msg.id)
+        if fut is None or fut.done():
+            if isinstance(msg, p.Error):
+                log.warning("engine %s: %s", self.id, msg.error)
+            return
+        if isinstance(msg, p.Error):
+            fut.set_exception(EngineCallError(msg.error))
+        else:
+            fut.set_result(msg.result)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            if self.down is not None:
+                return
+            silent = time.monotonic() - self._last_rx
+            if silent > self.heartbeat_timeout_s:
+                self.mark_dead(f"no answer for {silent:.1f} s (heartbeat timeout {self.heartbeat_timeout_s:g} s)")
+                return
+            asyncio.ensure_future(self._ping())
+
+    async def _ping(self) -> None:
+        t0 = time.monotonic()
+        try:
+            result = await self._call(p.Ping(op="ping", id=0))
+        except EngineCallError:
+            return
+        self._clock_sample(t0, time.monotonic(), result["now"])
+
+    def _clock_sample(self, t_send: float, t_recv: float, engine_now: float) -> None:
+        if self._same_host:
+            self._offset = 0.0
+            return
+        rtt = t_recv - t_send
+        if rtt < self._best_rtt:
+            self._best_rtt, self._offset = rtt, engine_now - (t_send + t_recv) / 2
+
+    def to_runtime(self, engine_time: float) -> float:
+        """An engine timestamp on the router's runtime clock."""
+        return engine_time - self._offset - self.time_origin
+
+    # -- the Engine protocol --------------------------------------------------------------
+    async def prep_recv(self, req: Request, end: int | None = None) -> tuple[KVAddr, int]:
+        w, r, q = self._bump
+        self._bump = (w, r + 1, q)
+        result = await self._call(p.PrepRecv(op="prep_recv", id=0, req=p.WireRequest.of(req), end=end))
+        return p.WireKVAddr(**result["kv_addr"]).to_kv_addr(), int(result["matched"])
+
+    async def remote_send(self, req: Request, kv_addr: KVAddr, dst: str, begin: int, end: int | None = None) -> None:
+        peer = self.directory.get(dst)
+        if peer is None or kv_addr.engine_id != dst:
+            raise ValueError(f"remote_send to {dst!r}: unknown engine or KVAddr of {kv_addr.engine_id!r}")
+        w, r, q = self._bump
+        self._bump = (w + 1, r, q + req.resolve(end) - begin)
+        await self._call(p.RemoteSend(
+            op="remote_send", id=0, req=p.WireRequest.of(req), kv_addr=p.WireKVAddr.of(kv_addr), dst=dst,
+            dst_address=peer.address, dst_host=peer.host, dst_rank=_rank(peer.info.get("nccl_rank")),
+            begin=begin, end=end))
+
+    async def start_generate(self, req: Request, begin: int = 0) -> AsyncIterator[TokenChunk]:
+        call_id = next(self._ids)
+        queue: asyncio.Queue = asyncio.Queue()
+        self._streams[call_id] = queue
+        finished = False
+        try:
+            self._post(p.StartGenerate(op="start_generate", id=call_id, req=p.WireRequest.of(req), begin=begin))
+            w, r, q = self._bump
+            self._bump = (w + 1, r, q + req.prompt_len - req.resolve(begin))
+            while not finished:
+                msgs = [await queue.get()]
+                while not queue.empty() and isinstance(msgs[-1], p.Chunk) and not msgs[-1].finished:
+                    msgs.append(queue.get_nowait())  # coalesce what piled up: one wake-up, one chunk
+                tokens, times, reason = [], [], None
+                for msg in msgs:
+                    if isinstance(msg, Exception):
+                        raise msg
+                    if isinstance(msg, p.Error):
+                        raise EngineCallError(msg.error)
+                    tokens += msg.tokens
+                    times += [self.to_runtime(t) for t in msg.times]
+                    finished, reason = msg.finished, msg.finish_reason
+                yield TokenChunk(tokens, times, finished=finished, finish_reason=reason)
+        finally:
+            self._streams.pop(call_id, None)
+            if not finished and self.down is None and self.sock is not None:
+                try:  # an abandoned stream must not keep running (and holding pages) on the engine
+                    asyncio.get_running_loop().create_task(self._quiet_release(req.id))
+                except RuntimeError:
+                    pass
+
+    async def _quiet_release(self, req_id: str) -> None:
+        try:
+            await self.release(req_id)
+        except EngineCallError:
+            pass
+
+    async def release(self, req_id: str) -> None:
+        await self._call(p.Release(op="release", id=0, req_id=req_id))
+
+    async def cached_prefix_len(self, req: Request) -> int:
+        result = await self._call(p.CachedPrefixLen(op="cached_prefix_len", id=0, req=p.WireRequest.of(req)))
+        return int(result["tokens"])
+
+    def load(self) -> EngineLoad:
+        """The latest snapshot. A dead engine looks infinitely busy and full, so load-aware
+        strategies route around it (round robin does not look, and gets fast failures)."""
+        if self.down is not None:
+            n = self.info.get("num_pages", 0)
+            return EngineLoad(self.id, DOWN_LOAD, 0, 0, DOWN_LOAD, 0, 0, n, self.info.get("page_size", 16))
+        load = self._load
+        if load is None:
+            ps = self.info.get("page_size", 16)
+            n = self.info.get("num_pages", 0)
+            load = EngineLoad(self.id, 0, 0, 0, 0, n, 0, n, ps)
+        w, r, q = self._bump
+        if w or r or q:
+            load = replace(load, num_waiting=load.num_waiting + w, num_receiving=load.num_receiving + r,
+                           queued_prefill_tokens=load.queued_prefill_tokens + q)
+        return load
+
+    # -- management -----------------------------------------------------------------------
+    async def stats(self) -> dict:
+        return await self._call(p.Stats(op="stats", id=0))
+
+    async def peer_down(self, engine_id: str, address: str = "") -> None:
+        await self._call(p.PeerDown(op="peer_down", id=0, engine_id=engine_id, address=address))
+
+    async def shutdown(self) -> None:
+        await self._call(p.Shutdown(op="shutdown", id=0))
+
+
+def _rank(rank: int | None) -> int:
+    return -1 if rank is None else rank

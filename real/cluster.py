@@ -1,0 +1,307 @@
+"""RealCluster: launch and supervise engine processes, and run a workload through a strategy.
+
+Engines are spawned on this host (fresh interpreters running real.engine_process, spec as JSON) or
+named by the address of an engine started elsewhere (`microserving engine --listen ...`). A run
+opens a session of RealEngine clients sharing one directory (so remote_send can name its peer),
+builds the strategy by name on an AsyncioRuntime, replays the workload's arrival times and
+records every request exactly like sim.cluster does, so metrics and RunResult JSON compare
+one to one with the simulator.
+
+Supervision: a watchdog checks local processes every 100 ms; when one dies its client fails all
+pending calls at once and the other engines are told (`peer_down`) to drop transfers to it.
+Shutdown (close, context exit, Ctrl-C, interpreter exit) terminates every process this object
+started, escalating to SIGKILL, and unlinks their shared KV pool files: no orphans.
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from typing_extensions import Self
+
+from core_api import strategy as registry
+from core_api.kv_cache import KVLeakError
+from core_api.metrics import summarize
+from core_api.runtime import AsyncioRuntime
+from core_api.types import Request, RequestRecord
+from core_api.workload import Workload
+from real.client import EngineCallError, RealEngine
+from real.config import EngineSpec, RealClusterConfig, StrategySpec
+from real.transfer import unlink_pool
+
+WATCHDOG_S = 0.1
+
+
+@dataclass
+class RealRunResult:
+    """One real run; `to_dict()` has sim RunResult's keys where they mean the same thing."""
+
+    config: dict
+    seed: int
+    strategy: dict
+    records: list[RequestRecord]
+    engine_stats: dict[str, dict]
+    wall_time_s: float
+    spawn_errors: list[str] = field(default_factory=list)
+
+    def metrics(self, slos: dict | None = None) -> dict[str, float]:
+        return summarize(self.records, slos=slos)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": "real", "config": self.config, "seed": self.seed, "strategy": self.strategy,
+                "wall_time_s": self.wall_time_s, "metrics": self.metrics(), "engine_stats": self.engine_stats,
+                "records": [r.to_dict() for r in self.records]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, allow_nan=True)
+
+
+class RealCluster:
+    def __init__(self, config: RealClusterConfig) -> None:
+        self.config = config
+        self.specs = config.engine_specs()
+        self.addresses: dict[str, str] = {eid: addr for _, addr, eid in self.specs if addr is not None}
+        # A remote engine listed without an id keeps the id it was started with (learnt at hello).
+        self._expected = {eid: None if e.address is not None and e.id is None else eid
+                          for eid, e in config.expanded()}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.shm_files: dict[str, str] = {}
+        self._started = False
+
+    @classmethod
+    def local(cls, n: int = 2, strategy: str = "round_robin", params: dict | None = None, **spec: Any) -> RealCluster:
+        """n identical engines on this host; `spec` holds EngineSpec fields (model, num_pages, ...)."""
+        return cls(RealClusterConfig(engines=[{"count": n, **spec}],
+                                     strategy=StrategySpec(name=strategy, params=params or {})))
+
+    @property
+    def engine_ids(self) -> list[str]:
+        return [eid for _, _, eid in self.specs]
+
+    # -- processes --------------------------------------------------------------------------
+    def start(self) -> RealCluster:
+        if self._started:
+            return self
+        self._started = True
+        atexit.register(self.close)
+        local = [(s, eid) for s, _, eid in self.specs if s is not None]
+        nccl_port = _free_port() if any(s.transport == "nccl" for s, _ in local) else None
+        pipes = {}
+        try:
+            for rank, (spec, eid) in enumerate(local):
+                spec = spec.model_copy(update={"exit_with_parent": True})
+                if nccl_port is not None:
+                    spec = spec.model_copy(update={"nccl_init": f"tcp://127.0.0.1:{nccl_port}", "nccl_rank": rank,
+                                                   "nccl_world": len(local)})
+                r, w = os.pipe()
+                self.procs[eid] = subprocess.Popen(
+                    [sys.executable, "-m", "real.engine_process", "--spec", spec.model_dump_json(), "--ready-fd",
+                     str(w)], pass_fds=(w,), env=_child_env())
+                os.close(w)
+                pipes[eid] = os.fdopen(r)
+            deadline = time.monotonic() + self.config.start_timeout_s
+            for eid, pipe in pipes.items():
+                report = self._ready_report(eid, pipe, deadline)
+                self.addresses[eid] = report["address"]
+                if report.get("shm"):
+                    self.shm_files[eid] = report["shm"]
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            for pipe in pipes.values():
+                pipe.close()
+        return self
+
+    def _ready_report(self, eid: str, pipe, deadline: float) -> dict:
+        ready, _, _ = select.select([pipe], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise RuntimeError(f"engine {eid} did not start within {self.config.start_timeout_s:g} s")
+        line = pipe.readline()
+        if not line:
+            code = self.procs[eid].wait(5.0)
+            raise RuntimeError(f"engine {eid} exited during startup (code {code})")
+        report = json.loads(line)
+        if "error" in report:
+            raise RuntimeError(f"engine {eid} failed to start: {report['error']}\n{report.get('traceback', '')}")
+        return report
+
+    def close(self) -> None:
+        """Stop every engine this cluster started (SIGTERM, then SIGKILL) and remove their pool files."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 5.0
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.01, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(2.0)
+        for path in self.shm_files.values():
+            unlink_pool(path)
+        self.shm_files.clear()
+        atexit.unregister(self.close)
+
+    def kill(self, engine_id: str) -> None:
+        """SIGKILL one engine (fault injection)."""
+        self.procs[engine_id].kill()
+        self.procs[engine_id].wait(5.0)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- sessions -----------------------------------------------------------------------------
+    @asynccontextmanager
+    async def session(self):
+        """Connected RealEngines by id (in config order), supervised while the session is open."""
+        self.start()
+        directory: dict[str, RealEngine] = {}
+        cfg = self.config
+        slots = {eid: RealEngine(self.addresses[eid], self._expected[eid], directory, cfg.heartbeat_s,
+                                 cfg.heartbeat_timeout_s) for eid in self.engine_ids}
+        try:
+            await asyncio.gather(*(e.connect(cfg.start_timeout_s) for e in slots.values()))
+            for e in slots.values():
+                if e.id in directory:
+                    raise ValueError(f"two engines call themselves {e.id!r} ({directory[e.id].address}, {e.address})")
+                directory[e.id] = e
+            watchdog = asyncio.ensure_future(self._watchdog(slots))
+            try:
+                yield directory
+            finally:
+                watchdog.cancel()
+                await asyncio.gather(watchdog, return_exceptions=True)
+        finally:
+            await asyncio.gather(*(e.close() for e in slots.values()), return_exceptions=True)
+
+    async def _watchdog(self, engines: dict[str, RealEngine]) -> None:
+        while True:
+            await asyncio.sleep(WATCHDOG_S)
+            for eid, proc in self.procs.items():
+                engine = engines[eid]
+                if engine.down is None and proc.poll() is not None:
+                    engine.mark_dead(f"process {proc.pid} exited with code {proc.returncode}")
+            for engine in engines.values():
+                if engine.down is not None and not getattr(engine, "_announced", False):
+                    engine._announced = True
+                    await self._announce_down(engine, engines)
+
+    @staticmethod
+    async def _announce_down(dead: RealEngine, engines: dict[str, RealEngine]) -> None:
+        live = [e for e in engines.values() if e.down is None]
+        await asyncio.gather(*(e.peer_down(dead.id, dead.address) for e in live), return_exceptions=True)
+
+    # -- runs -----------------------------------------------------------------------------------
+    def run(self, workload: Workload, strategy: str | None = None, params: dict | None = None, seed: int = 0,
+            config_echo: dict | None = None) -> RealRunResult:
+        return asyncio.run(self.arun(workload, strategy, params, seed, config_echo))
+
+    async def arun(self, workload: Workload, strategy: str | None = None, params: dict | None = None,
+                   seed: int = 0, config_echo: dict | None = None) -> RealRunResult:
+        name = strategy or self.config.strategy.name
+        params = params if params is not None else (self.config.strategy.params if strategy is None else {})
+        async with self.session() as engines:
+            return await run_workload(list(engines.values()), workload, name, params, seed,
+                                      config_echo if config_echo is not None else self.config.model_dump(mode="json"))
+
+
+async def run_workload(engines: list[RealEngine], workload: Workload, name: str, params: dict, seed: int = 0,
+                       config_echo: dict | None = None) -> RealRunResult:
+    """Serve a workload through strategy `name` on connected engines, at its arrival times."""
+    runtime = AsyncioRuntime()
+    origin = time.monotonic() - runtime.now()
+    for e in engines:
+        e.time_origin = origin
+    strat = registry.build(name, engines, runtime, params)
+    wall0 = time.perf_counter()
+    records = [RequestRecord(r.id, r.arrival_time, r.prompt_len, r.sampling.max_tokens) for r in workload]
+    tasks = []
+    for req, record in zip(workload, records):
+        delay = req.arrival_time - runtime.now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(serve(strat, engines, req, record, runtime)))
+    await asyncio.gather(*tasks)
+    await runtime.drain()
+    stats = await engine_stats(engines)
+    return RealRunResult(config=config_echo or {}, seed=seed, strategy={"name": name, "params": params},
+                         records=records, engine_stats=stats, wall_time_s=time.perf_counter() - wall0,
+                         spawn_errors=[repr(e) for e in runtime.spawn_errors])
+
+
+async def serve(strat: registry.Strategy, engines: list[RealEngine], req: Request, record: RequestRecord,
+                runtime: AsyncioRuntime) -> None:
+    """One request through the strategy; a failure is recorded and released everywhere (as sim)."""
+    try:
+        async for chunk in strat.generate(req):
+            record.add(chunk)
+    except Exception as exc:  # noqa: BLE001 - one request's failure must not stop the run
+        record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"
+        live = [e for e in engines if e.down is None]
+        await asyncio.gather(*(e.release(req.id) for e in live), return_exceptions=True)
+    record.finish_time = record.token_times[-1] if record.status == "ok" and record.token_times else runtime.now()
+    tags = strat.pop_tags(req.id)
+    if tags:
+        record.tags = tags
+
+
+async def engine_stats(engines: list[RealEngine]) -> dict[str, dict]:
+    """Stats of every engine still up (a dead one reports why)."""
+    out = {}
+    results = await asyncio.gather(*(e.stats() for e in engines if e.down is None), return_exceptions=True)
+    for e, r in zip([e for e in engines if e.down is None], results):
+        out[e.id] = r if isinstance(r, dict) else {"error": str(r)}
+    for e in engines:
+        if e.down is not None:
+            out[e.id] = {"down": e.down}
+    return out
+
+
+async def check_no_leaks(engines: list[RealEngine], settle_s: float = 2.0) -> dict[str, dict]:
+    """Raise KVLeakError unless every live engine is idle with no used or reserved page. Waits up
+    to `settle_s` for work still draining (a release in flight) before judging."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        stats = await engine_stats(engines)
+        live = {k: s for k, s in stats.items() if "down" not in s}
+        bad = {k: s for k, s in live.items() if "error" in s or not s["idle"] or s["leak"]
+               or s["pages"]["used"] or s["pages"]["reserved"]}
+        if not bad:
+            return stats
+        if time.monotonic() > deadline:
+            raise KVLeakError("; ".join(f"{k}: leak={s.get('leak')} pages={s.get('pages')} running={s.get('running')} "
+                                        f"waiting={s.get('waiting')} receiving={s.get('receiving')} "
+                                        f"sending={s.get('sending')} {s.get('error', '')}" for k, s in bad.items()))
+        await asyncio.sleep(0.05)
+
+
+def _child_env() -> dict[str, str]:
+    """The launcher's environment, with this checkout importable (the child runs `-m real...`)."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (root, env.get("PYTHONPATH")) if x)
+    return env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+__all__ = ["EngineCallError", "EngineSpec", "RealCluster", "RealRunResult", "check_no_leaks", "run_workload"]

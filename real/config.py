@@ -1,0 +1,144 @@
+"""Validated configuration of real engines and of a real cluster (CLI flags and files land here).
+
+An `EngineSpec` is everything one engine process needs to start: which model (a preset name, an
+HF directory or a GGUF file), on which device, with how much KV memory and which scheduler
+limits. It travels to a spawned process as JSON, never pickled. A `RealClusterConfig` lists
+engines (spawned here, or already running elsewhere and named by address) and the strategy.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from core_api.workload import WorkloadSpec
+
+MODEL_ALIASES = {"smollm2": "smollm2-135m"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EngineSpec(_Strict):
+    """One engine process. CPU defaults are small so two engines and a router share 2 cores."""
+
+    id: str = "e0"
+    model: str = "tiny"  # tiny | smollm2 | path to an HF directory or a .gguf file
+    model_seed: int = 0  # random weights (tiny) only
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None  # default: the model's own
+    device: str = "cpu"
+    threads: int = Field(1, ge=1)  # torch intra-op threads of this process
+    batch_invariant: bool = True  # bit-exact tokens whatever the batching (DESIGN point 5)
+    page_size: int = Field(16, ge=1)
+    num_pages: int = Field(1024, ge=1)
+    max_num_batched_tokens: int = Field(512, ge=1)
+    max_num_seqs: int = Field(64, ge=1)
+    max_model_len: int = Field(4096, ge=1)
+    reservation_timeout_s: float = Field(30.0, gt=0)
+    transport: Literal["auto", "zmq", "shm", "nccl"] = "auto"  # how this engine ships KV it sends
+    peer_timeout_s: float = Field(10.0, gt=0)  # a receiver silent this long fails the transfer
+    listen: str = "tcp://127.0.0.1:0"  # port 0: pick a free one (reported when ready)
+    exit_with_parent: bool = False  # set by RealCluster: an engine never outlives its launcher
+    # NCCL process group of the cluster's engines (transport "nccl"; filled in by RealCluster).
+    nccl_init: str | None = None
+    nccl_rank: int = -1
+    nccl_world: int = 0
+
+    @property
+    def model_name(self) -> str:
+        return MODEL_ALIASES.get(self.model, self.model)
+
+
+class EngineEntry(EngineSpec):
+    """An engine in a cluster config: spawned here (`count` copies) or already running at `address`."""
+
+    id: str | None = None
+    count: int = Field(1, ge=1)
+    address: str | None = None  # tcp://host:port of an engine started with `microserving engine`
+
+    @model_validator(mode="after")
+    def _remote_is_single(self) -> EngineEntry:
+        if self.address is not None and self.count != 1:
+            raise ValueError("an engine given by address cannot have count > 1")
+        return self
+
+
+class StrategySpec(_Strict):
+    name: str = "round_robin"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class RealClusterConfig(_Strict):
+    engines: list[EngineEntry] = Field(min_length=1)
+    strategy: StrategySpec = StrategySpec()
+    heartbeat_s: float = Field(0.5, gt=0)  # router -> engine ping period
+    # No answer at all this long: the engine is dead. Engines answer pings between steps, so this
+    # must exceed the longest step (a big CPU prefill chunk); local process deaths are seen in 0.1 s.
+    heartbeat_timeout_s: float = Field(30.0, gt=0)
+    start_timeout_s: float = Field(120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> RealClusterConfig:
+        ids = [i for i, _ in self.expanded()]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"engine ids must be unique, repeated: {dupes}")
+        return self
+
+    def expanded(self) -> list[tuple[str, EngineEntry]]:
+        """(engine id, entry) per engine, `count` unrolled; ids default to e0, e1, ... as in sim."""
+        out: list[tuple[str, EngineEntry]] = []
+        for e in self.engines:
+            for k in range(e.count):
+                if e.id is None:
+                    eid = f"e{len(out)}"
+                else:
+                    eid = e.id if e.count == 1 else f"{e.id}{k}"
+                out.append((eid, e))
+        return out
+
+    def engine_specs(self) -> list[tuple[EngineSpec | None, str | None, str]]:
+        """(spec to spawn or None, remote address or None, id) per engine."""
+        out = []
+        for eid, e in self.expanded():
+            if e.address is not None:
+                out.append((None, e.address, eid))
+            else:
+                data = e.model_dump(exclude={"count", "address"})
+                data["id"] = eid
+                out.append((EngineSpec(**data), None, eid))
+        return out
+
+
+def default_workload(vocab_size: int = 256) -> WorkloadSpec:
+    """Small enough for a CPU: 16 chat-like requests at 4 req/s, ~64-token prompts, ~16 outputs."""
+    return WorkloadSpec(num_requests=16, arrival={"process": "poisson", "rate": 4.0},
+                        prompt_len={"kind": "lognormal", "mean": 64, "sigma": 0.6, "max": 256},
+                        output_len={"kind": "lognormal", "mean": 16, "sigma": 0.5, "max": 64},
+                        vocab_size=vocab_size)
+
+
+class RealRunConfig(_Strict):
+    """What `microserving run --config` reads: a cluster, a workload (same spec as sim), a seed."""
+
+    cluster: RealClusterConfig
+    workload: WorkloadSpec = Field(default_factory=default_workload)
+    seed: int = Field(0, ge=0)
+
+
+def load_run_config(path: str | Path) -> RealRunConfig:
+    """A RealRunConfig from YAML or JSON; a bare cluster config (top-level `engines`) is accepted."""
+    import json
+
+    text = Path(path).read_text()
+    if str(path).endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if isinstance(data, dict) and "engines" in data:
+        data = {"cluster": data}
+    return RealRunConfig.model_validate(data)

@@ -1,0 +1,53 @@
+"""`microserving engine`: run one engine in the foreground, for routers on other hosts.
+
+    microserving engine --listen tcp://0.0.0.0:5555 --device cuda:0 --model smollm2 --id d0
+
+A router reaches it with `microserving run --connect tcp://HOST:5555` (or an `address:` entry in
+a cluster config). The socket binds to loopback unless an address is given. Ctrl-C stops it and
+removes its shared KV pool file.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pydantic import ValidationError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("engine", help="run one engine process in the foreground (multi-host serving)",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--listen", default="tcp://127.0.0.1:5555", help="zmq address to bind (default loopback)")
+    p.add_argument("--id", default="e0", help="engine id (unique in the cluster)")
+    p.add_argument("--model", default="tiny", help="tiny | smollm2 | HF checkpoint dir | .gguf file")
+    p.add_argument("--model-seed", type=int, default=0, help="seed of random weights (tiny)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--num-pages", type=int, default=1024)
+    p.add_argument("--page-size", type=int, default=16)
+    p.add_argument("--max-num-batched-tokens", type=int, default=512)
+    p.add_argument("--transport", default="auto", choices=["auto", "zmq", "shm"])
+    p.add_argument("--fast", action="store_true", help="turn off batch-invariant mode")
+
+
+def run(args: argparse.Namespace) -> int:
+    from real.config import EngineSpec
+    from real.engine_process import engine_main
+
+    try:
+        spec = EngineSpec(id=args.id, model=args.model, model_seed=args.model_seed, device=args.device,
+                          dtype=args.dtype, threads=args.threads, num_pages=args.num_pages, page_size=args.page_size,
+                          max_num_batched_tokens=args.max_num_batched_tokens, transport=args.transport,
+                          batch_invariant=not args.fast, listen=args.listen)
+    except ValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    def report(info: dict) -> None:
+        if "error" in info:
+            print(f"error: {info['error']}", file=sys.stderr)
+        else:
+            print(f"engine {spec.id} ({spec.model_name} on {spec.device}) listening on {info['address']}", flush=True)
+
+    return engine_main(spec, report)

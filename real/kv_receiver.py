@@ -1,0 +1,58 @@
+"""The receiving side of remote_send: land KV chunks in reserved pages, complete the reservation.
+
+A chunk is accepted only while its reservation is open (prep_recv admitted it and it has neither
+expired nor been released): the check, the page write and the completion all happen here, in the
+engine's own loop, so a page that went back to the free list can never be written by a late
+transfer. The receiver maps the chunk's token range onto its own page table and refuses page ids
+that disagree with it. Each chunk pushes the reservation's deadline out (touch_receive); the
+chunk marked `last` completes it (complete_receive), after which its pages hold KV of
+[0, end) and wait for start_generate or release. Every chunk is answered with a KVAck.
+"""
+from __future__ import annotations
+
+import time
+
+from core_api.scheduler import Scheduler
+from core_api.sequence import RECEIVE
+from real.protocol import KVAck, KVChunk
+from real.transfer import PageReceiver
+
+
+class KVReceiver:
+    def __init__(self, sched: Scheduler, engine_id: str, pages: PageReceiver, nccl=None) -> None:
+        self.sched, self.engine_id, self.pages, self.nccl = sched, engine_id, pages, nccl
+
+    def on_chunk(self, msg: KVChunk, frames: list) -> KVAck:
+        ack = KVAck(op="kv_ack", id=msg.id, req_id=msg.req_id, ok=True)
+        try:
+            page_ids = self.check(msg)
+        except ValueError as exc:
+            if msg.mode == "nccl" and self.nccl is not None:
+                self.nccl.drain(msg)  # keep the NCCL pair matched
+            ack.ok, ack.error = False, str(exc)
+            return ack
+        try:
+            self.pages.land(msg, frames, page_ids)
+            if msg.last:
+                self.sched.complete_receive(msg.req_id, time.monotonic())
+                ack.done = True
+        except (ValueError, KeyError) as exc:
+            ack.ok, ack.error = False, str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+        return ack
+
+    def check(self, msg: KVChunk) -> list[int]:
+        """The reservation's pages for the chunk's tokens; ValueError if it is gone or they differ."""
+        sched = self.sched
+        seq = sched.receiving.get(msg.req_id)
+        if seq is None or seq.kind != RECEIVE or not sched.touch_receive(msg.req_id, time.monotonic()):
+            raise ValueError(f"no open reservation for request {msg.req_id} on engine {self.engine_id} "
+                             "(expired or released)")
+        ps = sched.page_size
+        if not seq.begin <= msg.token_begin <= msg.token_end <= seq.target:
+            raise ValueError(f"tokens [{msg.token_begin}, {msg.token_end}) outside the reservation "
+                             f"[{seq.begin}, {seq.target})")
+        pages = seq.pages[msg.token_begin // ps: -(-msg.token_end // ps)] if msg.token_end > msg.token_begin else []
+        if list(msg.page_ids) != pages:
+            raise ValueError(f"page ids {msg.page_ids[:8]} do not match the reservation's pages {pages[:8]} "
+                             f"for tokens [{msg.token_begin}, {msg.token_end})")
+        return pages

@@ -1,0 +1,126 @@
+"""`microserving serve`: an OpenAI-compatible HTTP server on the programmable router.
+
+    microserving serve --engines 2 --model tiny --strategy least_loaded
+    microserving serve --model smollm2 --strategy pd --port 8000 --admin-token "$TOKEN"
+    microserving serve --config cluster.yaml          # engines, strategy and an optional `serve:` section
+
+Engines are started on this host (`--engines N`) and/or reached where `microserving engine` runs
+(`--connect ADDRESS`), or all of it comes from `--config`. The server listens on 127.0.0.1 unless
+`--host` says otherwise. Routes: /v1/completions, /v1/chat/completions, /v1/models, /health,
+/metrics, and /admin/strategy (only with an admin token: --admin-token or $MICROSERVING_ADMIN_TOKEN).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server on the router (completions, chat, admin)",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", type=Path, help="cluster file (YAML/JSON): engines, strategy, optional serve: section")
+    p.add_argument("--strategy", help="strategy name or module:Class (default least_loaded, or the config's)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=JSON", help="strategy parameter (repeatable)")
+    g = p.add_argument_group("engines")
+    g.add_argument("--engines", type=int, help="engine processes to start on this host (default 2)")
+    g.add_argument("--connect", action="append", default=[], metavar="ADDRESS",
+                   help="address of an engine started with `microserving engine` (repeatable)")
+    g.add_argument("--model", default="tiny", help="tiny | smollm2 | HF checkpoint dir | .gguf file")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--threads", type=int, default=1, help="torch threads per engine process")
+    g.add_argument("--num-pages", type=int, default=1024)
+    g.add_argument("--page-size", type=int, default=16)
+    g.add_argument("--max-model-len", type=int, help="context limit per engine (default: the model's)")
+    g.add_argument("--transport", default="auto", choices=["auto", "zmq", "shm", "nccl"])
+    g.add_argument("--fast", action="store_true", help="turn off batch-invariant mode (faster, not bit-exact)")
+    g = p.add_argument_group("http")
+    g.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    g.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
+    g.add_argument("--admin-token", help="enables /admin/* (default $MICROSERVING_ADMIN_TOKEN; off if neither)")
+    g.add_argument("--max-concurrent", type=int, help="requests in flight before 429 (default 256)")
+    g.add_argument("--served-model-name", help="the model id clients send (default: the model's name)")
+    g.add_argument("--default-max-tokens", type=int, help="chat max_tokens when the client gives none (default 512)")
+    g.add_argument("--log-level", help="uvicorn log level (default warning)")
+
+
+def build_configs(args: argparse.Namespace):
+    """(RealClusterConfig, ServeConfig) from the file and/or flags; flags win."""
+    from real.config import RealClusterConfig
+    from real.serve.config import ADMIN_TOKEN_ENV, ServeConfig, load_serve_file
+
+    if args.config:
+        cluster, serve = load_serve_file(args.config)
+        data, serve_data = cluster.model_dump(mode="json"), serve.model_dump()
+    else:
+        n = args.engines if args.engines is not None else (0 if args.connect else 2)
+        engine = {"model": args.model, "device": args.device, "threads": args.threads, "num_pages": args.num_pages,
+                  "page_size": args.page_size, "transport": args.transport, "batch_invariant": not args.fast}
+        if args.max_model_len:
+            engine["max_model_len"] = args.max_model_len
+        engines = [dict(engine, count=n)] if n else []
+        engines += [{"address": a} for a in args.connect]
+        data, serve_data = {"engines": engines, "strategy": {"name": "least_loaded"}}, {}
+    if args.strategy:
+        data["strategy"] = {"name": args.strategy, "params": {}}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--param {item!r}: expected KEY=VALUE")
+        try:
+            data["strategy"]["params"][key] = json.loads(value)
+        except json.JSONDecodeError:
+            data["strategy"]["params"][key] = value
+    flags = {"host": args.host, "port": args.port, "admin_token": args.admin_token,
+             "max_concurrent": args.max_concurrent, "served_model_name": args.served_model_name,
+             "default_max_tokens": args.default_max_tokens, "log_level": args.log_level}
+    serve_data.update({k: v for k, v in flags.items() if v is not None})
+    if not serve_data.get("admin_token") and os.environ.get(ADMIN_TOKEN_ENV):
+        serve_data["admin_token"] = os.environ[ADMIN_TOKEN_ENV]
+    return RealClusterConfig.model_validate(data), ServeConfig.model_validate(serve_data)
+
+
+def run(args: argparse.Namespace) -> int:
+    from core_api.strategy import StrategyError
+    from real.cluster import RealCluster
+    from real.serve.server import bind, serve
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cluster_config, config = build_configs(args)
+    except (ValidationError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        sock = bind(config.host, config.port)
+    except OSError as exc:
+        print(f"error: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 2
+    host, port = sock.getsockname()[:2]
+
+    def ready(state, server) -> None:
+        r = state.router
+        print(f"serving {state.frontend.served_name} on http://{host}:{port}/v1 with {len(r.engines)} engine(s), "
+              f"strategy {r.active.name} {json.dumps(r.active.params)}; admin routes "
+              f"{'on' if config.admin_token else 'off'}", file=sys.stderr, flush=True)
+
+    n = len(cluster_config.expanded())
+    print(f"starting {n} engine(s)...", file=sys.stderr, flush=True)
+    try:
+        with RealCluster(cluster_config) as cluster:
+            asyncio.run(serve(cluster, config, sock, ready))
+    except (StrategyError, RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # uvicorn re-raises the signal it handled, after a clean shutdown
+        pass
+    finally:
+        sock.close()
+    print("server stopped", file=sys.stderr)
+    return 0

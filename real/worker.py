@@ -1,0 +1,363 @@
+"""EngineWorker: one engine process. A zmq ROUTER socket, the shared core_api Scheduler, the model
+runner and one KV pool tensor [layers, pages, 2, page_size, kv_heads, head_dim].
+
+The loop mirrors sim.engine.SimEngine with a real clock: drain the sockets, expire reservations,
+then schedule -> execute -> update. While there is work the poll does not wait, so I/O never
+stalls a step; when idle the loop blocks in poll until a message arrives (waking every 100 ms for expiries).
+
+Router calls (prep_recv, remote_send, start_generate, release, cached_prefix_len, stats, ping,
+hello, peer_down, shutdown) arrive on the ROUTER socket; so do KV chunks from peer engines, which
+land in this pool and are acknowledged on the same connection. A prep_recv or start_generate
+that must wait (for pages, for compute) keeps the caller's identity on its sequence (`handle`)
+and is answered when the step loop gets there. Every failure is an error answer with a reason:
+a call never goes unanswered, and an exception in one handler never stops the engine.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import zmq
+
+from core_api.scheduler import RequestRejected, Scheduler, SchedulerConfig
+from core_api.sequence import FAILED, SENT, Sequence
+from real import protocol as p
+from real.config import EngineSpec
+from real.kv_receiver import KVReceiver
+from real.kv_sender import KVSender, OutgoingSend
+from real.loading import load_model
+from real.runner import ModelRunner
+from real.transfer import PageReceiver, SharedPool, ShmTransport, ZmqTransport, host_key, shm_usable
+
+log = logging.getLogger(__name__)
+IDLE_POLL_MS = 100
+
+
+@dataclass(slots=True)
+class Caller:
+    """Who to answer: the router connection and its call id."""
+
+    ident: bytes
+    call_id: int
+
+
+class Stream(Caller):
+    """A start_generate in progress."""
+
+
+class EngineWorker:
+    def __init__(self, spec: EngineSpec, ctx: zmq.Context | None = None) -> None:
+        torch.set_num_threads(spec.threads)
+        self.spec, self.id = spec, spec.id
+        self.model = load_model(spec.model_name, spec.device, spec.model_seed, spec.dtype, spec.batch_invariant)
+        c = self.model.config
+        shape = (c.num_layers, spec.num_pages, 2, spec.page_size, c.num_kv_heads, c.head_dim)
+        self.shared: SharedPool | None = None
+        if spec.transport in ("auto", "shm") and shm_usable(spec.device):
+            self.shared = SharedPool.create(shape, self.model.dtype)
+            self.pool = self.shared.tensor
+        else:
+            self.pool = self.model.allocate_kv_pool(spec.num_pages, spec.page_size)
+        try:
+            self._setup(spec, ctx)
+        except BaseException:
+            self.close_pool()  # e.g. the listen address is taken: leave no pool file behind
+            raise
+
+    def _setup(self, spec: EngineSpec, ctx: zmq.Context | None) -> None:
+        c = self.model.config
+        # Touch every page of the pool now (a GPU allocator would hand out resident memory too):
+        # otherwise the first transfers and prefills into fresh pages pay one page fault per 4 KiB.
+        self.pool.zero_()
+        self.sched = Scheduler(SchedulerConfig(
+            num_pages=spec.num_pages, page_size=spec.page_size, max_num_batched_tokens=spec.max_num_batched_tokens,
+            max_num_seqs=spec.max_num_seqs, max_model_len=min(spec.max_model_len, c.max_position_embeddings),
+            reservation_timeout_s=spec.reservation_timeout_s, eos_token_id=c.eos_token_id))
+        self.runner = ModelRunner(self.model, self.pool, spec.page_size)
+        self.runner.warmup()
+        self.nccl = None
+        if spec.transport == "nccl":
+            from real.nccl_transfer import NcclTransport
+
+            self.nccl = NcclTransport(spec.nccl_init, spec.nccl_rank, spec.nccl_world, self.model.device)
+        self.receiver = PageReceiver(self.pool, self.nccl)
+        self.kv_in = KVReceiver(self.sched, self.id, self.receiver, self.nccl)
+        self.zmq_transport = ZmqTransport()
+        self.shm_transport = ShmTransport(self.shared) if self.shared is not None else None
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        # No high-water marks: a ROUTER silently drops what exceeds one, and a dropped chunk
+        # would leave a stream waiting forever. Memory is the limit instead.
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.bind(spec.listen.replace(":0", ":*") if spec.listen.endswith(":0") else spec.listen)
+        self.address = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.sender = KVSender(self.ctx, self.poller, self.sched, self.id, spec.page_size, self.pool,
+                               spec.peer_timeout_s, self._send_over)
+        self.host = host_key()
+        self.steps, self.busy_s = 0, 0.0
+        self.running = True
+        self._deferred_release: set[str] = set()
+        self._ppid = os.getppid()
+        self._handlers = {
+            "hello": self._hello, "ping": self._ping, "prep_recv": self._prep_recv, "remote_send": self._remote_send,
+            "start_generate": self._start_generate, "release": self._release, "stats": self._stats,
+            "cached_prefix_len": self._cached_prefix_len, "peer_down": self._peer_down, "shutdown": self._shutdown,
+            "kv": self._kv, "kv_ack": self._kv_ack,
+        }
+
+    # -- the loop -----------------------------------------------------------------------------
+    def serve(self) -> None:
+        timeout = 0
+        while self.running:
+            self._poll(timeout)
+            if not self.running:
+                break
+            timeout = IDLE_POLL_MS if not self.step() else 0
+            if self.spec.exit_with_parent and os.getppid() != self._ppid:
+                log.warning("engine %s: launcher exited, shutting down", self.id)
+                break
+
+    def step(self) -> bool:
+        """Expire, schedule, execute, update. True if a batch ran."""
+        sched = self.sched
+        now = time.monotonic()
+        if sched.receiving:
+            for seq in sched.expire(now):
+                self._fail(seq, f"reservation for request {seq.id} on engine {self.id} expired")
+        self.sender.check_timeouts(now)
+        out = sched.schedule(now)
+        for seq in out.admitted_receives:
+            if isinstance(seq.handle, Caller):
+                self._answer_prep(seq.handle, seq)
+                seq.handle = None
+        for seq in out.failed:
+            self._fail(seq, f"request {seq.id} failed on engine {self.id}: {seq.finish_reason}")
+        batch = out.batch
+        if not batch:
+            return False
+        t0 = time.perf_counter()
+        try:
+            tokens = self.runner.execute(batch)
+        except Exception as exc:  # a failing forward fails its requests, not the engine
+            log.exception("engine %s: forward failed", self.id)
+            for seq in list(batch.seqs):
+                for dropped in sched.release(seq.id, FAILED):
+                    self._fail(dropped, f"forward pass failed on engine {self.id}: {type(exc).__name__}: {exc}")
+            return True
+        self.busy_s += time.perf_counter() - t0
+        self.steps += 1
+        result = sched.update(batch, tokens, time.monotonic())
+        finished = {id(s) for s in result.finished}
+        for seq in result.sampled:
+            if isinstance(seq.handle, Stream):
+                fin = id(seq) in finished
+                self._send(seq.handle.ident, p.Chunk(op="chunk", id=seq.handle.call_id, tokens=[seq.output[-1]],
+                                                     times=[seq.token_times[-1]], finished=fin,
+                                                     finish_reason=seq.finish_reason if fin else None))
+        for seq, _start, _stop in result.sends:
+            self.sender.ship(seq)
+        return True
+
+    def _poll(self, timeout_ms: int) -> None:
+        events = dict(self.poller.poll(timeout_ms))
+        while events:
+            for sock in events:
+                self._drain(sock)
+            events = dict(self.poller.poll(0)) if self.running else {}
+
+    def _drain(self, sock: zmq.Socket) -> None:
+        router = sock is self.sock
+        while self.running:
+            try:
+                frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            ident = frames[0].bytes if router else b""
+            body = frames[1:] if router else frames
+            self._dispatch(ident, body)
+
+    def _dispatch(self, ident: bytes, frames: list) -> None:
+        if not frames:
+            self._send(ident, p.Error(op="error", error="malformed message: no frames", kind="ProtocolError"))
+            return
+        try:
+            msg = p.decode_engine_msg(frames[0].bytes)
+        except p.ProtocolError as exc:
+            self._send(ident, p.Error(op="error", id=exc.call_id, error=str(exc), kind="ProtocolError"))
+            return
+        try:
+            self._handlers[msg.op](ident, msg, frames[1:])
+        except (ValueError, KeyError, RequestRejected) as exc:
+            kind = type(exc).__name__
+            text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            self._send(ident, p.Error(op="error", id=msg.id, error=f"{msg.op} on engine {self.id}: {text}", kind=kind))
+        except Exception as exc:  # a bug in one call must not take the engine down
+            log.exception("engine %s: %s failed", self.id, msg.op)
+            self._send(ident, p.Error(op="error", id=msg.id, error=f"{msg.op} on engine {self.id}: internal error "
+                                      f"{type(exc).__name__}: {exc}", kind="InternalError"))
+
+    # -- answers ------------------------------------------------------------------------------
+    def _send(self, ident: bytes, msg) -> None:
+        if ident == b"":
+            return  # came from a peer DEALER socket: nothing to answer there
+        if hasattr(msg, "load"):
+            msg.load = p.load_to_wire(self.sched.load(self.id))
+        self.sock.send_multipart([ident, p.encode(msg)], flags=zmq.NOBLOCK)
+
+    def _reply(self, ident: bytes, call_id: int, **result) -> None:
+        self._send(ident, p.Reply(op="reply", id=call_id, result=result))
+
+    def _answer_prep(self, caller: Caller, seq: Sequence) -> None:
+        ps = self.sched.page_size
+        addr = p.WireKVAddr(engine_id=self.id, page_ids=seq.pages[seq.begin // ps:], page_size=ps,
+                            begin=seq.begin, end=seq.target)
+        self._reply(caller.ident, caller.call_id, kv_addr=addr.model_dump(), matched=seq.begin)
+
+    def _fail(self, seq: Sequence, reason: str) -> None:
+        """Tell whoever waits on `seq` that it is over (released, expired, failed)."""
+        handle, seq.handle = seq.handle, None
+        if isinstance(handle, OutgoingSend):
+            seq.handle = handle
+            self.sender.fail(handle, reason)
+        elif isinstance(handle, Caller):
+            self._send(handle.ident, p.Error(op="error", id=handle.call_id, error=reason))
+
+    def _send_over(self, send: OutgoingSend) -> None:
+        if send.error is None:
+            self._reply(send.ident, send.call_id, bytes=send.bytes_sent)
+        else:
+            self._send(send.ident, p.Error(op="error", id=send.call_id, error=f"remote_send of request "
+                                           f"{send.req_id} from {self.id} failed: {send.error}"))
+        if send.req_id in self._deferred_release:
+            self._deferred_release.discard(send.req_id)
+            for seq in self.sched.release(send.req_id):
+                self._fail(seq, f"request {send.req_id} released on engine {self.id}")
+
+    # -- router calls -------------------------------------------------------------------------
+    def _request(self, wire: p.WireRequest):
+        """The Request, refused here (not in a batch with others) if a token id is out of vocabulary."""
+        req = wire.to_request()
+        vocab = self.model.config.vocab_size
+        if int(req.prompt.max()) >= vocab or int(req.prompt.min()) < 0:
+            raise ValueError(f"request {req.id}: token ids must lie in [0, {vocab}) for this model")
+        return req
+
+    def _hello(self, ident, msg: p.Hello, frames) -> None:
+        c, s = self.model.config, self.spec
+        self._reply(ident, msg.id, engine_id=self.id, address=self.address, host=self.host, pid=os.getpid(),
+                    now=time.monotonic(), model=s.model_name, model_seed=s.model_seed, dtype=str(self.model.dtype),
+                    vocab_size=c.vocab_size, eos_token_id=c.eos_token_id, page_size=s.page_size,
+                    num_pages=s.num_pages, max_model_len=self.sched.config.max_model_len, device=s.device,
+                    batch_invariant=s.batch_invariant,
+                    shm=self.shared.path if self.shared else None,
+                    nccl_rank=self.nccl.rank if self.nccl else None)
+
+    def _ping(self, ident, msg: p.Ping, frames) -> None:
+        self._reply(ident, msg.id, now=time.monotonic())
+
+    def _prep_recv(self, ident, msg: p.PrepRecv, frames) -> None:
+        now = time.monotonic()
+        seq = self.sched.add_receive(self._request(msg.req), msg.end, now)
+        if self.sched.try_admit_receive(seq, now):
+            self._answer_prep(Caller(ident, msg.id), seq)
+        else:
+            seq.handle = Caller(ident, msg.id)
+
+    def _remote_send(self, ident, msg: p.RemoteSend, frames) -> None:
+        req = self._request(msg.req)
+        end, kv = req.resolve(msg.end), msg.kv_addr
+        if kv.engine_id != msg.dst:
+            raise ValueError(f"KVAddr belongs to {kv.engine_id!r}, not to the destination {msg.dst!r}")
+        if (msg.begin, end) != (kv.begin, kv.end):
+            raise ValueError(f"request {req.id}: range [{msg.begin}, {end}) does not match the receiver's "
+                             f"reservation [{kv.begin}, {kv.end})")
+        kv.to_kv_addr()  # validates page count and alignment
+        if kv.page_size != self.sched.page_size:
+            raise ValueError(f"receiver page size {kv.page_size} differs from this engine's {self.sched.page_size}")
+        seq = self.sched.add_send(req, msg.begin, end)
+        self.sender.start(seq, OutgoingSend(ident, msg.id, req.id, msg.dst, msg.dst_address, tuple(kv.page_ids),
+                                            msg.begin, end, self._transport_to(msg)))
+        if seq.status == SENT:  # the prefix cache held the whole range: ship it now
+            self.sender.ship(seq)
+
+    def _transport_to(self, msg: p.RemoteSend):
+        mode = self.spec.transport
+        if mode == "nccl" and self.nccl is not None and msg.dst_rank >= 0:
+            return self.nccl.sender_to(msg.dst_rank)
+        if mode in ("auto", "shm") and self.shm_transport is not None and msg.dst_host == self.host:
+            return self.shm_transport
+        return self.zmq_transport
+
+    def _start_generate(self, ident, msg: p.StartGenerate, frames) -> None:
+        seq = self.sched.add_generate(self._request(msg.req), msg.begin)
+        seq.handle = Stream(ident, msg.id)
+
+    def _release(self, ident, msg: p.Release, frames) -> None:
+        send = self.sender.sends.get(msg.req_id)
+        if send is not None and send.in_flight:
+            # Its pages may still be read by the receiver (shared memory): free them only after
+            # the acknowledgements in flight are in (or the peer timeout), then release the rest.
+            self._deferred_release.add(msg.req_id)
+            self.sender.fail(send, f"request {msg.req_id} released on engine {self.id}")
+        else:
+            for seq in self.sched.release(msg.req_id):
+                self._fail(seq, f"request {msg.req_id} released on engine {self.id}")
+        self._reply(ident, msg.id)
+
+    def _cached_prefix_len(self, ident, msg: p.CachedPrefixLen, frames) -> None:
+        self._reply(ident, msg.id, tokens=self.sched.cached_prefix_len(self._request(msg.req)))
+
+    def _stats(self, ident, msg: p.Stats, frames) -> None:
+        self._reply(ident, msg.id, **self.stats())
+
+    def _peer_down(self, ident, msg: p.PeerDown, frames) -> None:
+        self.sender.peer_down(msg.engine_id, msg.address)
+        self._reply(ident, msg.id)
+
+    def _shutdown(self, ident, msg: p.Shutdown, frames) -> None:
+        self._reply(ident, msg.id)
+        self.running = False
+
+    # -- engine-to-engine ---------------------------------------------------------------------
+    def _kv(self, ident, msg: p.KVChunk, frames) -> None:
+        self.sock.send_multipart([ident, p.encode(self.kv_in.on_chunk(msg, frames))], flags=zmq.NOBLOCK)
+
+    def _kv_ack(self, ident, msg: p.KVAck, frames) -> None:
+        self.sender.on_ack(msg)
+
+    # -- views --------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        sched, kv = self.sched, self.sched.kv
+        st = kv.stats()
+        idle = not (sched.running or sched.waiting or sched.receiving or sched.sending or self.sender.sends)
+        try:
+            kv.check_no_leaks() if idle else kv.check_consistent()
+            leak = None
+        except AssertionError as exc:
+            leak = str(exc)
+        return {"engine_id": self.id, "steps": self.steps, "busy_s": self.busy_s,
+                "forward_tokens": self.runner.forward_tokens, "preemptions": sched.num_preemptions,
+                "prefix_hit_tokens": kv.hits, "evictions": kv.evictions,
+                "pages": {"total": st.total, "free": st.free, "used": st.used, "cached": st.cached,
+                          "reserved": st.reserved},
+                "idle": idle, "leak": leak, "running": len(sched.running), "waiting": len(sched.waiting),
+                "receiving": len(sched.receiving), "sending": len(self.sender.sends),
+                "kv_bytes_sent": self.sender.bytes_sent, "kv_bytes_received": self.receiver.bytes_received,
+                "kv_land_s": self.receiver.land_s,
+                "kv_chunks_sent": self.sender.chunks_sent}
+
+    def close(self) -> None:
+        self.sender.close()
+        self.sock.close(0)
+        self.close_pool()
+
+    def close_pool(self) -> None:
+        if self.shared is not None:
+            self.shared.unlink()

@@ -1,0 +1,152 @@
+"""calibration.fit: recovering known coefficients, error reports, and the errors that name a feature."""
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+from calibration.fit import FitError, fit_samples, fit_steps, fit_transfer, solve_relative, to_profile
+from calibration.samples import ProfileSamples, SamplesError, StepSample, TransferSample
+from core_api.step import StepFeatures
+from sim.cost_model import FittedCostModel
+from sim.profile import CostProfile
+
+TRUE = {"const": 3e-4, "prefill_tokens": 3.5e-5, "prefill_seqs": 2e-5, "prefill_attn": 2.5e-8,
+        "decode_seqs": 1e-5, "decode_context": 9e-8, "sampled": 9e-5}
+TRUE_LINK = (6e-4, 1e9)  # latency s, bandwidth B/s
+
+
+def synthetic_steps(rng, noise=0.02, coef=TRUE, kinds=("prefill", "decode", "mixed")):
+    """Step samples on a grid like the profiler's, timed by a known FittedCostModel plus noise."""
+    model = FittedCostModel(coef)
+    feats = []
+    if "prefill" in kinds:
+        for n in (1, 16, 64, 128, 256, 512):
+            for c in (0, 128, 512, 1536):
+                for k, sample in ((1, True), (1, False), (3, True)):
+                    feats.append(("prefill", StepFeatures(prefill_tokens=k * n, prefill_seqs=k,
+                                                          prefill_attn=k * n * (c + n / 2), sampled=k * sample)))
+    if "decode" in kinds:
+        for b in (1, 2, 4, 8, 16, 32, 64):
+            for ctx in (16, 128, 512, 2048):
+                feats.append(("decode", StepFeatures(decode_seqs=b, decode_context=b * ctx, sampled=b)))
+    if "mixed" in kinds:
+        for b, ctx in ((4, 128), (16, 512), (48, 64)):
+            for n, c in ((1, 256), (32, 0), (128, 256), (320, 0)):
+                for sample in (True, False):
+                    feats.append(("mixed", StepFeatures(prefill_tokens=n, prefill_seqs=1, prefill_attn=n * (c + n / 2),
+                                                        decode_seqs=b, decode_context=b * ctx, sampled=b + sample)))
+    out = []
+    for i, (kind, f) in enumerate(feats):
+        t = model.step_time(f) * (1 + noise * rng.standard_normal())
+        out.append(StepSample(kind=kind, label=f"{kind} {i}", time_s=t, times_s=[t],
+                              features={k: v for k, v in asdict(f).items() if v}))
+    return out
+
+
+def synthetic_transfers(rng, noise=0.02):
+    lat, bw = TRUE_LINK
+    return [TransferSample(pages=p, nbytes=p * 8192, time_s=(lat + p * 8192 / bw) * (1 + noise * rng.standard_normal()))
+            for p in (1, 2, 4, 8, 16, 32, 64, 128, 256)]
+
+
+def samples_file(rng, **kw) -> ProfileSamples:
+    return ProfileSamples(hardware="test cpu", model="tiny-llama", dtype="fp32", page_size=16, kv_bytes_per_token=512,
+                          engine_version="test", created="2025-01-01", steps=synthetic_steps(rng, **kw),
+                          transfers=synthetic_transfers(rng))
+
+
+@pytest.mark.parametrize("method", ["nnls", "robust"])
+def test_fit_recovers_known_coefficients_from_noisy_samples(method):
+    rng = np.random.default_rng(0)
+    fit = fit_steps(synthetic_steps(rng, noise=0.02), method=method, seed=1)
+    for name, true in TRUE.items():
+        assert fit.coefficients[name] == pytest.approx(true, rel=0.15), name
+    assert fit.errors["overall"] < 0.03  # held out: about the injected 2% noise
+    assert set(fit.errors) >= {"overall", "prefill", "decode", "mixed", "feature:decode_context"}
+    assert fit.counts["test"] > 0 and fit.counts["train"] > fit.counts["test"]
+
+
+def test_exact_samples_give_exact_coefficients():
+    fit = fit_steps(synthetic_steps(np.random.default_rng(0), noise=0.0))
+    for name, true in TRUE.items():
+        assert fit.coefficients[name] == pytest.approx(true, rel=1e-6), name
+    assert fit.errors["overall"] < 1e-9
+
+
+def test_robust_fit_shrugs_off_outliers():
+    rng = np.random.default_rng(3)
+    steps = synthetic_steps(rng, noise=0.01)
+    for s in steps[::15]:  # a neighbour's burst tripled a few medians
+        s.time_s *= 3
+    plain = fit_steps(steps, method="nnls")
+    robust = fit_steps(steps, method="robust")
+    err = lambda f: np.mean([abs(f.coefficients[k] / v - 1) for k, v in TRUE.items()])  # noqa: E731
+    assert err(robust) < err(plain)
+    assert robust.coefficients["decode_context"] == pytest.approx(TRUE["decode_context"], rel=0.1)
+
+
+def test_coefficients_are_never_negative():
+    x = np.array([[1.0, 1.0], [1.0, 2.0], [1.0, 3.0]])
+    y = np.array([3.0, 2.0, 1.0])  # decreasing with the feature: its cost clamps at 0
+    c = solve_relative(x, y)
+    assert (c >= 0).all() and c[1] == 0.0
+
+
+def test_transfer_fit_recovers_latency_and_bandwidth():
+    link = fit_transfer(synthetic_transfers(np.random.default_rng(0), noise=0.01)).link
+    assert link.latency_s == pytest.approx(TRUE_LINK[0], rel=0.1)
+    assert link.bandwidth_Bps == pytest.approx(TRUE_LINK[1], rel=0.1)
+
+
+def test_too_few_samples_names_the_feature():
+    steps = synthetic_steps(np.random.default_rng(0), kinds=("prefill",))
+    with pytest.raises(FitError, match="decode_seqs.*0 training sample"):
+        fit_steps(steps)
+    fit = fit_steps(steps, names=("const", "prefill_tokens", "prefill_seqs", "prefill_attn", "sampled"))
+    assert "decode_seqs" not in fit.coefficients
+
+
+def test_features_the_grid_cannot_separate_are_named():
+    steps = synthetic_steps(np.random.default_rng(0), kinds=("decode",))  # sampled == decode_seqs throughout
+    with pytest.raises(FitError, match="cannot tell apart 'decode_seqs', 'sampled'"):
+        fit_steps(steps, names=("const", "decode_seqs", "decode_context", "sampled"))
+
+
+def test_transfer_needs_several_sizes():
+    one = [TransferSample(pages=4, nbytes=4096, time_s=1e-3)] * 5
+    with pytest.raises(FitError, match="transfer model: 1 distinct"):
+        fit_transfer(one)
+
+
+def test_profile_from_fit_round_trips_and_describes_itself(tmp_path):
+    samples = samples_file(np.random.default_rng(0))
+    fit = fit_samples(samples)
+    profile = to_profile(samples, fit)
+    path = tmp_path / "p.json"
+    profile.save(path)
+    loaded = CostProfile.load(path)
+    assert loaded.coefficients == pytest.approx(fit.coefficients)
+    assert loaded.fit_error["overall"] == pytest.approx(fit.errors["overall"])
+    assert loaded.transfer.bandwidth_Bps == pytest.approx(TRUE_LINK[1], rel=0.1)
+    assert loaded.sample_count == len(samples.steps) + len(samples.transfers)
+    assert loaded.environment["kv_bytes_per_token"] == 512
+    info = FittedCostModel.from_profile(str(path)).describe()
+    assert info["profile"] == str(path) and info["hardware"] == "test cpu" and info["model"] == "tiny-llama"
+
+
+def test_samples_schema_errors_name_the_field(tmp_path):
+    data = json.loads(samples_file(np.random.default_rng(0)).model_dump_json())
+    data["steps"][2]["time_s"] = -1.0
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(SamplesError, match=r"steps\.2\.time_s"):
+        ProfileSamples.load(path)
+    data["steps"][2]["time_s"] = 1.0
+    data["steps"][3]["features"] = {"prefill_tokenz": 3}
+    path.write_text(json.dumps(data))
+    with pytest.raises(SamplesError, match="prefill_tokenz"):
+        ProfileSamples.load(path)
+    path.write_text("{not json")
+    with pytest.raises(SamplesError, match="not JSON"):
+        ProfileSamples.load(path)

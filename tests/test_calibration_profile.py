@@ -1,0 +1,66 @@
+"""calibration.profile: the in-process step profiler puts the shapes it claims on a real engine."""
+import pytest
+
+from calibration.profile import GridSpec, ProfileSettings, grid_points, profile_steps, sim_model
+from calibration.step_profiler import StepProfiler
+from real.config import EngineSpec
+from real.model_config import LlamaConfig
+from sim.hardware import MODEL_PRESETS
+
+SMALL = EngineSpec(num_pages=256, max_num_batched_tokens=128, max_num_seqs=8)
+
+
+def test_real_tiny_model_is_the_sims_tiny_llama():
+    assert sim_model(LlamaConfig.preset("tiny")) == "tiny-llama"
+    spec = sim_model(LlamaConfig.preset("smollm2-135m"))
+    assert spec == "SmolLM2-135M" or spec.name == "smollm2-135m"
+    assert MODEL_PRESETS["tiny-llama"].head_dim == LlamaConfig.preset("tiny").head_dim
+
+
+def test_grid_skips_shapes_the_engine_cannot_run():
+    s = ProfileSettings(engine=SMALL)
+    for kind, args in grid_points(s):
+        if kind == "prefill":
+            n, c, k, _ = args
+            assert k * n <= 128 and k * (c + n + 1) <= 256 * 16
+        elif kind == "decode":
+            assert args[0] <= 8
+        else:
+            b, _, n, _, _ = args
+            assert b + n <= 128 and b + 1 <= 8
+    kinds = {k for k, _ in grid_points(s)}
+    assert kinds == {"prefill", "decode", "mixed"}
+
+
+def test_profiled_steps_have_the_requested_features():
+    p = StepProfiler(SMALL, seed=0)
+    try:
+        seqs = [p.add(32, 16) for _ in range(2)]
+        t = p.step(budget=32)
+        p.release(seqs)
+        f = t.features
+        assert (f.prefill_tokens, f.prefill_seqs, f.prefill_attn, f.sampled) == (32, 2, 2 * 16 * (32 + 8), 2)
+        assert t.seconds > 0
+        seq = p.add(0, 40)  # a chunk of 24 that does not reach the prompt's end: no sample
+        t = p.step(budget=24)
+        p.release([seq])
+        assert (t.features.prefill_tokens, t.features.sampled) == (24, 0)
+        decoders = [p.add(64, 1, max_tokens=4) for _ in range(3)]
+        p.step()
+        t = p.step()
+        p.release(decoders)
+        assert (t.features.decode_seqs, t.features.decode_context, t.features.prefill_tokens) == (3, 3 * 66, 0)
+        assert p.idle() and p.sched.kv.stats().used == 0
+    finally:
+        p.close()
+
+
+def test_profile_steps_covers_every_kind():
+    grid = GridSpec(prefill_tokens=[8, 32], prefill_context=[0, 64], prefill_seqs=[1, 2], decode_seqs=[1, 4],
+                    decode_context=[32], mixed_decode=[(2, 32)], mixed_prefill=[(16, 0)], transfer_pages=[])
+    samples = profile_steps(ProfileSettings(engine=SMALL, grid=grid, warmup=0, repeats=2, rounds=2, transfers=False))
+    by_kind = {k: [s for s in samples if s.kind == k] for k in ("prefill", "decode", "mixed")}
+    assert all(by_kind.values())
+    assert all(len(s.times_s) == 4 and s.time_s > 0 for s in samples)
+    nosample = next(s for s in samples if s.label == "prefill n=8 ctx=64 x1 nosample")
+    assert nosample.features == pytest.approx({"prefill_tokens": 8, "prefill_seqs": 1, "prefill_attn": 8 * 68})

@@ -1,0 +1,128 @@
+"""Profiles meet clusters: mismatch refusal, error intervals, the calibrate CLI, a small validation."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibration.interval import metric_intervals
+from calibration.samples import ProfileSamples
+from calibration.validate import ValidationCase, real_engine_spec, sim_cluster_config, sim_link
+from core_api.workload import WorkloadSpec, generate
+from experiments.cli import main
+from sim.cluster import SimCluster
+from sim.config import ClusterConfig, EngineConfig
+from sim.profile import CostProfile
+from sim.profile_match import ProfileMismatch
+
+SHIPPED = Path(__file__).resolve().parents[1] / "calibration" / "profiles" / "cpu-tiny.json"
+
+
+def tiny_profile(tmp_path, **over) -> str:
+    data = {"hardware": "cpu: test", "model": "tiny-llama", "dtype": "fp32", "tp": 1, "page_size": 16,
+            "engine_version": "test", "coefficients": {"const": 3e-4, "prefill_tokens": 3e-5, "decode_seqs": 1e-4,
+                                                       "decode_context": 1e-7},
+            "fit_error": {"overall": 0.05}, "sample_count": 10, "created": "2025-01-01", **over}
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("engine, needle", [
+    ({"model": "Llama-3.1-8B"}, "model 'tiny-llama' != 'Llama-3.1-8B' (num_layers 2 != 32"),
+    ({"model": "tiny-llama", "page_size": 32}, "page_size 16 != 32"),
+    ({"model": "tiny-llama", "tp": 2}, "tp 1 != 2"),
+])
+def test_a_profile_for_another_setup_is_refused_naming_the_mismatch(tmp_path, engine, needle):
+    cluster = ClusterConfig(engines=[EngineConfig(num_pages=64, **engine)], cost_model=tiny_profile(tmp_path))
+    with pytest.raises(ProfileMismatch, match=needle.replace("(", r"\(")):
+        SimCluster(cluster)
+
+
+def test_profiles_match_by_shape_not_name(tmp_path):
+    spec = {"name": "tiny", "num_layers": 2, "hidden_size": 64, "num_heads": 4, "num_kv_heads": 2, "ffn_size": 128,
+            "vocab_size": 256, "max_context": 4096}
+    cluster = ClusterConfig(engines=[EngineConfig(model="tiny-llama", num_pages=64)],
+                            cost_model=tiny_profile(tmp_path, model=spec))
+    assert SimCluster(cluster).cost_models["e0"]["kind"] == "fitted"
+    bf16 = ClusterConfig(engines=[EngineConfig(model="Llama-3.1-8B", dtype="fp8", num_pages=64)],
+                         cost_model=tiny_profile(tmp_path, model="Llama-3.1-8B", dtype="bf16"))
+    with pytest.raises(ProfileMismatch, match="dtype bf16 != fp8"):
+        SimCluster(bf16)
+
+
+def test_sim_cli_refuses_a_mismatched_profile(tmp_path, capsys):
+    assert main(["sim", "--profile", tiny_profile(tmp_path), "--num-requests", "5"]) == 2
+    assert "does not match engine e0" in capsys.readouterr().err
+
+
+def test_intervals_bracket_the_fitted_run(tmp_path):
+    cluster = ClusterConfig(engines=[EngineConfig(model="tiny-llama", num_pages=256, count=2)],
+                            cost_model=tiny_profile(tmp_path))
+    workload = generate(WorkloadSpec(num_requests=30, arrival={"rate": 200.0}, vocab_size=256,
+                                     prompt_len={"kind": "uniform", "low": 16, "high": 64},
+                                     output_len={"kind": "uniform", "low": 4, "high": 16}))
+    iv = metric_intervals(cluster, workload)
+    for metric in ("mean_ttft_ms", "mean_tpot_ms", "mean_e2el_ms"):
+        lo, mid, hi = iv[metric]
+        assert lo < mid < hi
+    assert SimCluster(cluster).run(workload).metrics()["mean_e2el_ms"] == pytest.approx(iv["mean_e2el_ms"][1])
+    with pytest.raises(ValueError, match="fit_error"):
+        metric_intervals(cluster.model_copy(update={"cost_model": tiny_profile(tmp_path, fit_error={})}), workload)
+
+
+def test_validation_case_matches_the_sim_to_the_real_engines():
+    profile = CostProfile.load(SHIPPED)
+    wl = WorkloadSpec(num_requests=4, vocab_size=256)
+    case = ValidationCase(profile=str(SHIPPED), workload=wl, engine={"num_pages": 300})
+    spec = real_engine_spec(case, profile)
+    cluster = sim_cluster_config(case, profile, spec)
+    e = cluster.engines[0]
+    assert (e.count, e.model, e.num_pages, e.page_size) == (2, "tiny-llama", 300, spec.page_size)
+    assert (e.max_num_batched_tokens, e.max_num_seqs) == (spec.max_num_batched_tokens, spec.max_num_seqs)
+    # fp32 KV on the real engine, bf16 in the simulator: bandwidth restated per simulated byte
+    assert sim_link(profile, e).bandwidth_Bps == pytest.approx(profile.transfer.bandwidth_Bps / 2)
+    with pytest.raises(ProfileMismatch, match="page_size 16 != 32"):
+        sim_cluster_config(case.model_copy(update={"engine": {"page_size": 32}}), profile,
+                           real_engine_spec(case.model_copy(update={"engine": {"page_size": 32}}), profile))
+
+
+def test_calibrate_fit_cli_writes_profile_report_and_predictions(tmp_path, capsys):
+    from tests.test_calibration_fit import samples_file
+
+    samples = tmp_path / "samples.json"
+    samples_file(np.random.default_rng(0)).save(samples)
+    out = tmp_path / "prof" / "p.json"
+    assert main(["calibrate", "fit", str(samples), "--out", str(out), "--method", "robust"]) == 0
+    profile = CostProfile.load(out)
+    assert profile.fit_error["overall"] < 0.05
+    report = json.loads((tmp_path / "prof" / "p.report.json").read_text())
+    assert report["method"] == "robust" and "mixed" in report["held_out_mape"]
+    rows = (tmp_path / "prof" / "p.predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("kind,label,split") and len(rows) > 100
+    assert "held-out MAPE" in capsys.readouterr().out
+    assert main(["calibrate", "fit", str(samples), "--out", str(out), "--coefficients", "const,bogus"]) == 2
+    assert "unknown coefficient" in capsys.readouterr().err
+
+
+def test_shipped_profile_is_valid_and_fits_its_samples():
+    profile = CostProfile.load(SHIPPED)
+    samples = ProfileSamples.load(SHIPPED.with_name("cpu-tiny.samples.json"))
+    assert profile.model == "tiny-llama" and profile.page_size == samples.page_size
+    assert profile.fit_error["overall"] < 0.10
+    assert profile.environment["control"]["threads"] == 1
+
+
+def test_validate_command_on_a_small_case(tmp_path, capsys):
+    out = tmp_path / "val.json"
+    rc = main(["calibrate", "validate", "--profile", str(SHIPPED), "--num-requests", "10", "--rate", "20",
+               "--prompt-len", "16:64", "--output-len", "4:12", "--engine-opt", "num_pages=256", "--no-interval",
+               "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "mean_ttft_ms" in text and "median |error|" in text
+    (report,) = json.loads(out.read_text())
+    assert report["real_failed"] == 0 and report["sim_failed"] == 0
+    assert report["cost_model"]["kind"] == "fitted" and report["cost_model"]["profile"] == str(SHIPPED)
+    for m in report["metrics"].values():
+        assert m["real"] > 0 and m["sim"] > 0
