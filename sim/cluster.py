@@ -16,6 +16,8 @@ from sim.cost_model import CostModel, FittedCostModel, RooflineCostModel
 from sim.engine import SimEngine
 from sim.hardware import get_gpu, get_model, kv_bytes_per_token, kv_pages_for
 from sim.network import LinkSpec, Network
+from sim.profile import CostProfile
+from sim.profile_match import check_profile_matches
 from sim.runtime import SimRuntime
 from core_api.scheduler import SchedulerConfig
 
@@ -56,11 +58,13 @@ class RunResult:
         return json.dumps(self.to_dict(), sort_keys=True, allow_nan=True)
 
 
-def build_cost_model(cluster: ClusterConfig, engine: EngineConfig) -> CostModel:
+def build_cost_model(cluster: ClusterConfig, engine: EngineConfig, engine_id: str | None = None) -> CostModel:
     if cluster.cost_model == "roofline":
         model = get_model(engine.model, engine.dtype)
         return RooflineCostModel(engine.gpu, model, engine.tp, cluster.efficiency or None)
-    return FittedCostModel.from_profile(cluster.cost_model)
+    profile = CostProfile.load(cluster.cost_model)
+    check_profile_matches(profile, engine, cluster.cost_model, engine_id)  # other model/page size/TP: refused
+    return FittedCostModel.from_profile(profile, path=cluster.cost_model)
 
 
 class SimCluster:
@@ -76,7 +80,7 @@ class SimCluster:
         self.engines: dict[str, SimEngine] = {}
         self.cost_models: dict[str, dict] = {}
         for engine_id, ec in cluster.expanded():
-            cost = build_cost_model(cluster, ec)
+            cost = build_cost_model(cluster, ec, engine_id)
             self.cost_models[engine_id] = cost.describe()
             self.engines[engine_id] = SimEngine(
                 self.env, engine_id, self._scheduler_config(ec), cost, self.network,

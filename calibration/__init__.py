@@ -1,0 +1,1 @@
+"""Calibration: profile a real engine, fit the simulator's cost model, validate sim against real."""

@@ -1,0 +1,220 @@
+"""`microserving calibrate profile|fit|validate`: the calibration loop from the command line.
+
+    microserving calibrate profile --model tiny --out samples.json      # time a real engine
+    microserving calibrate fit samples.json --out profile.json          # fit the cost model
+    microserving calibrate validate --profile profile.json \\
+        --strategy round_robin --strategy pd --load 0.5 --load 1.5      # real vs sim, error table
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("calibrate", help="profile a real engine, fit the simulator's cost model, validate it",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmds = p.add_subparsers(dest="calibrate_command", required=True)
+
+    pr = cmds.add_parser("profile", help="time a real engine on a grid of step shapes and KV transfers")
+    _engine_args(pr)
+    pr.add_argument("--grid", type=Path, help="GridSpec JSON (default: the built-in grid)")
+    pr.add_argument("--warmup", type=int, default=2, help="untimed steps per point and round")
+    pr.add_argument("--repeats", type=int, default=5, help="timed steps per point and round")
+    pr.add_argument("--rounds", type=int, default=3, help="passes over the whole grid")
+    pr.add_argument("--core", type=int, help="pin the profiler to this core (default: the last one)")
+    pr.add_argument("--no-transfers", action="store_true", help="skip the two-engine KV transfer profile")
+    pr.add_argument("--out", type=Path, required=True, help="samples JSON")
+    pr.add_argument("--csv", type=Path, help="also write the samples as CSV")
+
+    ft = cmds.add_parser("fit", help="fit a cost profile to profiled samples")
+    ft.add_argument("samples", type=Path)
+    ft.add_argument("--out", type=Path, required=True, help="profile JSON (what `sim --profile` loads)")
+    ft.add_argument("--report", type=Path, help="fit report JSON (default: next to --out)")
+    ft.add_argument("--predictions", type=Path, help="predicted-vs-measured CSV (default: next to --out)")
+    ft.add_argument("--method", choices=("nnls", "robust"), default="nnls")
+    ft.add_argument("--statistic", choices=("median", "mean", "trimmed"), default="median",
+                    help="which time stands for a grid point's repeats")
+    ft.add_argument("--holdout", type=float, default=0.25, help="share of samples held out for the error")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--coefficients", help="comma-separated coefficient names (default: all)")
+
+    va = cmds.add_parser("validate", help="replay a workload on real engines and on the simulator")
+    va.add_argument("--profile", type=Path, required=True)
+    va.add_argument("--strategy", action="append", help="strategy name (repeatable; default round_robin)")
+    va.add_argument("--param", action="append", default=[], metavar="KEY=JSON", help="strategy parameter")
+    va.add_argument("--engines", type=int, default=2)
+    va.add_argument("--engine-opt", action="append", default=[], metavar="KEY=JSON",
+                    help="override a real engine setting (EngineSpec field), e.g. num_pages=512")
+    va.add_argument("--num-requests", type=int, default=100)
+    rate = va.add_mutually_exclusive_group()
+    rate.add_argument("--rate", type=float, action="append", help="arrival rate in req/s (repeatable)")
+    rate.add_argument("--load", type=float, action="append",
+                      help="arrival rate as a fraction of the simulated capacity (repeatable; default 0.5 and 1.5)")
+    va.add_argument("--prompt-len", default="64:512", help="LO:HI uniform prompt tokens")
+    va.add_argument("--output-len", default="16:128", help="LO:HI uniform output tokens")
+    va.add_argument("--seed", type=int, default=0)
+    va.add_argument("--no-pin", action="store_true", help="do not pin engine processes to cores")
+    va.add_argument("--no-interval", action="store_true", help="skip the error-bound reruns")
+    va.add_argument("--out", type=Path, help="reports JSON")
+
+
+def _engine_args(p) -> None:
+    p.add_argument("--model", default="tiny", help="tiny | smollm2 | HF directory | .gguf")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--threads", type=int, default=1, help="torch threads (as the engine processes use)")
+    p.add_argument("--page-size", type=int, default=16)
+    p.add_argument("--num-pages", type=int, default=1024)
+    p.add_argument("--max-num-batched-tokens", type=int, default=512)
+    p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--no-batch-invariant", action="store_true", help="profile the fast, non-invariant kernels")
+
+
+def _kv(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _range(text: str, what: str) -> dict:
+    lo, sep, hi = text.partition(":")
+    try:
+        lo_i, hi_i = int(lo), int(hi if sep else lo)
+    except ValueError:
+        raise ValueError(f"--{what} {text!r}: expected LO:HI integers") from None
+    return {"kind": "uniform", "low": lo_i, "high": hi_i} if lo_i != hi_i else {"kind": "fixed", "value": lo_i}
+
+
+def _progress(done: int, total: int, label: str) -> None:
+    if done == total or done % max(1, total // 10) == 0:
+        print(f"[{done}/{total}] {label}", file=sys.stderr, flush=True)
+
+
+# -- subcommands -----------------------------------------------------------------------------
+def _profile(args) -> int:
+    from calibration.profile import GridSpec, ProfileSettings, run_profile
+    from real.config import EngineSpec
+
+    engine = EngineSpec(model=args.model, device=args.device, dtype=args.dtype, threads=args.threads,
+                        page_size=args.page_size, num_pages=args.num_pages,
+                        max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
+                        batch_invariant=not args.no_batch_invariant)
+    grid = GridSpec.model_validate_json(args.grid.read_text()) if args.grid else GridSpec()
+    settings = ProfileSettings(engine=engine, grid=grid, warmup=args.warmup, repeats=args.repeats,
+                               rounds=args.rounds, core=args.core, transfers=not args.no_transfers)
+    samples = run_profile(settings, _progress)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    samples.save(args.out)
+    if args.csv:
+        samples.write_csv(args.csv)
+    env = samples.environment
+    print(f"{len(samples.steps)} step samples, {len(samples.transfers)} transfer samples on {samples.hardware} "
+          f"in {env['step_profile_wall_s']} s of step profiling; other processes used "
+          f"{env['foreign_cpu_share']} of the CPU meanwhile (load average before {env['load_average_before']}, "
+          f"after {env['load_average_after']})")
+    print(f"wrote {args.out}" + (f" and {args.csv}" if args.csv else ""))
+    return 0
+
+
+def _fit(args) -> int:
+    from calibration.fit import (
+        DEFAULT_COEFFICIENTS,
+        fit_samples,
+        report,
+        to_profile,
+        write_predictions_csv,
+    )
+    from calibration.samples import ProfileSamples
+
+    samples = ProfileSamples.load(args.samples)
+    names = tuple(x.strip() for x in args.coefficients.split(",")) if args.coefficients else DEFAULT_COEFFICIENTS
+    fit = fit_samples(samples, names, args.method, args.holdout, args.seed, statistic=args.statistic)
+    profile = to_profile(samples, fit)
+    stem = args.out.with_suffix("")
+    report_path = args.report or Path(f"{stem}.report.json")
+    pred_path = args.predictions or Path(f"{stem}.predictions.csv")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    profile.save(args.out)
+    report_path.write_text(report(str(args.samples), fit, args.method, args.holdout, args.seed, args.statistic)
+                           .model_dump_json(indent=2) + "\n")
+    write_predictions_csv(pred_path, fit.predictions)
+    print(f"fitted {len(fit.coefficients)} coefficients on {fit.counts['train']} step samples "
+          f"({fit.counts['test']} held out):")
+    for k, v in fit.coefficients.items():
+        print(f"  {k:<16} {v:.4g}")
+    if fit.transfer is not None:
+        print(f"  transfer         latency {fit.transfer.latency_s * 1e6:.1f} us, "
+              f"bandwidth {fit.transfer.bandwidth_Bps / 1e9:.3g} GB/s")
+    print("held-out MAPE: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in fit.errors.items()
+                                        if not k.startswith("feature:")))
+    print(f"wrote {args.out}, {report_path}, {pred_path}")
+    return 0
+
+
+def _validate(args) -> int:
+    from calibration.validate import (
+        ValidationCase,
+        estimate_capacity,
+        format_reports,
+        real_engine_spec,
+        sim_cluster_config,
+        validate,
+    )
+    from core_api.workload import WorkloadSpec
+    from sim.profile import CostProfile
+
+    profile = CostProfile.load(args.profile)
+    vocab = (profile.model.vocab_size if not isinstance(profile.model, str) else None)
+    if vocab is None:
+        from sim.hardware import get_model
+
+        vocab = get_model(profile.model).vocab_size
+    workload = WorkloadSpec(num_requests=args.num_requests, prompt_len=_range(args.prompt_len, "prompt-len"),
+                            output_len=_range(args.output_len, "output-len"), vocab_size=vocab, seed=args.seed)
+    reports = []
+    for strategy in args.strategy or ["round_robin"]:
+        case = ValidationCase(profile=str(args.profile), strategy=strategy, params=_kv(args.param),
+                              engines=args.engines, engine=_kv(args.engine_opt), workload=workload, seed=args.seed,
+                              pin=not args.no_pin, interval=not args.no_interval)
+        rates = args.rate
+        if not rates:
+            cluster = sim_cluster_config(case, profile, real_engine_spec(case, profile))
+            capacity = estimate_capacity(cluster, workload)
+            rates = [f * capacity for f in (args.load or [0.5, 1.5])]
+            print(f"{strategy}: simulated capacity {capacity:.2f} req/s; rates {', '.join(f'{r:.2f}' for r in rates)}",
+                  file=sys.stderr)
+        for rate in rates:
+            spec = workload.model_copy(update={"arrival": workload.arrival.model_copy(update={"rate": rate})})
+            print(f"{strategy} at {rate:.2f} req/s: real and simulated runs...", file=sys.stderr, flush=True)
+            reports.append(validate(case.model_copy(update={"workload": spec})))
+    print(format_reports(reports))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps([r.model_dump(mode="json") for r in reports], indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from calibration.fit import FitError
+    from calibration.samples import SamplesError
+    from sim.profile import ProfileError
+
+    handlers = {"profile": _profile, "fit": _fit, "validate": _validate}
+    try:
+        return handlers[args.calibrate_command](args)
+    except (FitError, SamplesError, ProfileError, ValidationError, ValueError, OSError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

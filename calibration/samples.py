@@ -1,0 +1,123 @@
+"""What a profiling run measured: one record per step shape and per transfer size.
+
+The profiler writes it, the fitter reads it, so it is a pydantic schema: a samples file from
+another machine or an older version fails loudly with the field named, rather than fitting
+garbage. Times are medians over repeats; the repeats are kept so noise can be inspected.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from core_api.step import StepFeatures
+from sim.hardware import ModelSpec
+from sim.profile import format_validation_error
+
+STEP_KINDS = ("prefill", "decode", "mixed")
+FEATURE_NAMES = tuple(StepFeatures.__dataclass_fields__)
+
+
+class SamplesError(ValueError):
+    """A samples file that cannot be read or fails the schema; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class StepSample(_Strict):
+    """One step shape: its features (what the scheduler would report) and its measured time."""
+
+    kind: Literal["prefill", "decode", "mixed"]
+    label: str = Field(description="grid point, e.g. 'prefill n=128 ctx=256 x2'")
+    features: dict[str, float]
+    time_s: float = Field(gt=0, description="median over repeats")
+    times_s: list[float] = Field(default_factory=list, description="every repeat")
+
+    @field_validator("features")
+    @classmethod
+    def _known(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(FEATURE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown feature(s) {unknown}; known: {', '.join(FEATURE_NAMES)}")
+        return v
+
+    def step_features(self) -> StepFeatures:
+        f = StepFeatures()
+        for k, x in self.features.items():
+            setattr(f, k, x)
+        return f
+
+    @staticmethod
+    def kind_of(f: StepFeatures) -> str:
+        if f.prefill_tokens and f.decode_seqs:
+            return "mixed"
+        return "prefill" if f.prefill_tokens else "decode"
+
+
+class TransferSample(_Strict):
+    """One KV transfer of `pages` pages (`nbytes` bytes) between two engines, sender to landed."""
+
+    pages: int = Field(ge=1)
+    nbytes: int = Field(ge=1)
+    time_s: float = Field(gt=0)
+    times_s: list[float] = Field(default_factory=list)
+
+
+class ProfileSamples(_Strict):
+    """A whole profiling run: the setup it measured and every sample."""
+
+    format: Literal[1] = 1
+    hardware: str
+    model: str | ModelSpec
+    dtype: Literal["fp32", "fp16", "bf16", "fp8"]
+    tp: int = Field(1, ge=1)
+    page_size: int = Field(ge=1)
+    kv_bytes_per_token: int = Field(ge=1, description="of the real engine, for the transfer model")
+    engine_version: str
+    created: str
+    environment: dict[str, Any] = Field(default_factory=dict)
+    steps: list[StepSample] = Field(default_factory=list)
+    transfers: list[TransferSample] = Field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ProfileSamples:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except OSError as e:
+            raise SamplesError(f"{path}: cannot read samples: {e.strerror}") from None
+        except json.JSONDecodeError as e:
+            raise SamplesError(f"{path}: not JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise SamplesError(f"{path}: invalid samples file: {format_validation_error(e)}") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.model_dump_json(indent=1) + "\n")
+
+    def write_csv(self, path: str | Path) -> None:
+        """Steps and transfers in one flat table (kind 'transfer' rows carry nbytes)."""
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["kind", "label", *FEATURE_NAMES, "nbytes", "time_s", "repeats", "spread"])
+            for s in self.steps:
+                w.writerow([s.kind, s.label, *(s.features.get(k, 0) for k in FEATURE_NAMES), "",
+                            f"{s.time_s:.9g}", len(s.times_s), f"{spread(s.times_s):.4f}"])
+            for t in self.transfers:
+                w.writerow(["transfer", f"{t.pages} pages", *([""] * len(FEATURE_NAMES)), t.nbytes,
+                            f"{t.time_s:.9g}", len(t.times_s), f"{spread(t.times_s):.4f}"])
+
+
+def spread(times: list[float]) -> float:
+    """Interquartile range over median: how noisy one grid point was (0 = perfectly stable)."""
+    if len(times) < 2:
+        return 0.0
+    q25, med, q75 = np.percentile(times, [25, 50, 75])
+    return float((q75 - q25) / med) if med > 0 else 0.0

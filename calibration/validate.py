@@ -1,0 +1,227 @@
+"""Replay one seeded workload on real engines and on the simulator; report how far apart they are.
+
+The simulated cluster is built to match the real one exactly where the simulator decides
+anything: the same scheduler limits (num_pages, page_size, max_num_batched_tokens,
+max_num_seqs, max_model_len), the same model shape, the same strategy with the same
+parameters. Its cost model is the fitted profile, refused if it was measured for another model,
+page size or TP (sim.profile_match). The link is the profile's fitted transfer model, its
+bandwidth restated in the simulator's bytes: the simulator counts KV in bf16 (2 bytes per
+value) where a CPU engine holds fp32, so bandwidth is scaled by sim bytes / real bytes per token
+and a transfer of N tokens takes the time that was measured for N tokens.
+
+Per metric the report gives real, sim, (sim - real) / real and, with a fitted error, the
+interval from calibration.interval. The real run is preceded by a short warm-up workload on the
+same engine processes (first steps pay for lazy initialisation, which the profile excluded).
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from calibration.environment import ForeignLoad
+from calibration.interval import DEFAULT_METRICS, metric_intervals
+from calibration.profile import sim_model
+from core_api.workload import Workload, WorkloadSpec, generate
+from sim.cluster import SimCluster
+from sim.config import ClusterConfig, EngineConfig, StrategyConfig
+from sim.hardware import get_model, kv_bytes_per_token
+from sim.network import LinkSpec
+from sim.profile import CostProfile
+from sim.profile_match import check_profile_matches
+
+ERROR_METRICS = DEFAULT_METRICS
+HEADLINE = ("mean_ttft_ms", "mean_tpot_ms", "mean_e2el_ms")  # the issue's goal: median |error| <= 5%
+
+
+class ValidationCase(BaseModel):
+    """One real-vs-sim comparison: cluster, strategy, workload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: str
+    strategy: str = "round_robin"
+    params: dict[str, Any] = Field(default_factory=dict)
+    engines: int = Field(2, ge=1)
+    engine: dict[str, Any] = Field(default_factory=dict, description="EngineSpec overrides (real engines)")
+    workload: WorkloadSpec
+    seed: int = 0
+    warmup_requests: int = Field(8, ge=0)
+    pin: bool = Field(True, description="pin each engine process to its own core")
+    interval: bool = True
+
+
+class MetricComparison(BaseModel):
+    real: float
+    sim: float
+    rel_error: float
+    sim_low: float | None = None
+    sim_high: float | None = None
+
+
+class ValidationReport(BaseModel):
+    case: ValidationCase
+    rate: float
+    metrics: dict[str, MetricComparison]
+    real_failed: int
+    sim_failed: int
+    real_wall_s: float
+    sim_wall_s: float
+    pinned: dict[str, int]
+    foreign_cpu_share: float | None = Field(None, description="CPU share other processes used during the real run")
+    cost_model: dict
+
+
+# -- building both sides -------------------------------------------------------------------
+def real_engine_spec(case: ValidationCase, profile: CostProfile):
+    """The profiled engine's settings (from the profile's environment), then the case's overrides."""
+    from real.config import EngineSpec
+
+    base = dict(profile.environment.get("engine", {}))
+    base.pop("id", None)
+    return EngineSpec(**{**base, **case.engine})
+
+
+def sim_engine_config(spec, profile: CostProfile, count: int) -> EngineConfig:
+    from calibration.profile import model_config_of
+
+    return EngineConfig(count=count, model=sim_model(model_config_of(spec)), tp=1, page_size=spec.page_size,
+                        num_pages=spec.num_pages, max_num_batched_tokens=spec.max_num_batched_tokens,
+                        max_num_seqs=spec.max_num_seqs, max_model_len=spec.max_model_len,
+                        reservation_timeout_s=spec.reservation_timeout_s)
+
+
+def sim_link(profile: CostProfile, engine: EngineConfig) -> LinkSpec:
+    """The fitted transfer model in the simulator's bytes (see the module docstring)."""
+    if profile.transfer is None:
+        return LinkSpec(latency_s=0.0, bandwidth_Bps=1e15)
+    real = float(profile.environment.get("kv_bytes_per_token", 0)) or None
+    sim = kv_bytes_per_token(get_model(engine.model, engine.dtype))
+    factor = sim / real if real else 1.0
+    return LinkSpec(latency_s=profile.transfer.latency_s, bandwidth_Bps=profile.transfer.bandwidth_Bps * factor)
+
+
+def sim_cluster_config(case: ValidationCase, profile: CostProfile, spec) -> ClusterConfig:
+    engine = sim_engine_config(spec, profile, case.engines)
+    check_profile_matches(profile, engine, case.profile)  # refuse before any engine process starts
+    return ClusterConfig(engines=[engine], link=sim_link(profile, engine),
+                         strategy=StrategyConfig(name=case.strategy, params=case.params), cost_model=case.profile)
+
+
+def estimate_capacity(cluster: ClusterConfig, spec: WorkloadSpec) -> float:
+    """Simulated saturation throughput (req/s): the workload with every request at t = 0."""
+    burst = generate(spec.model_copy(update={"arrival": spec.arrival.model_copy(update={"rate": float("inf")})}))
+    return SimCluster(cluster).run(burst).metrics()["request_throughput"]
+
+
+# -- running ---------------------------------------------------------------------------------
+def _pin(cluster) -> dict[str, int]:
+    """Engine i on core i (mod cores); the router (this process) on the cores left over, if any,
+    so that it never preempts an engine mid-step. Restored by `_unpin`."""
+    if not hasattr(os, "sched_setaffinity"):
+        return {}
+    cores = sorted(os.sched_getaffinity(0))
+    pinned = {}
+    for i, (eid, proc) in enumerate(cluster.procs.items()):
+        core = cores[i % len(cores)]
+        try:
+            for tid in _threads(proc.pid):  # zmq's I/O thread too, not only the main thread
+                os.sched_setaffinity(tid, {core})
+            pinned[eid] = core
+        except OSError:
+            pass
+    spare = set(cores) - set(pinned.values())
+    if spare:
+        os.sched_setaffinity(0, spare)
+        pinned["router"] = min(spare)
+    return pinned
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return [pid]
+
+
+def run_real(case: ValidationCase, spec, workload: Workload):
+    """(RealRunResult, pinning, share of the CPU other processes used meanwhile) on freshly
+    started engine processes."""
+    from real.cluster import RealCluster
+    from real.config import RealClusterConfig
+
+    config = RealClusterConfig(engines=[{"count": case.engines, **spec.model_dump(exclude={"id", "listen"})}],
+                               strategy={"name": case.strategy, "params": case.params})
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
+        with RealCluster(config) as cluster:
+            pinned = _pin(cluster) if case.pin else {}
+            if case.warmup_requests:
+                warm = generate(case.workload.model_copy(update={
+                    "num_requests": case.warmup_requests, "seed": case.workload.seed + 10_000,
+                    "arrival": case.workload.arrival.model_copy(update={"rate": float("inf")})}))
+                cluster.run(warm, seed=case.seed)
+            with ForeignLoad([proc.pid for proc in cluster.procs.values()]) as foreign:
+                result = cluster.run(workload, seed=case.seed)
+            return result, pinned, foreign.share
+    finally:
+        if affinity is not None:
+            os.sched_setaffinity(0, affinity)
+
+
+def compare(real: dict[str, float], sim: dict[str, float], intervals: dict | None = None,
+            metrics=ERROR_METRICS) -> dict[str, MetricComparison]:
+    out = {}
+    for m in metrics:
+        r, s = float(real.get(m, float("nan"))), float(sim.get(m, float("nan")))
+        lo, _, hi = intervals[m] if intervals and m in intervals else (None, None, None)
+        out[m] = MetricComparison(real=r, sim=s, rel_error=(s - r) / r if r else float("nan"), sim_low=lo, sim_high=hi)
+    return out
+
+
+def validate(case: ValidationCase) -> ValidationReport:
+    profile = CostProfile.load(case.profile)
+    spec = real_engine_spec(case, profile)
+    cluster = sim_cluster_config(case, profile, spec)
+    workload = generate(case.workload)
+    t0 = time.perf_counter()
+    sim_result = SimCluster(cluster).run(workload, seed=case.seed)
+    intervals = metric_intervals(cluster, workload, case.seed) if case.interval and profile.fit_error else None
+    sim_wall = time.perf_counter() - t0
+    real_result, pinned, foreign = run_real(case, spec, workload)
+    real_m, sim_m = real_result.metrics(), sim_result.metrics()
+    return ValidationReport(
+        case=case, rate=case.workload.arrival.rate, metrics=compare(real_m, sim_m, intervals),
+        real_failed=int(real_m["failed"] + real_m["aborted"]), sim_failed=int(sim_m["failed"] + sim_m["aborted"]),
+        real_wall_s=real_result.wall_time_s, sim_wall_s=sim_wall, pinned=pinned, foreign_cpu_share=foreign,
+        cost_model=next(iter(sim_result.cost_models.values())))
+
+
+# -- presenting ------------------------------------------------------------------------------
+def format_reports(reports: list[ValidationReport], metrics=ERROR_METRICS) -> str:
+    """One row per metric, one column (real / sim / error) per run; then the headline summary."""
+    heads = [f"{r.case.strategy}@{r.rate:.3g}/s" for r in reports]
+    lines = [f"{'metric':<22}" + "".join(f"{h:>34}" for h in heads),
+             f"{'':<22}" + "".join(f"{'real':>11}{'sim':>11}{'error':>12}" for _ in heads)]
+    for m in metrics:
+        row = f"{m:<22}"
+        for r in reports:
+            c = r.metrics[m]
+            row += f"{c.real:>11.3f}{c.sim:>11.3f}{c.rel_error * 100:>11.1f}%"
+        lines.append(row)
+    lines.append(f"{'foreign CPU share':<22}" + "".join(f"{_fmt_share(r.foreign_cpu_share):>34}" for r in reports))
+    lines.append(f"median |error| of {', '.join(HEADLINE)}: {headline_error(reports) * 100:.1f}%")
+    return "\n".join(lines)
+
+
+def _fmt_share(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def headline_error(reports: list[ValidationReport]) -> float:
+    import statistics
+
+    errors = [abs(r.metrics[m].rel_error) for r in reports for m in HEADLINE]
+    return statistics.median(errors) if errors else float("nan")
