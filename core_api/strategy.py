@@ -9,7 +9,8 @@ simulator and on real engines. Parameters are a pydantic model validated at cons
 from __future__ import annotations
 
 import importlib
-from typing import Any, AsyncIterator, ClassVar, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -117,6 +118,22 @@ def resolve(name: str) -> type[Strategy]:
 
 def build(name: str, engines: Sequence[Engine], runtime: Runtime, params: dict | None = None) -> Strategy:
     return resolve(name)(engines, runtime, **(params or {}))
+
+
+def params_from_cli(items: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` command-line items -> strategy params; VALUE is JSON when it parses, else text."""
+    import json
+
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param {item!r}: expected KEY=VALUE")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
 
 
 def _load_builtins() -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,20 +25,14 @@ def add_parser(sub) -> None:
 
 def build_config(args: argparse.Namespace):
     """Merge the config file (or default) with command-line overrides; validated."""
+    from core_api.strategy import params_from_cli
     from sim.config import default_config, load_config
 
     config = load_config(args.config) if args.config else default_config()
     data = config.model_dump(mode="json")
     if args.strategy:
         data["cluster"]["strategy"] = {"name": args.strategy, "params": {}}
-    for item in args.param:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--param {item!r}: expected KEY=VALUE")
-        try:
-            data["cluster"]["strategy"]["params"][key] = json.loads(value)
-        except json.JSONDecodeError:
-            data["cluster"]["strategy"]["params"][key] = value
+    data["cluster"]["strategy"]["params"].update(params_from_cli(args.param))
     if args.rate is not None:
         data["workload"]["arrival"]["rate"] = args.rate
     if args.num_requests is not None:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
 
 from pydantic import ValidationError
+
+from core_api.strategy import params_from_cli
+from real.engine_args import add_engine_arguments, engines_from_args
 
 
 def add_parser(sub) -> None:
@@ -28,17 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("--config", type=Path, help="RealRunConfig file (YAML or JSON): cluster, workload, seed")
     p.add_argument("--strategy", help="strategy name or module:Class (default pd, or the config's)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=JSON", help="strategy parameter (repeatable)")
-    g = p.add_argument_group("engines")
-    g.add_argument("--engines", type=int, help="engine processes to start on this host (default 2)")
-    g.add_argument("--connect", action="append", default=[], metavar="ADDRESS",
-                   help="address of an engine started elsewhere, e.g. tcp://host:5555 (repeatable)")
-    g.add_argument("--model", default="tiny", help="tiny | smollm2 | HF checkpoint dir | .gguf file")
-    g.add_argument("--device", default="cpu", help="device, or one per engine: cuda:0,cuda:1")
-    g.add_argument("--threads", type=int, default=1, help="torch threads per engine process")
-    g.add_argument("--num-pages", type=int, default=1024)
-    g.add_argument("--page-size", type=int, default=16)
-    g.add_argument("--transport", default="auto", choices=["auto", "zmq", "shm", "nccl"])
-    g.add_argument("--fast", action="store_true", help="turn off batch-invariant mode (faster, not bit-exact)")
+    add_engine_arguments(p)
     g = p.add_argument_group("one prompt")
     g.add_argument("--prompt", help="generate from this text and print it")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
@@ -58,29 +50,12 @@ def build_config(args: argparse.Namespace):
     if args.config:
         data = load_run_config(args.config).model_dump(mode="json")
     else:
-        devices = args.device.split(",")
-        n = args.engines if args.engines is not None else (0 if args.connect else 2)
-        common = {"model": args.model, "threads": args.threads, "num_pages": args.num_pages, "page_size": args.page_size,
-                      "transport": args.transport, "batch_invariant": not args.fast}
-        if len(devices) > 1:
-            if len(devices) != n:
-                raise ValueError(f"--device lists {len(devices)} devices for {n} engines")
-            engines = [dict(common, device=d) for d in devices]
-        else:
-            engines = [dict(common, device=devices[0], count=n)] if n else []
-        engines += [{"address": a} for a in args.connect]
+        engines = engines_from_args(args)
         data = {"cluster": {"engines": engines, "strategy": {"name": "pd"}}}
     strategy = data["cluster"]["strategy"]
     if args.strategy:
         strategy.update(name=args.strategy, params={})
-    for item in args.param:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--param {item!r}: expected KEY=VALUE")
-        try:
-            strategy["params"][key] = json.loads(value)
-        except json.JSONDecodeError:
-            strategy["params"][key] = value
+    strategy["params"].update(params_from_cli(args.param))
     if not data.get("workload"):
         data["workload"] = default_workload().model_dump(mode="json")
     workload = data["workload"]

@@ -21,6 +21,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from core_api.strategy import params_from_cli
+from real.engine_args import add_engine_arguments, engines_from_args
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server on the router (completions, chat, admin)",
@@ -28,18 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("--config", type=Path, help="cluster file (YAML/JSON): engines, strategy, optional serve: section")
     p.add_argument("--strategy", help="strategy name or module:Class (default least_loaded, or the config's)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=JSON", help="strategy parameter (repeatable)")
-    g = p.add_argument_group("engines")
-    g.add_argument("--engines", type=int, help="engine processes to start on this host (default 2)")
-    g.add_argument("--connect", action="append", default=[], metavar="ADDRESS",
-                   help="address of an engine started with `microserving engine` (repeatable)")
-    g.add_argument("--model", default="tiny", help="tiny | smollm2 | HF checkpoint dir | .gguf file")
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--threads", type=int, default=1, help="torch threads per engine process")
-    g.add_argument("--num-pages", type=int, default=1024)
-    g.add_argument("--page-size", type=int, default=16)
-    g.add_argument("--max-model-len", type=int, help="context limit per engine (default: the model's)")
-    g.add_argument("--transport", default="auto", choices=["auto", "zmq", "shm", "nccl"])
-    g.add_argument("--fast", action="store_true", help="turn off batch-invariant mode (faster, not bit-exact)")
+    add_engine_arguments(p)
     g = p.add_argument_group("http")
     g.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     g.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
@@ -59,24 +51,11 @@ def build_configs(args: argparse.Namespace):
         cluster, serve = load_serve_file(args.config)
         data, serve_data = cluster.model_dump(mode="json"), serve.model_dump()
     else:
-        n = args.engines if args.engines is not None else (0 if args.connect else 2)
-        engine = {"model": args.model, "device": args.device, "threads": args.threads, "num_pages": args.num_pages,
-                  "page_size": args.page_size, "transport": args.transport, "batch_invariant": not args.fast}
-        if args.max_model_len:
-            engine["max_model_len"] = args.max_model_len
-        engines = [dict(engine, count=n)] if n else []
-        engines += [{"address": a} for a in args.connect]
+        engines = engines_from_args(args)
         data, serve_data = {"engines": engines, "strategy": {"name": "least_loaded"}}, {}
     if args.strategy:
         data["strategy"] = {"name": args.strategy, "params": {}}
-    for item in args.param:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--param {item!r}: expected KEY=VALUE")
-        try:
-            data["strategy"]["params"][key] = json.loads(value)
-        except json.JSONDecodeError:
-            data["strategy"]["params"][key] = value
+    data["strategy"].setdefault("params", {}).update(params_from_cli(args.param))
     flags = {"host": args.host, "port": args.port, "admin_token": args.admin_token,
              "max_concurrent": args.max_concurrent, "served_model_name": args.served_model_name,
              "default_max_tokens": args.default_max_tokens, "log_level": args.log_level}
