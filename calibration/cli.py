@@ -42,6 +42,9 @@ def add_parser(sub) -> None:
     ft.add_argument("--holdout", type=float, default=0.25, help="share of samples held out for the error")
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--coefficients", help="comma-separated coefficient names (default: all)")
+    ft.add_argument("--colocated-router", action="store_true",
+                    help="charge the router's measured CPU per streamed token to `sampled` (hosts where the "
+                         "router shares the engines' cores)")
 
     va = cmds.add_parser("validate", help="replay a workload on real engines and on the simulator")
     va.add_argument("--profile", type=Path, required=True)
@@ -58,6 +61,8 @@ def add_parser(sub) -> None:
     va.add_argument("--prompt-len", default="64:512", help="LO:HI uniform prompt tokens")
     va.add_argument("--output-len", default="16:128", help="LO:HI uniform output tokens")
     va.add_argument("--seed", type=int, default=0)
+    va.add_argument("--real-repeats", type=int, default=1,
+                    help="real runs per point (fresh engines each); the table shows their mean and spread")
     va.add_argument("--no-pin", action="store_true", help="do not pin engine processes to cores")
     va.add_argument("--no-interval", action="store_true", help="skip the error-bound reruns")
     va.add_argument("--out", type=Path, help="reports JSON")
@@ -72,15 +77,17 @@ def _engine_args(p) -> None:
     p.add_argument("--num-pages", type=int, default=1024)
     p.add_argument("--max-num-batched-tokens", type=int, default=512)
     p.add_argument("--max-num-seqs", type=int, default=64)
-    p.add_argument("--no-batch-invariant", action="store_true", help="profile the fast, non-invariant kernels")
+    p.add_argument("--fast", action="store_true",
+                   help="turn off batch-invariant mode (profile the engines `run --fast` starts)")
 
 
 def _kv(items: list[str]) -> dict:
+    """--engine-opt KEY=VALUE items; VALUE is JSON when it parses, else text."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"{item!r}: expected KEY=VALUE")
+            raise ValueError(f"--engine-opt {item!r}: expected KEY=VALUE")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -110,7 +117,7 @@ def _profile(args) -> int:
     engine = EngineSpec(model=args.model, device=args.device, dtype=args.dtype, threads=args.threads,
                         page_size=args.page_size, num_pages=args.num_pages,
                         max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
-                        batch_invariant=not args.no_batch_invariant)
+                        batch_invariant=not args.fast)
     grid = GridSpec.model_validate_json(args.grid.read_text()) if args.grid else GridSpec()
     settings = ProfileSettings(engine=engine, grid=grid, warmup=args.warmup, repeats=args.repeats,
                                rounds=args.rounds, core=args.core, transfers=not args.no_transfers)
@@ -129,19 +136,14 @@ def _profile(args) -> int:
 
 
 def _fit(args) -> int:
-    from calibration.fit import (
-        DEFAULT_COEFFICIENTS,
-        fit_samples,
-        report,
-        to_profile,
-        write_predictions_csv,
-    )
+    from calibration.fit import DEFAULT_COEFFICIENTS, fit_samples, to_profile
+    from calibration.fit_report import report, write_predictions_csv
     from calibration.samples import ProfileSamples
 
     samples = ProfileSamples.load(args.samples)
     names = tuple(x.strip() for x in args.coefficients.split(",")) if args.coefficients else DEFAULT_COEFFICIENTS
     fit = fit_samples(samples, names, args.method, args.holdout, args.seed, statistic=args.statistic)
-    profile = to_profile(samples, fit)
+    profile = to_profile(samples, fit, colocated_router=args.colocated_router)
     stem = args.out.with_suffix("")
     report_path = args.report or Path(f"{stem}.report.json")
     pred_path = args.predictions or Path(f"{stem}.predictions.csv")
@@ -152,8 +154,11 @@ def _fit(args) -> int:
     write_predictions_csv(pred_path, fit.predictions)
     print(f"fitted {len(fit.coefficients)} coefficients on {fit.counts['train']} step samples "
           f"({fit.counts['test']} held out):")
-    for k, v in fit.coefficients.items():
+    for k, v in profile.coefficients.items():
         print(f"  {k:<16} {v:.4g}")
+    if args.colocated_router:
+        print(f"  (sampled includes the router's {profile.environment['colocated_router_cpu_per_token_s'] * 1e6:.1f} us "
+              "per streamed token)")
     if fit.transfer is not None:
         print(f"  transfer         latency {fit.transfer.latency_s * 1e6:.1f} us, "
               f"bandwidth {fit.transfer.bandwidth_Bps / 1e9:.3g} GB/s")
@@ -172,6 +177,7 @@ def _validate(args) -> int:
         sim_cluster_config,
         validate,
     )
+    from core_api.strategy import params_from_cli
     from core_api.workload import WorkloadSpec
     from sim.profile import CostProfile
 
@@ -185,9 +191,9 @@ def _validate(args) -> int:
                             output_len=_range(args.output_len, "output-len"), vocab_size=vocab, seed=args.seed)
     reports = []
     for strategy in args.strategy or ["round_robin"]:
-        case = ValidationCase(profile=str(args.profile), strategy=strategy, params=_kv(args.param),
+        case = ValidationCase(profile=str(args.profile), strategy=strategy, params=params_from_cli(args.param),
                               engines=args.engines, engine=_kv(args.engine_opt), workload=workload, seed=args.seed,
-                              pin=not args.no_pin, interval=not args.no_interval)
+                              pin=not args.no_pin, interval=not args.no_interval, real_repeats=args.real_repeats)
         rates = args.rate
         if not rates:
             cluster = sim_cluster_config(case, profile, real_engine_spec(case, profile))

@@ -65,7 +65,7 @@ class ForeignLoad:
         return self
 
     def _own(self) -> float:
-        return _own_seconds() + sum(_process_seconds(pid) for pid in self.pids)
+        return _own_seconds() + sum(process_seconds(pid) for pid in self.pids)
 
     def __exit__(self, *exc) -> None:
         busy1, own1, t1 = _busy_seconds(), self._own(), time.perf_counter()
@@ -85,7 +85,7 @@ def _busy_seconds() -> float | None:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def _process_seconds(pid: int) -> float:
+def process_seconds(pid: int) -> float:
     """CPU time of another process (all its threads) from /proc/PID/stat; 0 if unreadable."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
@@ -157,3 +157,33 @@ def describe(device: torch.device | str, extra: dict[str, Any] | None = None) ->
         env["gpu_memory_bytes"] = torch.cuda.get_device_properties(device).total_memory
     env.update(extra or {})
     return env
+
+
+def pin_engines(procs: dict) -> dict[str, int]:
+    """Engine process i (every thread: zmq's I/O thread too) on core i (mod cores); this process
+    (the router) on the cores left over, if any, so it never preempts an engine mid-step. The
+    caller restores its own affinity afterwards."""
+    if not hasattr(os, "sched_setaffinity"):
+        return {}
+    cores = sorted(os.sched_getaffinity(0))
+    pinned = {}
+    for i, (eid, proc) in enumerate(procs.items()):
+        core = cores[i % len(cores)]
+        try:
+            for tid in _threads(proc.pid):
+                os.sched_setaffinity(tid, {core})
+            pinned[eid] = core
+        except OSError:
+            pass
+    spare = set(cores) - set(pinned.values())
+    if spare:
+        os.sched_setaffinity(0, spare)
+        pinned["router"] = min(spare)
+    return pinned
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return [pid]

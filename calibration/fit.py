@@ -27,14 +27,11 @@ zero would make the simulator wrong exactly where the grid was thin.
 """
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import importlib.metadata
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 from scipy.optimize import least_squares, lsq_linear
 
 from calibration.samples import STEP_KINDS, ProfileSamples, StepSample, TransferSample
@@ -104,23 +101,6 @@ class FitResult:
     train_errors: dict[str, float]
     predictions: list[Prediction] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
-
-
-class FitReport(BaseModel):
-    """What `calibrate fit` writes next to the profile (JSON)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    samples: str
-    method: str
-    statistic: str = "median"
-    holdout: float
-    seed: int
-    coefficients: dict[str, float]
-    transfer: LinkSpec | None
-    held_out_mape: dict[str, float]
-    train_mape: dict[str, float]
-    counts: dict[str, int]
 
 
 # ---- step model -------------------------------------------------------------------------
@@ -287,35 +267,28 @@ def fit_samples(samples: ProfileSamples, names: tuple[str, ...] = DEFAULT_COEFFI
     return result
 
 
-def to_profile(samples: ProfileSamples, fit: FitResult) -> CostProfile:
+def to_profile(samples: ProfileSamples, fit: FitResult, colocated_router: bool = False) -> CostProfile:
     """The CostProfile the simulator loads. Held-out errors go into fit_error (NaN ones are
     dropped: the schema refuses non-finite numbers). The environment records the real engine's
-    KV bytes per token, which the transfer bandwidth is stated in."""
+    KV bytes per token, which the transfer bandwidth is stated in.
+
+    colocated_router: for hosts where the router shares the engines' cores, add the router's
+    measured CPU per streamed token (calibration.cluster_profile) to the `sampled` coefficient."""
     env = {**samples.environment, "kv_bytes_per_token": samples.kv_bytes_per_token,
            "samples_created": samples.created}
+    coefficients = dict(fit.coefficients)
+    if colocated_router:
+        router = samples.environment.get("router") or {}
+        if "router_cpu_per_token_s" not in router:
+            raise FitError("--colocated-router: the samples hold no router measurement (profile with transfers on)")
+        coefficients["sampled"] = coefficients.get("sampled", 0.0) + router["router_cpu_per_token_s"]
+        env["colocated_router_cpu_per_token_s"] = router["router_cpu_per_token_s"]
     return CostProfile(
         hardware=samples.hardware, model=samples.model, dtype=samples.dtype, tp=samples.tp,
         page_size=samples.page_size, engine_version=samples.engine_version or engine_version(),
-        coefficients=fit.coefficients, transfer=fit.transfer,
+        coefficients=coefficients, transfer=fit.transfer,
         fit_error={k: v for k, v in fit.errors.items() if np.isfinite(v)},
         sample_count=len(samples.steps) + len(samples.transfers),
         created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         environment=env,
     )
-
-
-def write_predictions_csv(path: str | Path, predictions: list[Prediction]) -> None:
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["kind", "label", "split", "measured_s", "predicted_s", "rel_error"])
-        for p in predictions:
-            w.writerow([p.kind, p.label, p.split, f"{p.measured_s:.9g}", f"{p.predicted_s:.9g}",
-                        f"{p.rel_error:+.4f}"])
-
-
-def report(samples_path: str, fit: FitResult, method: str, holdout: float, seed: int,
-           statistic: str = "median") -> FitReport:
-    return FitReport(samples=samples_path, method=method, statistic=statistic, holdout=holdout, seed=seed,
-                     coefficients=fit.coefficients, transfer=fit.transfer, held_out_mape=fit.errors,
-                     train_mape=fit.train_errors, counts=fit.counts)
-

@@ -17,7 +17,6 @@ noise control: see calibration.environment.
 """
 from __future__ import annotations
 
-import asyncio
 import datetime as _dt
 import statistics
 import time
@@ -28,10 +27,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from calibration import environment
+from calibration.cluster_profile import profile_cluster
 from calibration.fit import engine_version
-from calibration.samples import ProfileSamples, StepSample, TransferSample
+from calibration.samples import ProfileSamples, StepSample
 from calibration.step_profiler import ProfileError, StepProfiler, Timed
-from core_api.types import Request, SamplingParams
 from real.config import EngineSpec
 from sim.hardware import MODEL_PRESETS, ModelSpec
 
@@ -183,57 +182,6 @@ def profile_steps(s: ProfileSettings, progress: Progress | None = None) -> list[
     return [_sample(kind, label, timed) for label, (kind, timed) in runs.items()]
 
 
-# -- transfers between two engine processes ----------------------------------------------
-async def _transfers(engines, pages_list, page_size, kv_bytes_page, vocab, warmup, repeats, rng):
-    src, dst = engines
-    out = []
-    for pages in pages_list:
-        n, times = pages * page_size, []
-        for r in range(warmup + repeats):
-            prompt = rng.integers(0, vocab, size=n, dtype=np.int32)
-            warm = Request(f"xfer-warm-{pages}-{r}", prompt, SamplingParams(max_tokens=1, ignore_eos=True))
-            async for _ in src.start_generate(warm):  # the sender computes (and caches) the KV first
-                pass
-            req = Request(f"xfer-{pages}-{r}", prompt, SamplingParams(max_tokens=1, ignore_eos=True))
-            t0 = time.perf_counter()
-            kv_addr, matched = await dst.prep_recv(req, None)
-            await src.remote_send(req, kv_addr, dst.id, matched, None)  # all cached: pure transfer
-            dt = time.perf_counter() - t0
-            await dst.release(req.id)
-            if r >= warmup:
-                times.append(dt)
-        out.append(TransferSample(pages=pages, nbytes=pages * kv_bytes_page, time_s=statistics.median(times),
-                                  times_s=times))
-    return out
-
-
-def profile_transfers(s: ProfileSettings, kv_bytes_per_token: int, vocab: int) -> list[TransferSample]:
-    """prep_recv then remote_send of a prompt the sender already caches, between two engine
-    processes: both calls' round trips, the sender's (compute-free) step, shipping, landing and
-    the acknowledgement. That is what a KV handoff costs beyond compute, and what the
-    simulator's link latency + bytes / bandwidth stands for (its prep_recv is instantaneous, so
-    the reservation's round trip belongs in the link latency)."""
-    from real.cluster import RealCluster
-    from real.config import RealClusterConfig
-
-    e = s.engine
-    limit = min(e.max_model_len - 1, e.num_pages * e.page_size)
-    pages_list = [p for p in s.grid.transfer_pages if p * e.page_size <= limit]
-    if not pages_list:
-        return []
-    spec = e.model_dump(exclude={"id", "listen", "exit_with_parent"})
-    cluster = RealCluster(RealClusterConfig(engines=[{"count": 2, **spec}]))
-    rng = np.random.default_rng(s.seed + 1)
-
-    async def go():
-        async with cluster.session() as engines:
-            return await _transfers(list(engines.values()), pages_list, e.page_size, kv_bytes_per_token * e.page_size,
-                                    vocab, s.warmup, s.transfer_repeats, rng)
-
-    with cluster:
-        return asyncio.run(go())
-
-
 # -- the whole run -------------------------------------------------------------------------
 def sim_model(config) -> str | ModelSpec:
     """The simulator's name for a real LlamaConfig: a preset with the same shape, else inline."""
@@ -256,13 +204,16 @@ def run_profile(s: ProfileSettings, progress: Progress | None = None) -> Profile
         t0 = time.perf_counter()
         steps = profile_steps(s, progress)
         step_wall = time.perf_counter() - t0
+        env = environment.describe(s.engine.device)  # threads and affinity as the steps ran
     config = model_config_of(s.engine)
     kv_bytes = config.kv_bytes_per_token()
-    transfers = profile_transfers(s, kv_bytes, config.vocab_size) if s.transfers else []
-    env = environment.describe(s.engine.device, {
-        "control": control, "foreign_cpu_share": foreign.share, "load_average_before": load_before, "load_average_after": environment.load_average(),
-        "step_profile_wall_s": round(step_wall, 2), "warmup": s.warmup, "repeats": s.repeats,
+    transfers, router = profile_cluster(s, kv_bytes, config.vocab_size) if s.transfers else ([], None)
+    env.update({
+        "control": control, "foreign_cpu_share": foreign.share, "load_average_before": load_before,
+        "load_average_after": environment.load_average(), "step_profile_wall_s": round(step_wall, 2),
+        "warmup": s.warmup, "repeats": s.repeats, "rounds": s.rounds, "transfer_repeats": s.transfer_repeats,
         "engine": s.engine.model_dump(exclude={"listen", "exit_with_parent"}), "grid": s.grid.model_dump(),
+        "router": router,
     })
     return ProfileSamples(
         hardware=environment.device_name(s.engine.device), model=sim_model(config),

@@ -19,9 +19,10 @@ import os
 import time
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from calibration.environment import ForeignLoad
+from calibration.environment import ForeignLoad, pin_engines, process_seconds
 from calibration.interval import DEFAULT_METRICS, metric_intervals
 from calibration.profile import sim_model
 from core_api.workload import Workload, WorkloadSpec, generate
@@ -49,6 +50,7 @@ class ValidationCase(BaseModel):
     workload: WorkloadSpec
     seed: int = 0
     warmup_requests: int = Field(8, ge=0)
+    real_repeats: int = Field(1, ge=1, description="real runs (fresh engines each); metrics are their mean")
     pin: bool = Field(True, description="pin each engine process to its own core")
     interval: bool = True
 
@@ -59,6 +61,8 @@ class MetricComparison(BaseModel):
     rel_error: float
     sim_low: float | None = None
     sim_high: float | None = None
+    real_runs: list[float] = Field(default_factory=list)
+    real_spread: float | None = None
 
 
 class ValidationReport(BaseModel):
@@ -70,7 +74,12 @@ class ValidationReport(BaseModel):
     real_wall_s: float
     sim_wall_s: float
     pinned: dict[str, int]
-    foreign_cpu_share: float | None = Field(None, description="CPU share other processes used during the real run")
+    foreign_cpu_share: float | None = Field(None, description="CPU share other processes used during the real "
+                                            "run (the largest over repeats)")
+    real_cpu_s: dict[str, float] = Field(default_factory=dict, description=(
+        "CPU seconds per engine process (and the router) during the real run: next to sim_busy_s it "
+        "separates cost-model error (CPU work differs) from contention (same work, later finish)"))
+    sim_busy_s: dict[str, float] = Field(default_factory=dict)
     cost_model: dict
 
 
@@ -117,38 +126,9 @@ def estimate_capacity(cluster: ClusterConfig, spec: WorkloadSpec) -> float:
 
 
 # -- running ---------------------------------------------------------------------------------
-def _pin(cluster) -> dict[str, int]:
-    """Engine i on core i (mod cores); the router (this process) on the cores left over, if any,
-    so that it never preempts an engine mid-step. Restored by `_unpin`."""
-    if not hasattr(os, "sched_setaffinity"):
-        return {}
-    cores = sorted(os.sched_getaffinity(0))
-    pinned = {}
-    for i, (eid, proc) in enumerate(cluster.procs.items()):
-        core = cores[i % len(cores)]
-        try:
-            for tid in _threads(proc.pid):  # zmq's I/O thread too, not only the main thread
-                os.sched_setaffinity(tid, {core})
-            pinned[eid] = core
-        except OSError:
-            pass
-    spare = set(cores) - set(pinned.values())
-    if spare:
-        os.sched_setaffinity(0, spare)
-        pinned["router"] = min(spare)
-    return pinned
-
-
-def _threads(pid: int) -> list[int]:
-    try:
-        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        return [pid]
-
-
 def run_real(case: ValidationCase, spec, workload: Workload):
-    """(RealRunResult, pinning, share of the CPU other processes used meanwhile) on freshly
-    started engine processes."""
+    """(RealRunResult, pinning, share of the CPU other processes used meanwhile, CPU seconds
+    each engine process and the router spent on the run) on freshly started engine processes."""
     from real.cluster import RealCluster
     from real.config import RealClusterConfig
 
@@ -157,27 +137,37 @@ def run_real(case: ValidationCase, spec, workload: Workload):
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     try:
         with RealCluster(config) as cluster:
-            pinned = _pin(cluster) if case.pin else {}
+            pinned = pin_engines(cluster.procs) if case.pin else {}
             if case.warmup_requests:
                 warm = generate(case.workload.model_copy(update={
                     "num_requests": case.warmup_requests, "seed": case.workload.seed + 10_000,
                     "arrival": case.workload.arrival.model_copy(update={"rate": float("inf")})}))
                 cluster.run(warm, seed=case.seed)
-            with ForeignLoad([proc.pid for proc in cluster.procs.values()]) as foreign:
+            procs = dict(cluster.procs)
+            cpu0 = {eid: process_seconds(p.pid) for eid, p in procs.items()}
+            router0 = time.process_time()
+            with ForeignLoad([p.pid for p in procs.values()]) as foreign:
                 result = cluster.run(workload, seed=case.seed)
-            return result, pinned, foreign.share
+            cpu = {eid: round(process_seconds(p.pid) - cpu0[eid], 3) for eid, p in procs.items()}
+            cpu["router"] = round(time.process_time() - router0, 3)
+            return result, pinned, foreign.share, cpu
     finally:
         if affinity is not None:
             os.sched_setaffinity(0, affinity)
 
 
-def compare(real: dict[str, float], sim: dict[str, float], intervals: dict | None = None,
+def compare(real: list[dict[str, float]], sim: dict[str, float], intervals: dict | None = None,
             metrics=ERROR_METRICS) -> dict[str, MetricComparison]:
+    """Per metric: the mean over the real runs, the simulated value, their relative error, and
+    the real runs' own spread ((max - min) / mean): the noise floor the error should be read against."""
     out = {}
     for m in metrics:
-        r, s = float(real.get(m, float("nan"))), float(sim.get(m, float("nan")))
+        values = np.array([float(r.get(m, float("nan"))) for r in real])
+        r, s = float(values.mean()), float(sim.get(m, float("nan")))
+        spread = float((values.max() - values.min()) / r) if r and values.size > 1 else None
         lo, _, hi = intervals[m] if intervals and m in intervals else (None, None, None)
-        out[m] = MetricComparison(real=r, sim=s, rel_error=(s - r) / r if r else float("nan"), sim_low=lo, sim_high=hi)
+        out[m] = MetricComparison(real=r, sim=s, rel_error=(s - r) / r if r else float("nan"), sim_low=lo,
+                                  sim_high=hi, real_runs=values.tolist(), real_spread=spread)
     return out
 
 
@@ -190,12 +180,17 @@ def validate(case: ValidationCase) -> ValidationReport:
     sim_result = SimCluster(cluster).run(workload, seed=case.seed)
     intervals = metric_intervals(cluster, workload, case.seed) if case.interval and profile.fit_error else None
     sim_wall = time.perf_counter() - t0
-    real_result, pinned, foreign = run_real(case, spec, workload)
-    real_m, sim_m = real_result.metrics(), sim_result.metrics()
+    sim_busy = {eid: round(st["busy_s"], 3) for eid, st in sim_result.engine_stats.items()}
+    runs = [run_real(case, spec, workload) for _ in range(case.real_repeats)]  # fresh engines each time
+    real_ms, sim_m = [r[0].metrics() for r in runs], sim_result.metrics()
+    shares = [r[2] for r in runs if r[2] is not None]
+    cpu = {k: round(float(np.mean([r[3][k] for r in runs])), 3) for k in runs[0][3]}
     return ValidationReport(
-        case=case, rate=case.workload.arrival.rate, metrics=compare(real_m, sim_m, intervals),
-        real_failed=int(real_m["failed"] + real_m["aborted"]), sim_failed=int(sim_m["failed"] + sim_m["aborted"]),
-        real_wall_s=real_result.wall_time_s, sim_wall_s=sim_wall, pinned=pinned, foreign_cpu_share=foreign,
+        case=case, rate=case.workload.arrival.rate, metrics=compare(real_ms, sim_m, intervals),
+        real_failed=int(sum(m["failed"] + m["aborted"] for m in real_ms)),
+        sim_failed=int(sim_m["failed"] + sim_m["aborted"]),
+        real_wall_s=float(np.mean([r[0].wall_time_s for r in runs])), sim_wall_s=sim_wall, pinned=runs[0][1],
+        foreign_cpu_share=max(shares) if shares else None, real_cpu_s=cpu, sim_busy_s=sim_busy,
         cost_model=next(iter(sim_result.cost_models.values())))
 
 
@@ -211,9 +206,20 @@ def format_reports(reports: list[ValidationReport], metrics=ERROR_METRICS) -> st
             c = r.metrics[m]
             row += f"{c.real:>11.3f}{c.sim:>11.3f}{c.rel_error * 100:>11.1f}%"
         lines.append(row)
+        if any(r.metrics[m].real_spread is not None for r in reports):
+            spreads = [r.metrics[m].real_spread for r in reports]
+            lines.append(f"{'  spread of real runs':<22}" + "".join(
+                f"{'' if sp is None else f'{sp * 100:.1f}%':>34}" for sp in spreads))
     lines.append(f"{'foreign CPU share':<22}" + "".join(f"{_fmt_share(r.foreign_cpu_share):>34}" for r in reports))
+    lines.append(f"{'engine CPU-s real/sim':<22}" + "".join(f"{_fmt_cpu(r):>34}" for r in reports))
+    lines.append(f"{'router CPU-s':<22}" + "".join(f"{r.real_cpu_s.get('router', float('nan')):>34.2f}" for r in reports))
     lines.append(f"median |error| of {', '.join(HEADLINE)}: {headline_error(reports) * 100:.1f}%")
     return "\n".join(lines)
+
+
+def _fmt_cpu(r: ValidationReport) -> str:
+    real = sum(v for k, v in r.real_cpu_s.items() if k != "router")
+    return f"{real:.2f}/{sum(r.sim_busy_s.values()):.2f}"
 
 
 def _fmt_share(x: float | None) -> str:

@@ -81,7 +81,7 @@ def test_robust_fit_shrugs_off_outliers():
         s.time_s *= 3
     plain = fit_steps(steps, method="nnls")
     robust = fit_steps(steps, method="robust")
-    err = lambda f: np.mean([abs(f.coefficients[k] / v - 1) for k, v in TRUE.items()])  # noqa: E731
+    err = lambda f: np.mean([abs(f.coefficients[k] / v - 1) for k, v in TRUE.items()])
     assert err(robust) < err(plain)
     assert robust.coefficients["decode_context"] == pytest.approx(TRUE["decode_context"], rel=0.1)
 
@@ -150,3 +150,15 @@ def test_samples_schema_errors_name_the_field(tmp_path):
     path.write_text("{not json")
     with pytest.raises(SamplesError, match="not JSON"):
         ProfileSamples.load(path)
+
+
+def test_colocated_router_is_charged_to_each_sampled_row():
+    samples = samples_file(np.random.default_rng(0))
+    fit = fit_samples(samples)
+    with pytest.raises(FitError, match="no router measurement"):
+        to_profile(samples, fit, colocated_router=True)
+    samples.environment["router"] = {"router_cpu_per_token_s": 5e-5}
+    profile = to_profile(samples, fit, colocated_router=True)
+    assert profile.coefficients["sampled"] == pytest.approx(fit.coefficients["sampled"] + 5e-5)
+    assert profile.environment["colocated_router_cpu_per_token_s"] == 5e-5
+    assert to_profile(samples, fit).coefficients["sampled"] == fit.coefficients["sampled"]

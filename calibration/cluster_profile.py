@@ -1,0 +1,107 @@
+"""What only two engine processes and a router can measure: KV handoffs, and the router's CPU.
+
+KV handoffs: prep_recv then remote_send of a prompt the sender already caches (so nothing is
+computed): both calls' round trips, the sender's compute-free step, shipping, landing and the
+acknowledgement. That is what a handoff costs beyond compute, and what the simulator's link
+latency + bytes / bandwidth stands for; its prep_recv is instantaneous, so the reservation's
+round trip belongs in the link latency.
+
+Router CPU: the router decodes every streamed token's message and resumes the strategy's
+coroutine; on this project's CPU machines that costs tens of microseconds per token. On a GPU
+host it runs on spare cores and costs engines nothing; where the router shares the engines'
+cores (a 2-core machine with 2 engines), every streamed token takes that CPU away from an
+engine. It is measured here (CPU seconds of this process per output token, on a round-robin
+run at half the burst throughput) and `calibrate fit --colocated-router` charges it to each
+sampled row, which is what the simulator then needs to match such a host.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+
+import numpy as np
+
+from calibration.environment import pin_engines
+from calibration.samples import TransferSample
+from core_api.types import Request, SamplingParams
+from core_api.workload import WorkloadSpec, generate
+
+ROUTER_REQUESTS = 48
+
+
+async def _transfers(engines, pages_list, page_size, kv_bytes_page, vocab, warmup, repeats, rng):
+    src, dst = engines
+    out = []
+    for pages in pages_list:
+        n, times = pages * page_size, []
+        for r in range(warmup + repeats):
+            prompt = rng.integers(0, vocab, size=n, dtype=np.int32)
+            warm = Request(f"xfer-warm-{pages}-{r}", prompt, SamplingParams(max_tokens=1, ignore_eos=True))
+            async for _ in src.start_generate(warm):  # the sender computes (and caches) the KV first
+                pass
+            req = Request(f"xfer-{pages}-{r}", prompt, SamplingParams(max_tokens=1, ignore_eos=True))
+            t0 = time.perf_counter()
+            kv_addr, matched = await dst.prep_recv(req, None)
+            await src.remote_send(req, kv_addr, dst.id, matched, None)  # all cached: pure transfer
+            dt = time.perf_counter() - t0
+            await dst.release(req.id)
+            if r >= warmup:
+                times.append(dt)
+        out.append(TransferSample(pages=pages, nbytes=pages * kv_bytes_page, time_s=statistics.median(times),
+                                  times_s=times))
+    return out
+
+
+async def _router_cost(engines, vocab: int, seed: int, max_len: int) -> dict:
+    """Router CPU seconds per output token on a round-robin run at half the burst throughput."""
+    from real.cluster import run_workload
+
+    spec = WorkloadSpec(num_requests=ROUTER_REQUESTS, vocab_size=vocab, seed=seed,
+                        prompt_len={"kind": "uniform", "low": 32, "high": min(256, max_len // 2)},
+                        output_len={"kind": "uniform", "low": 16, "high": 64},
+                        arrival={"rate": float("inf")})
+    burst = await run_workload(engines, generate(spec), "round_robin", {})
+    capacity = ROUTER_REQUESTS / max(burst.wall_time_s, 1e-9)
+    paced = generate(spec.model_copy(update={"seed": seed + 1,
+                                             "arrival": spec.arrival.model_copy(update={"rate": capacity / 2})}))
+    cpu0 = time.process_time()
+    result = await run_workload(engines, paced, "round_robin", {})
+    cpu = time.process_time() - cpu0
+    tokens = max(1, result.metrics()["total_output_tokens"])
+    return {"router_cpu_per_token_s": cpu / tokens, "burst_capacity_req_s": round(capacity, 2),
+            "paced_rate_req_s": round(capacity / 2, 2), "output_tokens": int(tokens), "router_cpu_s": round(cpu, 3)}
+
+
+def profile_cluster(s, kv_bytes_per_token: int, vocab: int) -> tuple[list[TransferSample], dict | None]:
+    """Transfer samples and the router's CPU cost, on two fresh engine processes configured as
+    `s.engine`, pinned as calibration.validate pins them."""
+    from real.cluster import RealCluster
+    from real.config import RealClusterConfig
+
+    e = s.engine
+    limit = min(e.max_model_len - 1, e.num_pages * e.page_size)
+    pages_list = [p for p in s.grid.transfer_pages if p * e.page_size <= limit]
+    spec = e.model_dump(exclude={"id", "listen", "exit_with_parent"})
+    cluster = RealCluster(RealClusterConfig(engines=[{"count": 2, **spec}]))
+    rng = np.random.default_rng(s.seed + 1)
+
+    async def go():
+        async with cluster.session() as engines:
+            pair = list(engines.values())
+            transfers = await _transfers(pair, pages_list, e.page_size, kv_bytes_per_token * e.page_size, vocab,
+                                         s.warmup, s.transfer_repeats, rng) if pages_list else []
+            router = await _router_cost(pair, vocab, s.seed + 2, e.max_model_len)
+            return transfers, router
+
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
+        with cluster:
+            pinned = pin_engines(cluster.procs)
+            transfers, router = asyncio.run(go())
+    finally:
+        if affinity is not None:
+            os.sched_setaffinity(0, affinity)
+    router["pinned"] = pinned
+    return transfers, router
