@@ -1,18 +1,23 @@
-"""What only two engine processes and a router can measure: KV handoffs, and the router's CPU.
+"""What only two engine processes and a router can measure: KV handoffs, control calls, and the
+router's CPU.
 
 KV handoffs: prep_recv then remote_send of a prompt the sender already caches (so nothing is
 computed): both calls' round trips, the sender's compute-free step, shipping, landing and the
-acknowledgement. That is what a handoff costs beyond compute, and what the simulator's link
-latency + bytes / bandwidth stands for; its prep_recv is instantaneous, so the reservation's
-round trip belongs in the link latency.
+acknowledgement. That is what a handoff costs beyond compute, and what the simulator's two
+control round trips + link latency + bytes / bandwidth stand for.
+
+Control calls: the round trip of a no-op call (the simulator's `rpc_latency_s`: prep_recv and
+remote_send each pay one, start_generate half) and the sender engine's CPU per remote_send
+outside any step (`send_overhead_s`). The handoff time above contains both round trips, so the
+fitted link latency is stated net of them (calibration.fit.to_profile).
 
 Router CPU: the router decodes every streamed token's message and resumes the strategy's
 coroutine; on this project's CPU machines that costs tens of microseconds per token. On a GPU
 host it runs on spare cores and costs engines nothing; where the router shares the engines'
 cores (a 2-core machine with 2 engines), every streamed token takes that CPU away from an
 engine. It is measured here (CPU seconds of this process per output token, on a round-robin
-run at half the burst throughput) and `calibrate fit --colocated-router` charges it to each
-sampled row, which is what the simulator then needs to match such a host.
+run at half the burst throughput) and `calibrate fit --colocated-router` puts it in the profile,
+which the simulator then takes from the busy engines (sim.engine) to match such a host.
 """
 from __future__ import annotations
 
@@ -54,6 +59,40 @@ async def _transfers(engines, pages_list, page_size, kv_bytes_page, vocab, warmu
     return out
 
 
+async def _control(engines, vocab: int, page_size: int, rng, pings: int = 40, sends: int = 16) -> dict:
+    """What control calls cost outside the step loop, on idle engines: the round trip of a no-op
+    call (ping: router -> engine -> router), and the sender's own CPU per remote_send (handling
+    the call, shipping, acknowledgements, the reply), from the engine's main-thread CPU clock
+    around `sends` transfers of cached prompts, less the cost of the `stats` call that reads it."""
+    from real import protocol as p
+
+    src, dst = engines
+    rtts = []
+    for _ in range(pings):
+        t0 = time.perf_counter()
+        await src._call(p.Ping(op="ping", id=0))
+        rtts.append(time.perf_counter() - t0)
+        await asyncio.sleep(0.002)
+    prompts = [rng.integers(0, vocab, size=4 * page_size, dtype=np.int32) for _ in range(sends)]
+    for i, prompt in enumerate(prompts):  # compute (and cache) every prompt's KV first
+        async for _ in src.start_generate(Request(f"ctl-warm-{i}", prompt, SamplingParams(max_tokens=1,
+                                                                                           ignore_eos=True))):
+            pass
+    stats_cost = []
+    for _ in range(5):
+        a, b = await src.stats(), await src.stats()
+        stats_cost.append(b["loop_cpu_s"] - a["loop_cpu_s"])
+    before = (await src.stats())["loop_cpu_s"]
+    for i, prompt in enumerate(prompts):
+        req = Request(f"ctl-{i}", prompt, SamplingParams(max_tokens=1, ignore_eos=True))
+        kv_addr, matched = await dst.prep_recv(req, None)
+        await src.remote_send(req, kv_addr, dst.id, matched, None)  # all cached: no step
+        await dst.release(req.id)
+    cpu = (await src.stats())["loop_cpu_s"] - before - statistics.median(stats_cost)
+    return {"rpc_latency_s": statistics.median(rtts), "send_overhead_s": max(0.0, cpu / sends),
+            "pings": pings, "sends": sends, "stats_call_cpu_s": statistics.median(stats_cost)}
+
+
 async def _router_cost(engines, vocab: int, seed: int, max_len: int) -> dict:
     """Router CPU seconds per output token on a round-robin run at half the burst throughput."""
     from real.cluster import run_workload
@@ -75,8 +114,8 @@ async def _router_cost(engines, vocab: int, seed: int, max_len: int) -> dict:
 
 
 def profile_cluster(s, kv_bytes_per_token: int, vocab: int) -> tuple[list[TransferSample], dict | None]:
-    """Transfer samples and the router's CPU cost, on two fresh engine processes configured as
-    `s.engine`, pinned as calibration.validate pins them."""
+    """Transfer samples, control-call costs and the router's CPU cost, on two fresh engine
+    processes configured as `s.engine`, pinned as calibration.validate pins them."""
     from real.cluster import RealCluster
     from real.config import RealClusterConfig
 
@@ -92,8 +131,9 @@ def profile_cluster(s, kv_bytes_per_token: int, vocab: int) -> tuple[list[Transf
             pair = list(engines.values())
             transfers = await _transfers(pair, pages_list, e.page_size, kv_bytes_per_token * e.page_size, vocab,
                                          s.warmup, s.transfer_repeats, rng) if pages_list else []
+            control = await _control(pair, vocab, e.page_size, rng)
             router = await _router_cost(pair, vocab, s.seed + 2, e.max_model_len)
-            return transfers, router
+            return transfers, {**router, **control}
 
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     try:

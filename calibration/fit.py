@@ -46,6 +46,7 @@ _HINT = {
     "prefill_tokens": "prefill steps",
     "prefill_seqs": "prefill steps with several sequences",
     "prefill_attn": "prefill chunks over cached context",
+    "prefill_context": "prefill chunks over several cached context lengths",
     "decode_seqs": "decode batches",
     "decode_context": "decode batches at several context lengths",
     "sampled": "steps that sample (and prefill chunks that do not)",
@@ -270,23 +271,32 @@ def fit_samples(samples: ProfileSamples, names: tuple[str, ...] = DEFAULT_COEFFI
 def to_profile(samples: ProfileSamples, fit: FitResult, colocated_router: bool = False) -> CostProfile:
     """The CostProfile the simulator loads. Held-out errors go into fit_error (NaN ones are
     dropped: the schema refuses non-finite numbers). The environment records the real engine's
-    KV bytes per token, which the transfer bandwidth is stated in.
+    KV bytes per token, which the transfer bandwidth is stated in. With control-call costs in the
+    samples (calibration.cluster_profile), the profile carries rpc_latency_s and send_overhead_s,
+    and its link latency is the handoff's less the two round trips the simulator charges apart.
 
-    colocated_router: for hosts where the router shares the engines' cores, add the router's
-    measured CPU per streamed token (calibration.cluster_profile) to the `sampled` coefficient."""
+    colocated_router: for hosts where the router shares the engines' cores, carry the router's
+    measured CPU per streamed token (calibration.cluster_profile) as router_cpu_per_token_s, which
+    the simulator takes from the busy engines (sim.engine); the step coefficients stay the engine's."""
     env = {**samples.environment, "kv_bytes_per_token": samples.kv_bytes_per_token,
            "samples_created": samples.created}
     coefficients = dict(fit.coefficients)
+    router = samples.environment.get("router") or {}
+    rpc, send_overhead = router.get("rpc_latency_s"), router.get("send_overhead_s")
+    transfer = fit.transfer
+    if transfer is not None and rpc is not None:
+        # A measured handoff holds the prep_recv and remote_send round trips, which the simulator
+        # charges as rpc_latency_s: the link keeps the rest.
+        transfer = transfer.model_copy(update={"latency_s": max(0.0, transfer.latency_s - 2 * rpc)})
     if colocated_router:
-        router = samples.environment.get("router") or {}
         if "router_cpu_per_token_s" not in router:
             raise FitError("--colocated-router: the samples hold no router measurement (profile with transfers on)")
-        coefficients["sampled"] = coefficients.get("sampled", 0.0) + router["router_cpu_per_token_s"]
         env["colocated_router_cpu_per_token_s"] = router["router_cpu_per_token_s"]
     return CostProfile(
         hardware=samples.hardware, model=samples.model, dtype=samples.dtype, tp=samples.tp,
         page_size=samples.page_size, engine_version=samples.engine_version or engine_version(),
-        coefficients=coefficients, transfer=fit.transfer,
+        coefficients=coefficients, transfer=transfer, rpc_latency_s=rpc, send_overhead_s=send_overhead,
+        router_cpu_per_token_s=router["router_cpu_per_token_s"] if colocated_router else None,
         fit_error={k: v for k, v in fit.errors.items() if np.isfinite(v)},
         sample_count=len(samples.steps) + len(samples.transfers),
         created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),

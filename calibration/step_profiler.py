@@ -1,9 +1,9 @@
 """Time one real engine's step loop on chosen batch shapes, in-process.
 
 What is timed is one iteration of `EngineWorker.serve()` while busy: `_poll(0)` (drain the
-socket) then `step()` (expire, schedule, runner.execute, update, one stream chunk per sampled
-sequence). That is the exact code a worker process runs per step, so the fitted cost includes
-the scheduler, the metadata build, the sampler and the chunk messages, not just the forward
+socket) then `step()` (expire, schedule, runner.execute, update, the streamed tokens queued or
+sent to the router). That is the exact code a worker process runs per step, so the fitted cost
+includes the scheduler, the metadata build, the sampler and the stream messages, not just the forward
 pass: on a small model those are a large part of a step, and the simulator must charge them.
 
 Shapes are produced through the scheduler's public calls, as an engine would see them:

@@ -4,8 +4,10 @@ The simulated cluster is built to match the real one exactly where the simulator
 anything: the same scheduler limits (num_pages, page_size, max_num_batched_tokens,
 max_num_seqs, max_model_len), the same model shape, the same strategy with the same
 parameters. Its cost model is the fitted profile, refused if it was measured for another model,
-page size or TP (sim.profile_match). The link is the profile's fitted transfer model, its
-bandwidth restated in the simulator's bytes: the simulator counts KV in bf16 (2 bytes per
+page size or TP (sim.profile_match), with the control-call round trip and per-send engine CPU
+the profile measured (rpc_latency_s, send_overhead_s; a colocated profile's router CPU per
+token), and engines that read calls and KV chunks between steps, as the real engine loop does
+(calls_between_steps). The link is the profile's fitted transfer model, its bandwidth restated in the simulator's bytes: the simulator counts KV in bf16 (2 bytes per
 value) where a CPU engine holds fp32, so bandwidth is scaled by sim bytes / real bytes per token
 and a transfer of N tokens takes the time that was measured for N tokens.
 
@@ -116,7 +118,9 @@ def sim_cluster_config(case: ValidationCase, profile: CostProfile, spec) -> Clus
     engine = sim_engine_config(spec, profile, case.engines)
     check_profile_matches(profile, engine, case.profile)  # refuse before any engine process starts
     return ClusterConfig(engines=[engine], link=sim_link(profile, engine),
-                         strategy=StrategyConfig(name=case.strategy, params=case.params), cost_model=case.profile)
+                         strategy=StrategyConfig(name=case.strategy, params=case.params), cost_model=case.profile,
+                         rpc_latency_s=profile.rpc_latency_s or 0.0, send_overhead_s=profile.send_overhead_s or 0.0,
+                         router_cpu_per_token_s=profile.router_cpu_per_token_s or 0.0, calls_between_steps=True)
 
 
 def estimate_capacity(cluster: ClusterConfig, spec: WorkloadSpec) -> float:

@@ -336,6 +336,7 @@ class Scheduler:
             f.prefill_tokens += n
             f.prefill_seqs += 1
             f.prefill_attn += n * (start + n / 2)
+            f.prefill_context += start + n
         if sample:
             f.sampled += 1
 

@@ -29,6 +29,7 @@ import zmq.asyncio
 from core_api.engine import EngineLoad
 from core_api.types import KVAddr, Request, TokenChunk
 from real import protocol as p
+from real.streams import StreamBuffer
 from real.transfer import host_key
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class RealEngine:
         self.down: str | None = None
         self._ids = itertools.count(1)
         self._calls: dict[int, asyncio.Future] = {}
-        self._streams: dict[int, asyncio.Queue] = {}
+        self._streams: dict[int, StreamBuffer] = {}
         self._load: EngineLoad | None = None
         self._bump = (0, 0, 0)  # waiting, receiving, queued prefill tokens not yet in a snapshot
         self._offset, self._best_rtt = 0.0, float("inf")
@@ -118,8 +119,8 @@ class RealEngine:
         for fut in calls.values():
             if not fut.done():
                 fut.set_exception(exc)
-        for queue in self._streams.values():
-            queue.put_nowait(exc)
+        for buf in self._streams.values():
+            buf.fail(exc)
 
     # -- plumbing -------------------------------------------------------------------------
     def _post(self, msg) -> None:
@@ -153,13 +154,17 @@ class RealEngine:
                 log.exception("engine %s: cannot dispatch an answer", self.id)
 
     def _dispatch(self, msg) -> None:
-        """Route one answer: the load snapshot it carries, then its stream queue or call future."""
+        """Route one answer: the load snapshot it carries, then its streams' buffers or its call's future."""
         if msg.load is not None and self.info:
             self._load = p.load_from_wire(self.id, msg.load)
             self._bump = (0, 0, 0)
-        queue = self._streams.get(msg.id)
-        if queue is not None:
-            queue.put_nowait(msg)
+        if msg.op == "chunks":
+            self._feed(msg)
+            return
+        buf = self._streams.get(msg.id)
+        if buf is not None:  # a stream's failure
+            buf.fail(EngineCallError(msg.error) if isinstance(msg, p.Error) else
+                     EngineCallError(f"engine {self.id}: unexpected {msg.op!r} on stream {msg.id}"))
             return
         fut = self._calls.get(msg.id)
         if fut is None or fut.done():
@@ -170,6 +175,20 @@ class RealEngine:
             fut.set_exception(EngineCallError(msg.error))
         else:
             fut.set_result(msg.result)
+
+    def _feed(self, msg: p.Chunks) -> None:
+        """One step's tokens of this connection's streams, shifted onto the runtime clock."""
+        streams, shift = self._streams, self._offset + self.time_origin
+        for call_id, token, t in zip(msg.ids, msg.tokens, msg.times):
+            buf = streams.get(call_id)
+            if buf is not None:
+                buf.tokens.append(token)
+                buf.times.append(t - shift)
+                buf.wake()
+        for call_id, reason in zip(msg.finished, msg.reasons):
+            buf = streams.get(call_id)
+            if buf is not None:
+                buf.finished, buf.reason = True, reason
 
     async def _heartbeat(self) -> None:
         while True:
@@ -222,27 +241,22 @@ class RealEngine:
 
     async def start_generate(self, req: Request, begin: int = 0) -> AsyncIterator[TokenChunk]:
         call_id = next(self._ids)
-        queue: asyncio.Queue = asyncio.Queue()
-        self._streams[call_id] = queue
+        buf = self._streams[call_id] = StreamBuffer()
         finished = False
         try:
             self._post(p.StartGenerate(op="start_generate", id=call_id, req=p.WireRequest.of(req), begin=begin))
             w, r, q = self._bump
             self._bump = (w + 1, r, q + req.prompt_len - req.resolve(begin))
+            loop = asyncio.get_running_loop()
             while not finished:
-                msgs = [await queue.get()]
-                while not queue.empty() and isinstance(msgs[-1], p.Chunk) and not msgs[-1].finished:
-                    msgs.append(queue.get_nowait())  # coalesce what piled up: one wake-up, one chunk
-                tokens, times, reason = [], [], None
-                for msg in msgs:
-                    if isinstance(msg, Exception):
-                        raise msg
-                    if isinstance(msg, p.Error):
-                        raise EngineCallError(msg.error)
-                    tokens += msg.tokens
-                    times += [self.to_runtime(t) for t in msg.times]
-                    finished, reason = msg.finished, msg.finish_reason
-                yield TokenChunk(tokens, times, finished=finished, finish_reason=reason)
+                if not buf.tokens and buf.error is None and not buf.finished:
+                    buf.waiter = loop.create_future()
+                    await buf.waiter
+                if buf.error is not None:
+                    raise buf.error
+                tokens, times, finished = buf.tokens, buf.times, buf.finished  # all that piled up: one chunk
+                buf.tokens, buf.times = [], []
+                yield TokenChunk(tokens, times, finished=finished, finish_reason=buf.reason if finished else None)
         finally:
             self._streams.pop(call_id, None)
             if not finished and self.down is None and self.sock is not None:

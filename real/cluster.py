@@ -36,6 +36,7 @@ from core_api.types import Request, RequestRecord
 from core_api.workload import Workload
 from real.client import EngineCallError, RealEngine
 from real.config import EngineSpec, RealClusterConfig, StrategySpec
+from real.pacer import paced
 from real.transfer import unlink_pool
 
 WATCHDOG_S = 0.1
@@ -227,13 +228,14 @@ async def run_workload(engines: list[RealEngine], workload: Workload, name: str,
         e.time_origin = origin
     strat = registry.build(name, engines, runtime, params)
     wall0 = time.perf_counter()
-    records = [RequestRecord(r.id, r.arrival_time, r.prompt_len, r.sampling.max_tokens) for r in workload]
+    requests = list(workload)
+    records = [RequestRecord(r.id, r.arrival_time, r.prompt_len, r.sampling.max_tokens) for r in requests]
     tasks = []
-    for req, record in zip(workload, records):
-        delay = req.arrival_time - runtime.now()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(serve(strat, engines, req, record, runtime)))
+
+    def start(i: int) -> None:
+        tasks.append(asyncio.ensure_future(serve(strat, engines, requests[i], records[i], runtime)))
+
+    await paced([r.arrival_time for r in requests], origin, start)  # on time, where asyncio.sleep is ~0.5 ms late
     await asyncio.gather(*tasks)
     await runtime.drain()
     stats = await engine_stats(engines)

@@ -39,6 +39,10 @@ class EngineSpec(_Strict):
     reservation_timeout_s: float = Field(30.0, gt=0)
     transport: Literal["auto", "zmq", "shm", "nccl"] = "auto"  # how this engine ships KV it sends
     peer_timeout_s: float = Field(10.0, gt=0)  # a receiver silent this long fails the transfer
+    # Streamed tokens are sent to the router at most this often (a stream's first and last token
+    # at once): 0 sends every step's tokens; a few ms cuts the router's messages (and the CPU it
+    # takes from engines on a shared host) several-fold. Token times are stamped per step either way.
+    stream_interval_s: float = Field(0.0, ge=0)
     listen: str = "tcp://127.0.0.1:0"  # port 0: pick a free one (reported when ready)
     exit_with_parent: bool = False  # set by RealCluster: an engine never outlives its launcher
     # NCCL process group of the cluster's engines (transport "nccl"; filled in by RealCluster).

@@ -5,7 +5,8 @@ models below (discriminated by `op`), frames 1.. are raw tensor bytes described 
 (only `kv` messages carry any). Nothing is pickled, so an engine can talk to a router in another
 Python, on another host, or to a client in another language.
 
-Calls carry a client-chosen `id`; every answer (`reply`, `chunk`, `error`) echoes it. An engine
+Calls carry a client-chosen `id`; every answer (`reply`, `error`) echoes it; `chunks` carries
+the ids of the start_generate streams it feeds. An engine
 answers a message it cannot parse or does not know with an `error` (id when it could read one)
 and keeps running: a bad client must never take an engine down.
 
@@ -216,15 +217,20 @@ class Reply(_Msg):
     load: list[int] | None = None
 
 
-class Chunk(_Msg):
-    """Tokens of a start_generate stream with the engine's monotonic time of each."""
+class Chunks(_Msg):
+    """One step's new tokens for every stream of one router connection, column-wise: stream
+    `ids[i]` (its start_generate call id) got `tokens[i]` at engine monotonic time `times[i]`.
+    Streams that ended in this step: call ids `finished`, finish reasons `reasons` (parallel).
+    One message per step per connection, not per sequence: the router decodes one message per
+    step whatever the batch size (failures still come as one `error` per stream)."""
 
-    op: Literal["chunk"]
-    id: int
+    op: Literal["chunks"]
+    id: int = 0  # not a call id: every client message has one
+    ids: list[int]
     tokens: list[int]
     times: list[float]
-    finished: bool = False
-    finish_reason: str | None = None
+    finished: list[int] = []
+    reasons: list[str] = []
     load: list[int] | None = None
 
 
@@ -239,7 +245,7 @@ class Error(_Msg):
 _ENGINE_TYPES = (Hello, PrepRecv, RemoteSend, StartGenerate, Release, CachedPrefixLen, Stats, Ping, PeerDown,
                  Shutdown, KVChunk, KVAck)
 _ENGINE = TypeAdapter(Annotated[reduce(operator.or_, _ENGINE_TYPES), Field(discriminator="op")])
-_CLIENT = TypeAdapter(Annotated[Reply | Chunk | Error, Field(discriminator="op")])
+_CLIENT = TypeAdapter(Annotated[Reply | Chunks | Error, Field(discriminator="op")])
 ENGINE_OPS = frozenset(t.model_fields["op"].annotation.__args__[0] for t in _ENGINE_TYPES)
 
 

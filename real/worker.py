@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 
 import torch
 import zmq
@@ -30,22 +29,11 @@ from real.kv_receiver import KVReceiver
 from real.kv_sender import KVSender, OutgoingSend
 from real.loading import load_model
 from real.runner import ModelRunner
+from real.streams import Caller, Stream, StreamOut
 from real.transfer import PageReceiver, SharedPool, ShmTransport, ZmqTransport, host_key, shm_usable
 
 log = logging.getLogger(__name__)
 IDLE_POLL_MS = 100
-
-
-@dataclass(slots=True)
-class Caller:
-    """Who to answer: the router connection and its call id."""
-
-    ident: bytes
-    call_id: int
-
-
-class Stream(Caller):
-    """A start_generate in progress."""
 
 
 class EngineWorker:
@@ -104,6 +92,7 @@ class EngineWorker:
         self.steps, self.busy_s = 0, 0.0
         self.running = True
         self._deferred_release: set[str] = set()
+        self.stream_out = StreamOut(spec.stream_interval_s, self._send)
         self._ppid = os.getppid()
         self._handlers = {
             "hello": self._hello, "ping": self._ping, "prep_recv": self._prep_recv, "remote_send": self._remote_send,
@@ -120,6 +109,8 @@ class EngineWorker:
             if not self.running:
                 break
             timeout = IDLE_POLL_MS if not self.step() else 0
+            if timeout and self.stream_out.pending:
+                self.stream_out.flush()  # idle: nothing will come to send them with
             if self.spec.exit_with_parent and os.getppid() != self._ppid:
                 log.warning("engine %s: launcher exited, shutting down", self.id)
                 break
@@ -154,13 +145,8 @@ class EngineWorker:
         self.busy_s += time.perf_counter() - t0
         self.steps += 1
         result = sched.update(batch, tokens, time.monotonic())
-        finished = {id(s) for s in result.finished}
-        for seq in result.sampled:
-            if isinstance(seq.handle, Stream):
-                fin = id(seq) in finished
-                self._send(seq.handle.ident, p.Chunk(op="chunk", id=seq.handle.call_id, tokens=[seq.output[-1]],
-                                                     times=[seq.token_times[-1]], finished=fin,
-                                                     finish_reason=seq.finish_reason if fin else None))
+        if result.sampled:
+            self.stream_out.add(result.sampled, result.finished)
         for seq, _start, _stop in result.sends:
             self.sender.ship(seq)
         return True
@@ -222,6 +208,8 @@ class EngineWorker:
 
     def _fail(self, seq: Sequence, reason: str) -> None:
         """Tell whoever waits on `seq` that it is over (released, expired, failed)."""
+        if self.stream_out.pending:
+            self.stream_out.flush()  # tokens a stream produced go out before its error
         handle, seq.handle = seq.handle, None
         if isinstance(handle, OutgoingSend):
             seq.handle = handle
@@ -343,6 +331,7 @@ class EngineWorker:
         except AssertionError as exc:
             leak = str(exc)
         return {"engine_id": self.id, "steps": self.steps, "busy_s": self.busy_s,
+                "cpu_s": time.process_time(), "loop_cpu_s": time.thread_time(),
                 "forward_tokens": self.runner.forward_tokens, "preemptions": sched.num_preemptions,
                 "prefix_hit_tokens": kv.hits, "evictions": kv.evictions,
                 "pages": {"total": st.total, "free": st.free, "used": st.used, "cached": st.cached,

@@ -9,6 +9,7 @@ import simpy
 
 from core_api import strategy as strategy_registry
 from core_api.metrics import summarize
+from core_api.scheduler import SchedulerConfig
 from core_api.types import Request, RequestRecord
 from core_api.workload import Workload
 from sim.config import ClusterConfig, EngineConfig
@@ -19,7 +20,6 @@ from sim.network import LinkSpec, Network
 from sim.profile import CostProfile
 from sim.profile_match import check_profile_matches
 from sim.runtime import SimRuntime
-from core_api.scheduler import SchedulerConfig
 
 DEFAULT_LINK_LATENCY_S = 5e-6
 
@@ -85,6 +85,8 @@ class SimCluster:
             self.engines[engine_id] = SimEngine(
                 self.env, engine_id, self._scheduler_config(ec), cost, self.network,
                 kv_bytes_per_token(get_model(ec.model, ec.dtype)), self.engines,
+                rpc_latency_s=cluster.rpc_latency_s, send_overhead_s=cluster.send_overhead_s,
+                calls_between_steps=cluster.calls_between_steps, router_cpu_per_token_s=cluster.router_cpu_per_token_s,
             )
         unknown = {o.src for o in cluster.links} | {o.dst for o in cluster.links}
         unknown -= set(self.engines)

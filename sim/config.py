@@ -50,6 +50,16 @@ class ClusterConfig(_Strict):
     strategy: StrategyConfig = StrategyConfig()
     cost_model: str = "roofline"  # or the path of a fitted profile JSON
     efficiency: dict[str, float] = Field(default_factory=dict)  # roofline efficiency overrides
+    rpc_latency_s: float = Field(0.0, ge=0, description=(
+        "round trip of a control call router <-> engine: prep_recv and remote_send pay it, "
+        "start_generate half (a fitted profile measures it; 0: calls are instantaneous)"))
+    send_overhead_s: float = Field(0.0, ge=0, description="engine CPU per remote_send, added to its next step")
+    router_cpu_per_token_s: float = Field(0.0, ge=0, description=(
+        "CPU a router sharing the engines' cores spends per streamed token, taken from the busy engines "
+        "when no engine is idle (0: the router has cores of its own)"))
+    calls_between_steps: bool = Field(False, description=(
+        "engines answer prep_recv and take in KV chunks and acknowledgements only between steps, as a real "
+        "engine loop does (sim.engine.SimEngine)"))
 
     @model_validator(mode="after")
     def _unique_ids(self) -> ClusterConfig:

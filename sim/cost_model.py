@@ -127,9 +127,11 @@ class RooflineCostModel:
         t = self._s_fixed + self._s_ar_fixed + tokens * (self._s_act_token + self._s_ar_token + self._s_kv_token)
         t += roof(tokens * self._s_lin_token, self._s_lin_weights)
         if f.prefill_tokens:
-            # KV read by prefill: cached context + the chunk itself, estimated from the
-            # aggregate features (exact for one sequence: attn / new = ctx + new / 2).
-            kv_read = max(f.prefill_seqs, 1) * f.prefill_attn / f.prefill_tokens + f.prefill_tokens / 2
+            # KV read by prefill: cached context + the chunk itself, per chunk (the scheduler fills
+            # prefill_context; hand-built features without it get the aggregate estimate, exact
+            # for one sequence: attn / new = ctx + new / 2).
+            kv_read = f.prefill_context or (
+                max(f.prefill_seqs, 1) * f.prefill_attn / f.prefill_tokens + f.prefill_tokens / 2)
             t += roof(f.prefill_attn * self._s_attn_unit, kv_read * self._s_kv_token)
         if f.decode_seqs:
             t += roof(f.decode_context * self._s_attn_unit, f.decode_context * self._s_kv_token)
@@ -159,7 +161,8 @@ class RooflineCostModel:
 
 
 class FittedCostModel:
-    """t = const + sum_k c_k * feature_k, coefficients keyed by StepFeatures field names."""
+    """t = const + sum_k c_k * feature_k, coefficients keyed by StepFeatures field names.
+    A coefficient the profile does not name is 0 (profiles older than a feature still load)."""
 
     def __init__(self, coefficients: Mapping[str, float], info: Mapping | None = None):
         unknown = sorted(set(coefficients) - set(KNOWN_COEFFICIENTS))
@@ -169,7 +172,7 @@ class FittedCostModel:
         c = self.coefficients
         self._const, self._p_tok, self._p_seq = c["const"], c["prefill_tokens"], c["prefill_seqs"]
         self._p_attn, self._d_seq, self._d_ctx = c["prefill_attn"], c["decode_seqs"], c["decode_context"]
-        self._sampled = c["sampled"]
+        self._p_ctx, self._sampled = c["prefill_context"], c["sampled"]
         self.info = dict(info or {})
 
     @classmethod
@@ -197,8 +200,8 @@ class FittedCostModel:
         if f.prefill_tokens == 0 and f.decode_seqs == 0:
             return 0.0
         t = (self._const + self._p_tok * f.prefill_tokens + self._p_seq * f.prefill_seqs
-             + self._p_attn * f.prefill_attn + self._d_seq * f.decode_seqs + self._d_ctx * f.decode_context
-             + self._sampled * f.sampled)
+             + self._p_attn * f.prefill_attn + self._p_ctx * f.prefill_context + self._d_seq * f.decode_seqs
+             + self._d_ctx * f.decode_context + self._sampled * f.sampled)
         return max(0.0, t)  # an extrapolating fit must never move the clock backwards
 
     def describe(self) -> dict:

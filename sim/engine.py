@@ -6,6 +6,8 @@ start_generate consumer wakes on its first token and at its end, with every toke
 in the chunk, so a simulation costs O(steps + requests) events rather than O(tokens).
 KV produced for a remote_send is shipped chunk by chunk as prefill steps complete, so transfer
 overlaps compute; remote_send returns once the last byte has landed on the receiver.
+Host effects of a real engine process (control-call latency, CPU outside steps, calls read
+between steps, a router on the same cores): sim.host, all off by default.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from core_api.scheduler import Scheduler, SchedulerConfig
 from core_api.sequence import Sequence
 from core_api.step import StepFeatures
 from core_api.types import KVAddr, Request, TokenChunk
+from sim.host import HostEffects
 from sim.runtime import SimWait
 
 if TYPE_CHECKING:
@@ -31,30 +34,38 @@ class EngineCallError(RuntimeError):
 
 
 class _Stream:
-    __slots__ = ("first", "done")
+    __slots__ = ("done", "first")
 
     def __init__(self, env: simpy.Environment) -> None:
         self.first, self.done = env.event(), env.event()
 
 
 class _Send:
-    __slots__ = ("done", "dst", "shipped", "in_flight", "computed", "error")
+    __slots__ = ("computed", "done", "dst", "error", "in_flight", "shipped")
 
-    def __init__(self, env: simpy.Environment, dst: "SimEngine", begin: int) -> None:
+    def __init__(self, env: simpy.Environment, dst: SimEngine, begin: int) -> None:
         self.done = env.event()
         self.dst, self.shipped, self.in_flight = dst, begin, 0
         self.computed, self.error = False, None
 
 
-class SimEngine:
+class SimEngine(HostEffects):
+
     def __init__(self, env: simpy.Environment, engine_id: str, scheduler: SchedulerConfig,
-                 cost_model: "CostModel", network: "Network", kv_bytes_per_token: float,
-                 peers: dict[str, "SimEngine"]) -> None:
+                 cost_model: CostModel, network: Network, kv_bytes_per_token: float,
+                 peers: dict[str, SimEngine], rpc_latency_s: float = 0.0, send_overhead_s: float = 0.0,
+                 calls_between_steps: bool = False, router_cpu_per_token_s: float = 0.0) -> None:
         self.env, self.id = env, engine_id
         self.sched = Scheduler(scheduler)
         self.cost_model, self.network = cost_model, network
         self.kv_bytes_per_token = kv_bytes_per_token
         self.peers = peers  # every engine of the cluster by id, this one included
+        self._half_rpc = rpc_latency_s / 2
+        self.send_overhead_s = send_overhead_s
+        self._overhead = 0.0  # CPU owed to calls, charged to the next step
+        self.calls_between_steps = calls_between_steps
+        self.router_cpu_per_token_s = router_cpu_per_token_s
+        self._step_end = 0.0  # end of the (single) step in progress
         self._wake: simpy.Event | None = None  # set while idle
         self._run_end: simpy.Event | None = None  # set during a decode run
         self._run_times: list[float] = []
@@ -67,6 +78,7 @@ class SimEngine:
 
     # -- the microserving API -------------------------------------------------------------
     async def prep_recv(self, req: Request, end: int | None = None) -> tuple[KVAddr, int]:
+        await self._hop(inbox=self.calls_between_steps)  # the call reaches the engine and is read
         seq = self.sched.add_receive(req, end, self.env.now)
         if not self.sched.try_admit_receive(seq, self.env.now):
             self._poke()
@@ -75,10 +87,13 @@ class SimEngine:
             if failure is not None:
                 raise failure
         first = seq.begin // self.sched.page_size
-        return KVAddr(self.id, tuple(seq.pages[first:]), self.sched.page_size, seq.begin, seq.target), seq.begin
+        addr = KVAddr(self.id, tuple(seq.pages[first:]), self.sched.page_size, seq.begin, seq.target)
+        await self._hop()  # the reply reaches the router
+        return addr, addr.begin
 
     async def remote_send(self, req: Request, kv_addr: KVAddr, dst: str, begin: int,
                           end: int | None = None) -> None:
+        await self._hop()
         end = req.resolve(end)
         receiver = self.peers.get(dst)
         if receiver is None or kv_addr.engine_id != dst:
@@ -90,15 +105,18 @@ class SimEngine:
             )
         seq = self.sched.add_send(req, begin, end)
         seq.handle = send = _Send(self.env, receiver, begin)
+        self._overhead += self.send_overhead_s
         if seq.status == "sent":  # served whole by the prefix cache: ship at once
             self._ship(seq, end)
         else:
             self._poke()
         failure = await SimWait(send.done)
+        await self._hop()
         if failure is not None:
             raise failure
 
     async def start_generate(self, req: Request, begin: int = 0):
+        await self._hop()
         seq = self.sched.add_generate(req, begin)
         seq.handle = stream = _Stream(self.env)
         self._poke()
@@ -139,15 +157,21 @@ class SimEngine:
                 self._wake = env.event()
                 yield self._wake
                 continue
-            run = sched.decode_run_length(batch, out) if self.fast_forward else 1
+            run = sched.decode_run_length(batch, out) if self.fast_forward and not self._overhead else 1
             if run > 1:
                 yield from self._decode_run(batch, run)
                 continue
             duration = self.cost_model.step_time(batch.features)
+            if self._overhead:
+                duration, self._overhead = duration + self._overhead, 0.0
+            self._step_end = env.now + duration
             yield env.timeout(duration)
             self.steps += 1
             self.busy_s += duration
-            self._after_step(sched.update(batch, None, env.now))
+            result = sched.update(batch, None, env.now)
+            if self.router_cpu_per_token_s and result.sampled:
+                self._router_work(len(result.sampled))
+            self._after_step(result)
 
     def _decode_run(self, batch, run: int):
         """Up to `run` pure-decode steps as one timeout. A wake-up (new work) cuts the run short
@@ -170,7 +194,10 @@ class SimEngine:
         self._run_end = None
         self.steps += len(times)
         self.busy_s += times[-1] - start
-        self._after_step(self.sched.apply_decode_run(batch, times))
+        result = self.sched.apply_decode_run(batch, times)
+        if self.router_cpu_per_token_s and result.sampled:
+            self._router_work(len(result.sampled) * len(times))
+        self._after_step(result)
 
     def _after_schedule(self, out) -> None:
         for seq in out.admitted_receives:
@@ -206,6 +233,14 @@ class SimEngine:
             self._maybe_done(seq)
 
     def _landed(self, seq: Sequence) -> None:
+        """A chunk reached the receiver, which takes it in between its steps."""
+        wait = seq.handle.dst._inbox_wait() if self.calls_between_steps else 0.0
+        if wait:
+            self._later(wait, lambda: self._land(seq))
+        else:
+            self._land(seq)
+
+    def _land(self, seq: Sequence) -> None:
         send: _Send = seq.handle
         send.in_flight -= 1
         if send.error is None and not send.dst.sched.touch_receive(seq.id, self.env.now):
@@ -224,6 +259,14 @@ class SimEngine:
             except KeyError as exc:
                 send.error = EngineCallError(str(exc.args[0]))
             # A landed reservation is no new compute for the receiver: no wake-up needed.
+        wait = self._inbox_wait() if self.calls_between_steps else 0.0  # the acknowledgement reaches us
+        if wait:
+            self._later(wait, lambda: self._send_over(seq))
+        else:
+            self._send_over(seq)
+
+    def _send_over(self, seq: Sequence) -> None:
+        send: _Send = seq.handle
         self.sched.finish_send(seq.id)
         if self.sched.waiting:  # freed pages may admit queued work
             self._poke()
@@ -237,7 +280,7 @@ class SimEngine:
         elif isinstance(handle, _Send):
             handle.error = handle.error or error
             if handle.in_flight:
-                return  # _landed finishes it once the bytes in flight are accounted
+                return  # _land finishes it once the bytes in flight are accounted
             event = handle.done
             self.sched.finish_send(seq.id)
         else:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sim.hardware import ModelSpec
 from sim.network import LinkSpec
 
-KNOWN_COEFFICIENTS = ("const", "prefill_tokens", "prefill_seqs", "prefill_attn",
+KNOWN_COEFFICIENTS = ("const", "prefill_tokens", "prefill_seqs", "prefill_attn", "prefill_context",
                       "decode_seqs", "decode_context", "sampled")
 
 
@@ -38,6 +38,13 @@ class CostProfile(BaseModel):
     engine_version: str
     coefficients: dict[str, float]
     transfer: LinkSpec | None = Field(default=None, description="fitted KV transfer latency + bandwidth")
+    rpc_latency_s: float | None = Field(default=None, ge=0, description=(
+        "measured round trip of a no-op control call router -> engine -> router (ClusterConfig.rpc_latency_s)"))
+    send_overhead_s: float | None = Field(default=None, ge=0, description=(
+        "measured engine CPU per remote_send outside steps (ClusterConfig.send_overhead_s)"))
+    router_cpu_per_token_s: float | None = Field(default=None, ge=0, description=(
+        "measured router CPU per streamed token, for hosts where the router shares the engines' cores "
+        "(ClusterConfig.router_cpu_per_token_s; `calibrate fit --colocated-router`)"))
     fit_error: dict[str, float] = Field(default_factory=dict, description="feature/metric -> MAPE (0.05 = 5%)")
     sample_count: int = Field(ge=0)
     created: str = Field(description="ISO date or datetime")

@@ -12,7 +12,7 @@ from sim.cost_model import FittedCostModel
 from sim.profile import CostProfile
 
 TRUE = {"const": 3e-4, "prefill_tokens": 3.5e-5, "prefill_seqs": 2e-5, "prefill_attn": 2.5e-8,
-        "decode_seqs": 1e-5, "decode_context": 9e-8, "sampled": 9e-5}
+        "prefill_context": 8e-8, "decode_seqs": 1e-5, "decode_context": 9e-8, "sampled": 9e-5}
 TRUE_LINK = (6e-4, 1e9)  # latency s, bandwidth B/s
 
 
@@ -25,7 +25,8 @@ def synthetic_steps(rng, noise=0.02, coef=TRUE, kinds=("prefill", "decode", "mix
             for c in (0, 128, 512, 1536):
                 for k, sample in ((1, True), (1, False), (3, True)):
                     feats.append(("prefill", StepFeatures(prefill_tokens=k * n, prefill_seqs=k,
-                                                          prefill_attn=k * n * (c + n / 2), sampled=k * sample)))
+                                                          prefill_attn=k * n * (c + n / 2), prefill_context=k * (c + n),
+                                                          sampled=k * sample)))
     if "decode" in kinds:
         for b in (1, 2, 4, 8, 16, 32, 64):
             for ctx in (16, 128, 512, 2048):
@@ -35,7 +36,8 @@ def synthetic_steps(rng, noise=0.02, coef=TRUE, kinds=("prefill", "decode", "mix
             for n, c in ((1, 256), (32, 0), (128, 256), (320, 0)):
                 for sample in (True, False):
                     feats.append(("mixed", StepFeatures(prefill_tokens=n, prefill_seqs=1, prefill_attn=n * (c + n / 2),
-                                                        decode_seqs=b, decode_context=b * ctx, sampled=b + sample)))
+                                                        prefill_context=c + n, decode_seqs=b, decode_context=b * ctx,
+                                                        sampled=b + sample)))
     out = []
     for i, (kind, f) in enumerate(feats):
         t = model.step_time(f) * (1 + noise * rng.standard_normal())
@@ -103,8 +105,17 @@ def test_too_few_samples_names_the_feature():
     steps = synthetic_steps(np.random.default_rng(0), kinds=("prefill",))
     with pytest.raises(FitError, match="decode_seqs.*0 training sample"):
         fit_steps(steps)
-    fit = fit_steps(steps, names=("const", "prefill_tokens", "prefill_seqs", "prefill_attn", "sampled"))
+    fit = fit_steps(steps, names=("const", "prefill_tokens", "prefill_seqs", "prefill_attn", "prefill_context",
+                                  "sampled"))
     assert "decode_seqs" not in fit.coefficients
+
+
+def test_samples_older_than_prefill_context_name_it():
+    steps = synthetic_steps(np.random.default_rng(0))
+    for s in steps:
+        s.features.pop("prefill_context", None)
+    with pytest.raises(FitError, match="prefill_context.*0 training sample"):
+        fit_steps(steps)
 
 
 def test_features_the_grid_cannot_separate_are_named():
@@ -152,13 +163,24 @@ def test_samples_schema_errors_name_the_field(tmp_path):
         ProfileSamples.load(path)
 
 
-def test_colocated_router_is_charged_to_each_sampled_row():
+def test_colocated_router_cpu_goes_into_the_profile_not_the_step_model():
     samples = samples_file(np.random.default_rng(0))
     fit = fit_samples(samples)
     with pytest.raises(FitError, match="no router measurement"):
         to_profile(samples, fit, colocated_router=True)
     samples.environment["router"] = {"router_cpu_per_token_s": 5e-5}
     profile = to_profile(samples, fit, colocated_router=True)
-    assert profile.coefficients["sampled"] == pytest.approx(fit.coefficients["sampled"] + 5e-5)
+    assert profile.router_cpu_per_token_s == 5e-5 and profile.coefficients == fit.coefficients
     assert profile.environment["colocated_router_cpu_per_token_s"] == 5e-5
-    assert to_profile(samples, fit).coefficients["sampled"] == fit.coefficients["sampled"]
+    assert to_profile(samples, fit).router_cpu_per_token_s is None
+
+
+def test_control_call_costs_go_into_the_profile_and_out_of_the_link_latency():
+    samples = samples_file(np.random.default_rng(0))
+    fit = fit_samples(samples)
+    assert to_profile(samples, fit).rpc_latency_s is None
+    samples.environment["router"] = {"rpc_latency_s": 1e-4, "send_overhead_s": 3e-4}
+    profile = to_profile(samples, fit)
+    assert (profile.rpc_latency_s, profile.send_overhead_s) == (1e-4, 3e-4)
+    assert profile.transfer.latency_s == pytest.approx(fit.transfer.latency_s - 2e-4)
+    assert profile.transfer.bandwidth_Bps == fit.transfer.bandwidth_Bps

@@ -40,6 +40,7 @@ def test_profiled_steps_have_the_requested_features():
         p.release(seqs)
         f = t.features
         assert (f.prefill_tokens, f.prefill_seqs, f.prefill_attn, f.sampled) == (32, 2, 2 * 16 * (32 + 8), 2)
+        assert f.prefill_context == 2 * (32 + 16)
         assert t.seconds > 0
         seq = p.add(0, 40)  # a chunk of 24 that does not reach the prompt's end: no sample
         t = p.step(budget=24)
@@ -63,4 +64,5 @@ def test_profile_steps_covers_every_kind():
     assert all(by_kind.values())
     assert all(len(s.times_s) == 4 and s.time_s > 0 for s in samples)
     nosample = next(s for s in samples if s.label == "prefill n=8 ctx=64 x1 nosample")
-    assert nosample.features == pytest.approx({"prefill_tokens": 8, "prefill_seqs": 1, "prefill_attn": 8 * 68})
+    assert nosample.features == pytest.approx({"prefill_tokens": 8, "prefill_seqs": 1, "prefill_attn": 8 * 68,
+                                               "prefill_context": 64 + 8})

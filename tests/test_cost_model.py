@@ -97,7 +97,7 @@ def test_classic_roofline_is_a_lower_bound(h100_8b):
 
 
 COEF = {"const": 1e-3, "prefill_tokens": 2e-5, "prefill_seqs": 3e-4, "prefill_attn": 1e-9,
-        "decode_seqs": 5e-5, "decode_context": 2e-8, "sampled": 1e-6}
+        "prefill_context": 4e-8, "decode_seqs": 5e-5, "decode_context": 2e-8, "sampled": 1e-6}
 
 
 def profile_dict(**over):
@@ -111,9 +111,9 @@ def profile_dict(**over):
 
 def test_fitted_equals_linear_combination():
     m = FittedCostModel(COEF)
-    f = StepFeatures(prefill_tokens=300, prefill_seqs=2, prefill_attn=45000.0, decode_seqs=7,
+    f = StepFeatures(prefill_tokens=300, prefill_seqs=2, prefill_attn=45000.0, prefill_context=700, decode_seqs=7,
                      decode_context=7000, sampled=9)
-    expect = 1e-3 + 2e-5 * 300 + 3e-4 * 2 + 1e-9 * 45000 + 5e-5 * 7 + 2e-8 * 7000 + 1e-6 * 9
+    expect = 1e-3 + 2e-5 * 300 + 3e-4 * 2 + 1e-9 * 45000 + 4e-8 * 700 + 5e-5 * 7 + 2e-8 * 7000 + 1e-6 * 9
     assert m.step_time(f) == pytest.approx(expect, rel=1e-12)
     assert m.step_time(StepFeatures()) == 0.0
     assert set(KNOWN_COEFFICIENTS) == set(COEF)
@@ -133,6 +133,31 @@ def test_fitted_from_profile_and_scaling(tmp_path):
     assert only_ctx.step_time(f) - base.step_time(f) == pytest.approx(2e-8 * 400)
     with pytest.raises(ValueError, match="nope"):
         FittedCostModel.from_profile(CostProfile.load(path), scale={"nope": 2.0})
+
+
+def test_a_profile_older_than_a_feature_loads_with_its_coefficient_zero(tmp_path):
+    coef = {k: v for k, v in COEF.items() if k != "prefill_context"}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(profile_dict(coefficients=coef)))
+    old = FittedCostModel.from_profile(str(path))
+    assert old.coefficients["prefill_context"] == 0.0
+    f = prefill(64, ctx=1000)
+    f.prefill_context = 1064
+    assert old.step_time(f) == pytest.approx(FittedCostModel(coef).step_time(prefill(64, ctx=1000)), rel=1e-12)
+    assert CostProfile.load(path).rpc_latency_s is None  # nor do the control-call fields need to be there
+
+
+def test_roofline_reads_the_exact_prefill_context_when_given(h100_8b):
+    # Two chunks (1 token over 4000 cached, 255 over 0): the aggregate estimate misplaces the KV read.
+    f = StepFeatures(prefill_tokens=256, prefill_seqs=2, prefill_attn=1 * 4000.5 + 255 * 127.5, sampled=1)
+    exact = StepFeatures(**{**{k: getattr(f, k) for k in f.__slots__}, "prefill_context": 4001 + 255})
+    assert h100_8b.step_time(exact) != h100_8b.step_time(f)
+    more = StepFeatures(**{**{k: getattr(exact, k) for k in f.__slots__}, "prefill_context": 8000})
+    assert h100_8b.step_time(more) > h100_8b.step_time(exact)
+    one = prefill(300, ctx=200)  # one sequence: the estimate is exact
+    filled = prefill(300, ctx=200)
+    filled.prefill_context = 500
+    assert h100_8b.step_time(one) == pytest.approx(h100_8b.step_time(filled), rel=1e-12)
 
 
 def test_fitted_never_negative():

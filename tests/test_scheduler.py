@@ -149,3 +149,23 @@ def test_a_send_served_whole_by_the_cache_skips_the_queue():
     s.finish_send("mig")
     drain(s)
     s.kv.check_no_leaks()
+
+
+def test_prefill_context_counts_the_kv_each_prefill_chunk_reads():
+    s = Scheduler(SchedulerConfig(num_pages=64, page_size=4, max_num_batched_tokens=16))
+    s.add_generate(make_request("a", 30, max_tokens=3))
+    first = s.schedule()
+    f = first.batch.features
+    assert (f.prefill_tokens, f.prefill_context, f.prefill_attn) == (16, 16, 16 * 8)
+    s.update(first.batch, None, 0)
+    s.add_generate(make_request("b", 5, max_tokens=2, seed=1))
+    second = s.schedule()  # a's last 14 prompt tokens over its 16 cached, then b's first 2 of 5
+    f = second.batch.features
+    assert f.prefill_context == (16 + 14) + (0 + 2)
+    assert f.prefill_attn == 14 * (16 + 7) + 2 * (0 + 1)
+    assert f.decode_seqs == 0 and f.decode_context == 0
+    s.update(second.batch, None, 0)
+    third = s.schedule()  # a decodes (not prefill context), b's remaining 3 prompt tokens over 2
+    f = third.batch.features
+    assert (f.decode_seqs, f.decode_context) == (1, 31)
+    assert (f.prefill_tokens, f.prefill_context) == (3, 5)

@@ -1,0 +1,58 @@
+"""Host effects of a real engine process that the simulator can add to SimEngine, all off by
+default (and then free of events, so exact timings elsewhere stay exact):
+
+- `rpc_latency_s`: the round trip of a control call router <-> engine, half each way: prep_recv
+  and remote_send pay both halves, start_generate the dispatch half (its tokens carry engine
+  times, so the reply half is never seen);
+- `send_overhead_s`: the sender engine's own CPU per remote_send (call handling, shipping,
+  acknowledgements), added to its next step;
+- `calls_between_steps`: a real engine reads its socket between steps only, so a prep_recv is
+  answered, a KV chunk lands and its acknowledgement reaches the sender when the step each
+  engine is running ends (new work waits for the next schedule anyway);
+- `router_cpu_per_token_s`: a router on the engines' own cores (a small CPU host) decodes every
+  streamed token on some core: an idle engine's costs nothing, otherwise the busy engines' next
+  steps share the time.
+
+All four are measured by calibration (cluster_profile) and set by calibration.validate.
+"""
+from __future__ import annotations
+
+from bisect import bisect_left
+
+from sim.runtime import SimWait
+
+
+class HostEffects:
+    """Mixed into SimEngine, which sets the attributes these read."""
+
+    async def _hop(self, inbox: bool = False) -> None:
+        """One way of a control call (half the round trip), then, with `inbox`, until the engine
+        reads its socket. Awaiting it costs no event when both are zero."""
+        if self._half_rpc:
+            await SimWait(self.env.timeout(self._half_rpc))
+        wait = self._inbox_wait() if inbox else 0.0
+        if wait:
+            await SimWait(self.env.timeout(wait))
+
+    def _inbox_wait(self) -> float:
+        """Seconds until this engine's loop next reads its socket: the end of the step in progress."""
+        now = self.env.now
+        if self._run_end is not None:
+            times = self._run_times
+            i = bisect_left(times, now)
+            return times[i] - now if i < len(times) else 0.0
+        return self._step_end - now if self._step_end > now else 0.0
+
+    def _later(self, delay: float, then) -> None:
+        self.env.timeout(delay).callbacks.append(lambda _ev: then())
+
+    def _router_work(self, tokens: int) -> None:
+        """The router decodes these tokens on a core of its choosing: an idle engine's if there is
+        one (no cost), else shared out over the busy engines' next steps."""
+        engines = self.peers.values()
+        busy = [e for e in engines if e.sched.running or e.sched.waiting]
+        if len(busy) < len(engines):
+            return
+        share = tokens * self.router_cpu_per_token_s / len(busy)
+        for e in busy:
+            e._overhead += share
