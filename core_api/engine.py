@@ -12,8 +12,9 @@ used, a migrated context, an abandoned stream); full pages already computed stay
 """
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from core_api.types import KVAddr, Request, TokenChunk
 

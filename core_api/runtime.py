@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Coroutine, Protocol
+from collections.abc import Awaitable, Coroutine
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 

@@ -17,65 +17,31 @@ Policy (close to vLLM's v1 scheduler):
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
 
-from pydantic import BaseModel, Field
-
+from core_api.batch import Batch, ScheduleOutput, StepResult
 from core_api.engine import EngineLoad
+from core_api.fast_forward import DecodeFastForward
 from core_api.hashing import request_page_keys
 from core_api.kv_cache import BlockManager
+from core_api.scheduler_config import RequestRejected, SchedulerConfig
 from core_api.sequence import (
-    ABORTED, FAILED, FINISHED, GENERATE, RECEIVE, RECEIVING, RUNNING, SEND, SENT, WAITING, Sequence,
+    FINISHED,
+    GENERATE,
+    RECEIVE,
+    RECEIVING,
+    RUNNING,
+    SEND,
+    SENT,
+    WAITING,
+    Sequence,
 )
-from core_api.step import StepFeatures
+from core_api.sequence_endings import SequenceEndings
 from core_api.types import Request
 
-
-class SchedulerConfig(BaseModel, extra="forbid"):
-    num_pages: int = Field(gt=0)
-    page_size: int = Field(16, gt=0)
-    max_num_batched_tokens: int = Field(2048, gt=0)
-    max_num_seqs: int = Field(256, gt=0)
-    max_model_len: int = Field(32768, gt=0)
-    watermark: float = Field(0.01, ge=0, lt=1)
-    reservation_timeout_s: float = Field(30.0, gt=0)
-    eos_token_id: int | None = None
+__all__ = ["Batch", "RequestRejected", "ScheduleOutput", "Scheduler", "SchedulerConfig", "StepResult"]
 
 
-class RequestRejected(ValueError):
-    """The request can never run on this engine (too long for its context or its KV memory)."""
-
-
-@dataclass(slots=True)
-class Batch:
-    """One step's work: rows [starts[i], starts[i] + num_new[i]) of seqs[i]."""
-
-    seqs: list[Sequence] = field(default_factory=list)
-    starts: list[int] = field(default_factory=list)
-    num_new: list[int] = field(default_factory=list)
-    sample: list[bool] = field(default_factory=list)
-    features: StepFeatures = field(default_factory=StepFeatures)
-
-    def __len__(self) -> int:
-        return len(self.seqs)
-
-
-@dataclass(slots=True)
-class ScheduleOutput:
-    batch: Batch
-    admitted_receives: list[Sequence]
-    failed: list[Sequence]
-    preempted: list[Sequence]
-
-
-@dataclass(slots=True)
-class StepResult:
-    sampled: list[Sequence]  # got one token this step
-    finished: list[Sequence]  # generation ended; pages released
-    sends: list[tuple[Sequence, int, int]]  # SEND sequences that computed positions [a, b)
-
-
-class Scheduler:
+class Scheduler(DecodeFastForward, SequenceEndings):
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
         self.kv = BlockManager(config.num_pages, config.page_size)
@@ -197,7 +163,7 @@ class Scheduler:
                     i += 1
                     continue
                 seq.pages += self.kv.allocate(need)
-            self._add_to_batch(batch, seq, n)
+            batch.add(seq, n)
             budget -= n
             i += 1
         self._admit(out, budget, now)
@@ -270,7 +236,7 @@ class Scheduler:
                 seq.pages += kv.allocate(need)
             seq.status = RUNNING
             self.running.append(seq)
-            self._add_to_batch(out.batch, seq, n)
+            out.batch.add(seq, n)
             budget -= n
 
     def try_admit_receive(self, seq: Sequence, now: float) -> bool:
@@ -321,25 +287,6 @@ class Scheduler:
             cap = seq.target // self.page_size
         return self.kv.match(keys[:cap])
 
-    def _add_to_batch(self, batch: Batch, seq: Sequence, n: int) -> None:
-        start = seq.num_computed
-        sample = seq.kind == GENERATE and start + n == seq.known_len
-        batch.seqs.append(seq)
-        batch.starts.append(start)
-        batch.num_new.append(n)
-        batch.sample.append(sample)
-        f = batch.features
-        if start >= seq.prompt_len and n == 1:
-            f.decode_seqs += 1
-            f.decode_context += start + 1
-        else:
-            f.prefill_tokens += n
-            f.prefill_seqs += 1
-            f.prefill_attn += n * (start + n / 2)
-            f.prefill_context += start + n
-        if sample:
-            f.sampled += 1
-
     def update(self, batch: Batch, tokens: list[int] | None, now: float) -> StepResult:
         """Apply a finished step. `tokens` holds one id per sampling row (None: the simulator's 0)."""
         result = StepResult([], [], [])
@@ -377,139 +324,6 @@ class Scheduler:
             self._finish(seq, FINISHED)
             result.finished.append(seq)
         return result
-
-    # -- fast-forward (simulator) --------------------------------------------------------
-    def decode_run_length(self, batch: Batch, out: ScheduleOutput) -> int:
-        """How many identical pure-decode steps follow from this batch, if nothing outside
-        interrupts: the batch holds every running sequence, each decodes one token, none can stop
-        early (no stop tokens), and the pages all of them will need fit. Then the next steps differ
-        only in context length, and the simulator may apply them in one go (`apply_decode_run`)
-        instead of stepping each; 1 means step normally. Waiting sequences stay blocked meanwhile:
-        they were not admitted now, and decoding only takes pages and budget away."""
-        seqs = batch.seqs
-        if (out.admitted_receives or out.preempted or len(seqs) != len(self.running)
-                or batch.features.decode_seqs != len(seqs) or not seqs):
-            return 1
-        eos = self.config.eos_token_id
-        k = min(s.req.sampling.max_tokens - len(s.output) for s in seqs)
-        if k <= 1:
-            return 1
-        for s in seqs:
-            sp = s.req.sampling
-            if sp.stop_token_ids or (eos is not None and not sp.ignore_eos):
-                return 1
-        # The batch's own pages for step 1 are already allocated; steps 2..k need the rest.
-        extra = sum(self.kv.pages_for(s.num_computed + k) - len(s.pages) for s in seqs)
-        return k if extra <= self.kv.num_available else 1
-
-    def apply_decode_run(self, batch: Batch, times: list[float]) -> StepResult:
-        """Apply len(times) decode steps of `batch` at once (token id 0, as `update` with None)."""
-        k = len(times)
-        result = StepResult([], [], [])
-        zeros = [0] * k
-        for seq in batch.seqs:
-            if seq.status != RUNNING:
-                continue
-            need = self.kv.pages_for(seq.num_computed + k) - len(seq.pages)
-            if need > 0:
-                seq.pages += self.kv.allocate(need)
-            seq.num_computed += k
-            seq.output += zeros
-            seq.token_times += times
-            result.sampled.append(seq)
-            if len(seq.output) >= seq.req.sampling.max_tokens:
-                seq.finish_reason = "length"
-                self._finish(seq, FINISHED)
-                result.finished.append(seq)
-        return result
-
-    # -- completions and releases ---------------------------------------------------------
-    def complete_receive(self, req_id: str, now: float) -> Sequence:
-        """All reserved pages landed: the KV of [0, target) is here and joins the prefix cache.
-        The reservation now waits for start_generate (or release) until its deadline."""
-        seq = self.receiving.get(req_id)
-        if seq is None:
-            raise KeyError(f"no open reservation for request {req_id} (expired or released)")
-        seq.num_computed = seq.target
-        self._register_full_pages(seq)
-        self._unreserve(seq)
-        seq.deadline = now + self.config.reservation_timeout_s
-        return seq
-
-    def touch_receive(self, req_id: str, now: float) -> bool:
-        """A chunk landed: push the reservation's deadline out. False if it is gone."""
-        seq = self.receiving.get(req_id)
-        if seq is None:
-            return False
-        seq.deadline = now + self.config.reservation_timeout_s
-        return True
-
-    def _unreserve(self, seq: Sequence) -> None:
-        self.kv.num_reserved -= seq.reserved
-        seq.reserved = 0
-
-    def finish_send(self, req_id: str) -> None:
-        """Its pages have been shipped (or the transfer failed): release them."""
-        seq = self._send.get(req_id)
-        if seq is not None:
-            self._finish(seq, FINISHED)
-
-    def release(self, req_id: str, status: str = ABORTED) -> list[Sequence]:
-        """Drop whatever this engine holds for the request; computed full pages stay cached."""
-        dropped = [s for s in (self._gen.get(req_id), self._send.get(req_id)) if s is not None]
-        for seq in dropped:
-            seq.finish_reason = seq.finish_reason or "abort"
-            self._finish(seq, status)
-        return dropped
-
-    def expire(self, now: float) -> list[Sequence]:
-        """Reclaim reservations whose deadline passed without a start_generate."""
-        late = [s for s in self.receiving.values() if s.deadline <= now]
-        for seq in late:
-            self._finish(seq, ABORTED)
-            seq.finish_reason = "reservation expired"
-        return late
-
-    def _fail(self, seq: Sequence, reason: str) -> None:
-        seq.finish_reason = reason
-        self._finish(seq, FAILED)
-
-    def _finish(self, seq: Sequence, status: str) -> None:
-        if seq.status in (FINISHED, FAILED, ABORTED):
-            return
-        if seq.status in (WAITING, RUNNING) and seq.kind != RECEIVE:
-            self.queued_prefill_tokens -= seq.prefill_remaining
-        if seq.status == RUNNING:
-            self.running.remove(seq)
-        elif seq.status == WAITING:
-            self.waiting.remove(seq)
-        elif seq.status == RECEIVING:
-            self.receiving.pop(seq.id, None)
-            self._unreserve(seq)
-        elif seq.status == SENT:
-            self.sending.pop(seq.id, None)
-        if status == FINISHED:
-            self._register_full_pages(seq)
-        self.kv.release(seq.pages)
-        seq.pages = []
-        seq.status = status
-        owner = self._send if seq.kind == SEND else self._gen
-        if owner.get(seq.id) is seq:
-            del owner[seq.id]
-
-    def _register_full_pages(self, seq: Sequence) -> None:
-        """Publish computed full prompt pages under their prefix keys."""
-        full = min(seq.num_computed, seq.target, seq.prompt_len) // self.page_size
-        if full > seq.num_registered:
-            keys = request_page_keys(seq.req, self.page_size)
-            first = seq.num_registered
-            self.kv.register_all(seq.pages[first:full], keys[first:full])
-            seq.num_registered = full
-
-    def _set_computed(self, seq: Sequence, value: int) -> None:
-        before = seq.prefill_remaining
-        seq.num_computed = value
-        self.queued_prefill_tokens -= before - seq.prefill_remaining
 
     # -- views ----------------------------------------------------------------------------
     @property

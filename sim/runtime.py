@@ -8,7 +8,8 @@ awaiting anything costs no event at all.
 """
 from __future__ import annotations
 
-from typing import Any, Awaitable, Coroutine, Generator
+from collections.abc import Awaitable, Coroutine, Generator
+from typing import Any
 
 import simpy
 
@@ -44,7 +45,7 @@ def _drive(coro: Coroutine) -> Generator[simpy.Event, Any, Any]:
         except GeneratorExit:  # the process itself is being discarded (e.g. a stalled run ends)
             coro.close()
             raise
-        except Exception as exc:  # the event failed: hand the exception to the coroutine
+        except Exception as exc:  # noqa: BLE001 - the event failed: hand any exception to the coroutine
             value, error = None, exc
 
 
@@ -78,7 +79,7 @@ class SimRuntime:
     async def _guarded(self, coro: Coroutine) -> Any:
         try:
             return await coro
-        except Exception as exc:  # background work must not crash the simulation
+        except Exception as exc:  # noqa: BLE001 - background work must not crash the simulation
             self.spawn_errors.append(exc)
             return None
 
