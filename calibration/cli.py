@@ -86,17 +86,10 @@ def _engine_args(p) -> None:
 
 
 def _kv(items: list[str]) -> dict:
-    """--engine-opt KEY=VALUE items; VALUE is JSON when it parses, else text."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--engine-opt {item!r}: expected KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+    """--engine-opt KEY=VALUE items."""
+    from core_api.strategy import params_from_cli
+
+    return params_from_cli(items, flag="--engine-opt")
 
 
 def _range(text: str, what: str) -> dict:

@@ -120,15 +120,16 @@ def build(name: str, engines: Sequence[Engine], runtime: Runtime, params: dict |
     return resolve(name)(engines, runtime, **(params or {}))
 
 
-def params_from_cli(items: Sequence[str]) -> dict[str, Any]:
-    """`KEY=VALUE` command-line items -> strategy params; VALUE is JSON when it parses, else text."""
+def params_from_cli(items: Sequence[str], flag: str = "--param") -> dict[str, Any]:
+    """`KEY=VALUE` command-line items -> a dict (strategy params, engine options); VALUE is JSON
+    when it parses, else text. `flag` names the option in errors."""
     import json
 
     params: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--param {item!r}: expected KEY=VALUE")
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE")
         try:
             params[key] = json.loads(value)
         except json.JSONDecodeError:
