@@ -7,7 +7,6 @@ garbage. Times are medians over repeats; the repeats are kept so noise can be in
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core_api.step import StepFeatures
 from sim.hardware import ModelSpec
-from sim.profile import format_validation_error
+from sim.profile import format_validation_error, read_json
 
 STEP_KINDS = ("prefill", "decode", "mixed")
 FEATURE_NAMES = tuple(StepFeatures.__dataclass_fields__)
@@ -87,13 +86,7 @@ class ProfileSamples(_Strict):
 
     @classmethod
     def load(cls, path: str | Path) -> ProfileSamples:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except OSError as e:
-            raise SamplesError(f"{path}: cannot read samples: {e.strerror}") from None
-        except json.JSONDecodeError as e:
-            raise SamplesError(f"{path}: not JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+        data = read_json(path, "samples", SamplesError)
         try:
             return cls.model_validate(data)
         except ValidationError as e:

@@ -135,8 +135,12 @@ def add_parser(sub) -> None:
 
 
 def slos_from(args: argparse.Namespace) -> dict:
-    return {k: v for k, v in (("ttft_ms", args.ttft_slo), ("tpot_ms", args.tpot_slo),
+    """The SLOs given on the command line; at least one is required."""
+    slos = {k: v for k, v in (("ttft_ms", args.ttft_slo), ("tpot_ms", args.tpot_slo),
                               ("e2el_ms", args.e2el_slo)) if v is not None}
+    if not slos:
+        raise ValueError("give at least one of --ttft-slo, --tpot-slo, --e2el-slo")
+    return slos
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,11 +151,8 @@ def run(args: argparse.Namespace) -> int:
     from experiments.sim_cli import build_config
     from experiments.trace_args import trace_spec_from_args
 
-    slos = slos_from(args)
-    if not slos:
-        print("error: give at least one of --ttft-slo, --tpot-slo, --e2el-slo", file=sys.stderr)
-        return 2
     try:
+        slos = slos_from(args)
         args.rate = None  # the search sets the rate
         config = build_config(args)
         trace = trace_spec_from_args(args, seed=config.seed)

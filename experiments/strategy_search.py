@@ -216,11 +216,8 @@ def run(args: argparse.Namespace) -> int:
     from experiments.trace_args import trace_spec_from_args
     from sim.config import default_config, load_config
 
-    slos = slos_from(args)
-    if not slos:
-        print("error: give at least one of --ttft-slo, --tpot-slo, --e2el-slo", file=sys.stderr)
-        return 2
     try:
+        slos = slos_from(args)
         config = load_config(args.config) if args.config else default_config()
         w = config.workload.model_dump(mode="json")
         if args.rate is not None:

@@ -168,10 +168,7 @@ class SimEngine(HostEffects):
             yield env.timeout(duration)
             self.steps += 1
             self.busy_s += duration
-            result = sched.update(batch, None, env.now)
-            if self.router_cpu_per_token_s and result.sampled:
-                self._router_work(len(result.sampled))
-            self._after_step(result)
+            self._after_step(sched.update(batch, None, env.now), 1)
 
     def _decode_run(self, batch, run: int):
         """Up to `run` pure-decode steps as one timeout. A wake-up (new work) cuts the run short
@@ -194,10 +191,7 @@ class SimEngine(HostEffects):
         self._run_end = None
         self.steps += len(times)
         self.busy_s += times[-1] - start
-        result = self.sched.apply_decode_run(batch, times)
-        if self.router_cpu_per_token_s and result.sampled:
-            self._router_work(len(result.sampled) * len(times))
-        self._after_step(result)
+        self._after_step(self.sched.apply_decode_run(batch, times), len(times))
 
     def _after_schedule(self, out) -> None:
         for seq in out.admitted_receives:
@@ -206,7 +200,10 @@ class SimEngine(HostEffects):
         for seq in out.failed:
             self._notify_failure(seq, EngineCallError(f"request {seq.id} failed on {self.id}: {seq.finish_reason}"))
 
-    def _after_step(self, result) -> None:
+    def _after_step(self, result, steps: int) -> None:
+        """Notify streams and ship KV after `steps` steps (one, or a decode run)."""
+        if self.router_cpu_per_token_s and result.sampled:
+            self._router_work(len(result.sampled) * steps)
         for seq in result.sampled:
             if len(seq.output) == 1:
                 seq.handle.first.succeed(None)
@@ -234,11 +231,7 @@ class SimEngine(HostEffects):
 
     def _landed(self, seq: Sequence) -> None:
         """A chunk reached the receiver, which takes it in between its steps."""
-        wait = seq.handle.dst._inbox_wait() if self.calls_between_steps else 0.0
-        if wait:
-            self._later(wait, lambda: self._land(seq))
-        else:
-            self._land(seq)
+        seq.handle.dst._when_read(lambda: self._land(seq))
 
     def _land(self, seq: Sequence) -> None:
         send: _Send = seq.handle
@@ -259,11 +252,7 @@ class SimEngine(HostEffects):
             except KeyError as exc:
                 send.error = EngineCallError(str(exc.args[0]))
             # A landed reservation is no new compute for the receiver: no wake-up needed.
-        wait = self._inbox_wait() if self.calls_between_steps else 0.0  # the acknowledgement reaches us
-        if wait:
-            self._later(wait, lambda: self._send_over(seq))
-        else:
-            self._send_over(seq)
+        self._when_read(lambda: self._send_over(seq))  # the acknowledgement reaches us
 
     def _send_over(self, seq: Sequence) -> None:
         send: _Send = seq.handle

@@ -43,8 +43,14 @@ class HostEffects:
             return times[i] - now if i < len(times) else 0.0
         return self._step_end - now if self._step_end > now else 0.0
 
-    def _later(self, delay: float, then) -> None:
-        self.env.timeout(delay).callbacks.append(lambda _ev: then())
+    def _when_read(self, then) -> None:
+        """Run `then` when this engine next reads its socket: at once, or with
+        `calls_between_steps` at the end of the step in progress."""
+        wait = self._inbox_wait() if self.calls_between_steps else 0.0
+        if wait:
+            self.env.timeout(wait).callbacks.append(lambda _ev: then())
+        else:
+            then()
 
     def _router_work(self, tokens: int) -> None:
         """The router decodes these tokens on a core of its choosing: an idle engine's if there is

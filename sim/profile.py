@@ -84,17 +84,22 @@ class CostProfile(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> CostProfile:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except OSError as e:
-            raise ProfileError(f"{path}: cannot read cost profile: {e.strerror}") from None
-        except json.JSONDecodeError as e:
-            raise ProfileError(f"{path}: not JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json(path, "cost profile", ProfileError), source=str(path))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.model_dump_json(indent=2) + "\n")
+
+
+def read_json(path: str | Path, what: str, error: type[Exception]) -> Any:
+    """A JSON file's content; unreadable or malformed files raise `error` naming the file
+    (and the line and column of a syntax error)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise error(f"{path}: cannot read {what}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
 
 
 def format_validation_error(e: ValidationError) -> str:
