@@ -33,6 +33,8 @@ class Batch:
         if start >= seq.prompt_len and n == 1:
             f.decode_seqs += 1
             f.decode_context += start + 1
+            if start >= f.decode_max_context:
+                f.decode_max_context = start + 1
         else:
             f.prefill_tokens += n
             f.prefill_seqs += 1

@@ -52,7 +52,8 @@ class Scheduler(DecodeFastForward, SequenceEndings):
         self.sending: dict[str, Sequence] = {}  # computed SEND sequences whose pages are in flight
         self._gen: dict[str, Sequence] = {}  # GENERATE or RECEIVE sequence of each request id
         self._send: dict[str, Sequence] = {}  # SEND sequence of each request id
-        self._watermark_pages = int(config.watermark * config.num_pages)
+        self.policy = config.policy
+        self._watermark_pages = int(config.policy.watermark * config.num_pages)
         self.queued_prefill_tokens = 0
         self.num_preemptions = 0
 
@@ -166,7 +167,8 @@ class Scheduler(DecodeFastForward, SequenceEndings):
             batch.add(seq, n)
             budget -= n
             i += 1
-        self._admit(out, budget, now)
+        if self.policy.admit_after_preemption or not out.preempted:
+            self._admit(out, budget, now)
         return out
 
     def _make_room(self, need: int, i: int, out: ScheduleOutput) -> bool | None:
@@ -214,7 +216,8 @@ class Scheduler(DecodeFastForward, SequenceEndings):
             computed = held * self.page_size if hit else seq.num_computed
             n = min(seq.known_len - computed, budget)
             need = kv.pages_for(computed + n) - held
-            room = kv.num_available - kv.count_unreferenced(hit) - need
+            must_fit = kv.pages_for(seq.known_len) - held if self.policy.admit_whole_sequence else need
+            room = kv.num_available - kv.count_unreferenced(hit) - must_fit
             if room < self._reserve_for_running():
                 if room < 0 and self._idle():
                     # Nothing will ever free pages: this sequence alone does not fit.
@@ -277,7 +280,7 @@ class Scheduler(DecodeFastForward, SequenceEndings):
     def _match_prefix(self, seq: Sequence) -> list[int]:
         """Cached pages for the sequence's prefix, capped so a generating sequence still computes
         at least one token (it must sample) and a send/receive never covers past its target."""
-        if seq.matched:
+        if seq.matched or not self.policy.prefix_caching:
             return []
         seq.matched = True
         keys = request_page_keys(seq.req, self.page_size)
@@ -331,6 +334,8 @@ class Scheduler(DecodeFastForward, SequenceEndings):
         return bool(self.running or self.waiting)
 
     def cached_prefix_len(self, req: Request) -> int:
+        if not self.policy.prefix_caching:
+            return 0
         return len(self.kv.match(request_page_keys(req, self.page_size))) * self.page_size
 
     def load(self, engine_id: str) -> EngineLoad:

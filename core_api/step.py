@@ -13,7 +13,8 @@ class StepFeatures:
     (cached context + new_tokens): the KV each chunk reads, which is what a short chunk over a
     long context (PD's one-token prefill on the decode engine) pays for, where prefill_attn
     barely grows. decode_context is the sum of context lengths read by decoding sequences (the
-    KV bytes a decode step streams from memory).
+    KV bytes a decode step streams from memory); decode_max_context the longest of them (a
+    batch of mixed lengths runs its attention kernel a little longer than a uniform one).
     """
 
     prefill_tokens: int = 0
@@ -22,6 +23,7 @@ class StepFeatures:
     prefill_context: int = 0
     decode_seqs: int = 0
     decode_context: int = 0
+    decode_max_context: int = 0
     sampled: int = 0  # rows that go through the LM head and sampler
 
     @property

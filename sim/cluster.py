@@ -17,7 +17,9 @@ from sim.cost_model import CostModel, FittedCostModel, RooflineCostModel
 from sim.engine import SimEngine
 from sim.hardware import get_gpu, get_model, kv_bytes_per_token, kv_pages_for
 from sim.network import LinkSpec, Network
-from sim.profile import CostProfile
+from sim.layer_cost_model import LayerCostModel
+from sim.layer_profile import LayerProfile
+from sim.profile import load_profile
 from sim.profile_match import check_profile_matches
 from sim.runtime import SimRuntime
 
@@ -62,8 +64,10 @@ def build_cost_model(cluster: ClusterConfig, engine: EngineConfig, engine_id: st
     if cluster.cost_model == "roofline":
         model = get_model(engine.model, engine.dtype)
         return RooflineCostModel(engine.gpu, model, engine.tp, cluster.efficiency or None)
-    profile = CostProfile.load(cluster.cost_model)
+    profile = load_profile(cluster.cost_model)
     check_profile_matches(profile, engine, cluster.cost_model, engine_id)  # other model/page size/TP: refused
+    if isinstance(profile, LayerProfile):
+        return LayerCostModel(profile, get_model(engine.model, engine.dtype), engine.gpu, path=cluster.cost_model)
     return FittedCostModel.from_profile(profile, path=cluster.cost_model)
 
 
@@ -110,7 +114,7 @@ class SimCluster:
         return SchedulerConfig(
             num_pages=num_pages, page_size=ec.page_size, max_num_batched_tokens=ec.max_num_batched_tokens,
             max_num_seqs=ec.max_num_seqs, max_model_len=ec.max_model_len,
-            reservation_timeout_s=ec.reservation_timeout_s,
+            reservation_timeout_s=ec.reservation_timeout_s, policy=ec.policy,
         )
 
     def run(self, workload: Workload, seed: int = 0, config_echo: dict | None = None) -> RunResult:

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from core_api.scheduler_config import SchedulingPolicy
 from core_api.workload import WorkloadSpec
 from sim.hardware import GPUSpec, ModelSpec
 from sim.network import LinkSpec
@@ -31,6 +32,7 @@ class EngineConfig(_Strict):
     max_num_seqs: int = Field(256, ge=1)
     max_model_len: int = Field(32768, ge=1)
     reservation_timeout_s: float = Field(600.0, gt=0)
+    policy: SchedulingPolicy = SchedulingPolicy()  # admission knobs; SchedulingPolicy.vllm() replays vLLM
 
 
 class LinkOverride(LinkSpec):

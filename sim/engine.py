@@ -74,6 +74,9 @@ class SimEngine(HostEffects):
         self.busy_s = 0.0
         # Apply runs of identical decode steps at once (exact same times; see decode_run_length).
         self.fast_forward = True
+        # (time, running, waiting, share of pages in use) at every scheduling decision, when a
+        # caller wants the queue over time (replay compares it with a real engine's log).
+        self.queue_trace: list[tuple[float, int, int, float]] | None = None
         env.process(self._loop())
 
     # -- the microserving API -------------------------------------------------------------
@@ -151,6 +154,10 @@ class SimEngine(HostEffects):
                 for seq in sched.expire(env.now):
                     self._notify_failure(seq, EngineCallError(f"reservation for {seq.id} expired"))
             out = sched.schedule(env.now)
+            if self.queue_trace is not None:
+                kv = sched.kv
+                self.queue_trace.append((env.now, len(sched.running), len(sched.waiting),
+                                         1.0 - kv.num_available / kv.num_pages))
             self._after_schedule(out)
             batch = out.batch
             if not batch:
@@ -176,12 +183,13 @@ class SimEngine(HostEffects):
         env, f = self.env, batch.features
         start, step_time, features = env.now, self.cost_model.step_time, StepFeatures(
             decode_seqs=f.decode_seqs, sampled=f.sampled)
-        times, t, context = [], start, f.decode_context
+        times, t, context, longest = [], start, f.decode_context, f.decode_max_context
         for _ in range(run):
-            features.decode_context = context
+            features.decode_context, features.decode_max_context = context, longest
             t += step_time(features)
             times.append(t)
             context += f.decode_seqs
+            longest += 1
         self._run_times, self._run_cut = times, None
         self._run_end = end = env.event()
         env.timeout(t - start).callbacks.append(lambda _ev: end.triggered or end.succeed())

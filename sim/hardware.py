@@ -13,6 +13,7 @@ KV accounting, defined once here so every caller agrees:
 """
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -36,6 +37,7 @@ class GPUSpec(BaseModel):
     memory_bytes: int = Field(gt=0)
     nvlink_bandwidth_Bps: float = Field(gt=0, description="per direction")
     pcie_bandwidth_Bps: float = Field(gt=0, description="per direction")
+    device_names: tuple[str, ...] = Field(default=(), description="names torch.cuda reports for this GPU")
 
     def peak_flops(self, dtype: str) -> float:
         if dtype == "fp8" and self.peak_fp8_flops is not None:
@@ -48,15 +50,42 @@ GPU_PRESETS: dict[str, GPUSpec] = {
     for g in (
         # A100 SXM4 80GB: 312 TFLOPS bf16 dense, no FP8, HBM2e 2039 GB/s, NVLink3 600 GB/s total.
         GPUSpec(name="A100-80G", peak_bf16_flops=312e12, peak_fp8_flops=None, hbm_bandwidth_Bps=2.039e12,
-                memory_bytes=81920 * MiB, nvlink_bandwidth_Bps=300e9, pcie_bandwidth_Bps=32e9),
+                memory_bytes=81920 * MiB, nvlink_bandwidth_Bps=300e9, pcie_bandwidth_Bps=32e9,
+                device_names=("NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB PCIe")),
         # H100 SXM5: 989.4 TFLOPS bf16 / 1978.9 fp8 dense, HBM3 3.35 TB/s, NVLink4 900 GB/s total.
         GPUSpec(name="H100-SXM", peak_bf16_flops=989.4e12, peak_fp8_flops=1978.9e12, hbm_bandwidth_Bps=3.35e12,
-                memory_bytes=81559 * MiB, nvlink_bandwidth_Bps=450e9, pcie_bandwidth_Bps=64e9),
+                memory_bytes=81559 * MiB, nvlink_bandwidth_Bps=450e9, pcie_bandwidth_Bps=64e9,
+                device_names=("NVIDIA H100 80GB HBM3", "NVIDIA H100")),
         # H200 SXM: H100 compute, HBM3e 4.8 TB/s, 141 GB, NVLink4 900 GB/s total.
         GPUSpec(name="H200", peak_bf16_flops=989.4e12, peak_fp8_flops=1978.9e12, hbm_bandwidth_Bps=4.8e12,
-                memory_bytes=143771 * MiB, nvlink_bandwidth_Bps=450e9, pcie_bandwidth_Bps=64e9),
+                memory_bytes=143771 * MiB, nvlink_bandwidth_Bps=450e9, pcie_bandwidth_Bps=64e9,
+                device_names=("NVIDIA H200",)),
+        # HGX B200 (per GPU): 2.25 PFLOPS bf16 / 4.5 fp8 dense, HBM3e 8 TB/s, 180 GB, NVLink5 1.8 TB/s total.
+        GPUSpec(name="B200", peak_bf16_flops=2.25e15, peak_fp8_flops=4.5e15, hbm_bandwidth_Bps=8.0e12,
+                memory_bytes=183359 * MiB, nvlink_bandwidth_Bps=900e9, pcie_bandwidth_Bps=64e9,
+                device_names=("NVIDIA B200",)),
+        # GeForce RTX 4090 (Ada whitepaper): 165.2 TFLOPS bf16 / 330.3 fp8 dense tensor with FP32
+        # accumulate, GDDR6X 1008 GB/s, 24 GB (total as the driver reports it). No NVLink: peers
+        # talk over PCIe 4.0 x16 (32 GB/s per direction).
+        GPUSpec(name="RTX4090", peak_bf16_flops=165.2e12, peak_fp8_flops=330.3e12, hbm_bandwidth_Bps=1.008e12,
+                memory_bytes=25_250_627_584, nvlink_bandwidth_Bps=32e9, pcie_bandwidth_Bps=32e9,
+                device_names=("NVIDIA GeForce RTX 4090",)),
+        # RTX PRO 6000 Blackwell Server Edition: 503.8 TFLOPS bf16 / 1007.6 fp8 dense tensor, GDDR7
+        # 1597 GB/s, 96 GB. No NVLink: PCIe 5.0 x16 (64 GB/s per direction).
+        GPUSpec(name="RTXPRO6000", peak_bf16_flops=503.8e12, peak_fp8_flops=1007.6e12, hbm_bandwidth_Bps=1.597e12,
+                memory_bytes=97887 * MiB, nvlink_bandwidth_Bps=64e9, pcie_bandwidth_Bps=64e9,
+                device_names=("NVIDIA RTX PRO 6000 Blackwell Server Edition", "NVIDIA RTX PRO 6000")),
     )
 }
+
+
+def gpu_for_device(device_name: str) -> GPUSpec | None:
+    """The preset for a device name as torch/nvidia-smi report it (or a preset name), if any."""
+    wanted = device_name.strip().lower()
+    for gpu in GPU_PRESETS.values():
+        if wanted == gpu.name.lower() or any(wanted == d.lower() for d in gpu.device_names):
+            return gpu
+    return None
 
 
 class ModelSpec(BaseModel):
@@ -78,6 +107,7 @@ class ModelSpec(BaseModel):
     vocab_size: int = Field(gt=0)
     max_context: int = Field(default=131072, gt=0)
     tied_embeddings: bool = False
+    qk_norm: bool = Field(default=False, description="RMSNorm on q and k per head (Qwen3)")
     dtype: Literal["bf16", "fp8"] = "bf16"
 
     @model_validator(mode="after")
@@ -127,6 +157,8 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
                   ffn_size=28672, vocab_size=128256),
         ModelSpec(name="Llama-2-7B", num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=32,
                   ffn_size=11008, vocab_size=32000, max_context=4096),
+        ModelSpec(name="Qwen3-32B", num_layers=64, hidden_size=5120, num_heads=64, num_kv_heads=8, head_dim=128,
+                  ffn_size=25600, vocab_size=151936, max_context=40960, qk_norm=True),
         ModelSpec(name="SmolLM2-135M", num_layers=30, hidden_size=576, num_heads=9, num_kv_heads=3,
                   ffn_size=1536, vocab_size=49152, max_context=8192, tied_embeddings=True),
         # Not a real checkpoint: the seeded random test model real/ builds for CPU tests.
@@ -153,11 +185,19 @@ def get_gpu(spec: str | dict | GPUSpec) -> GPUSpec:
 
 
 def get_model(spec: str | dict | ModelSpec, dtype: str | None = None) -> ModelSpec:
-    """A preset name, an inline dict (validated), or a ModelSpec; `dtype` overrides its dtype."""
+    """A preset name (or a Hugging Face id whose last part is one, e.g. "meta-llama/Llama-3.1-8B"),
+    the path of a Hugging Face config.json or model directory, an inline dict (validated), or a
+    ModelSpec; `dtype` overrides its dtype."""
     if isinstance(spec, ModelSpec):
         model = spec
     elif isinstance(spec, dict):
         model = ModelSpec.model_validate(spec)
+    elif spec in MODEL_PRESETS or spec.rsplit("/", 1)[-1] in MODEL_PRESETS:
+        model = MODEL_PRESETS[spec.rsplit("/", 1)[-1]]
+    elif spec.endswith(".json") or os.path.isdir(spec):
+        from sim.hf_config import load_hf_config
+
+        model = load_hf_config(spec)
     else:
         model = _lookup(MODEL_PRESETS, spec, "model")
     if dtype is not None and dtype != model.dtype:

@@ -109,3 +109,14 @@ def format_validation_error(e: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "(root)"
         parts.append(f"{loc}: {err['msg']}")
     return "; ".join(parts)
+
+
+def load_profile(path: str | Path):
+    """A cost profile of any kind, by its `kind` field: "layers" (measured per-layer tables,
+    sim.layer_profile) or, without one, a fitted linear step model (CostProfile)."""
+    data = read_json(path, "cost profile", ProfileError)
+    if isinstance(data, dict) and data.get("kind") == "layers":
+        from sim.layer_profile import LayerProfile
+
+        return LayerProfile.from_dict(data, source=str(path))
+    return CostProfile.from_dict(data, source=str(path))

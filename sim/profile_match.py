@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from sim.config import EngineConfig
 from sim.hardware import MODEL_PRESETS, ModelSpec, get_model
-from sim.profile import CostProfile
 
 SHAPE_FIELDS = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "ffn_size", "vocab_size",
                 "tied_embeddings")
@@ -20,13 +19,13 @@ class ProfileMismatch(ValueError):
     """The profile was measured for a different model, page size, TP degree or dtype."""
 
 
-def _profile_model(profile: CostProfile) -> ModelSpec | None:
+def _profile_model(profile) -> ModelSpec | None:
     if isinstance(profile.model, ModelSpec):
         return profile.model
     return MODEL_PRESETS.get(profile.model)
 
 
-def mismatches(profile: CostProfile, engine: EngineConfig) -> list[str]:
+def mismatches(profile, engine: EngineConfig) -> list[str]:
     """Human-readable differences between what the profile measured and what the engine runs."""
     out = []
     model = get_model(engine.model, engine.dtype)
@@ -48,7 +47,7 @@ def mismatches(profile: CostProfile, engine: EngineConfig) -> list[str]:
     return out
 
 
-def check_profile_matches(profile: CostProfile, engine: EngineConfig, source: str = "profile",
+def check_profile_matches(profile, engine: EngineConfig, source: str = "profile",
                           engine_id: str | None = None) -> None:
     """Raise ProfileMismatch naming every difference (profile value != engine value)."""
     diffs = mismatches(profile, engine)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from core_api.scheduler import RequestRejected, Scheduler, SchedulerConfig
+from core_api.scheduler_config import SchedulingPolicy
 from tests.helpers import make_request
 
 
@@ -56,7 +57,7 @@ def test_prefix_cache_hit_skips_cached_pages_but_recomputes_a_token():
 
 
 def test_preemption_by_recompute_when_pages_run_out():
-    s = Scheduler(SchedulerConfig(num_pages=6, page_size=4, max_num_batched_tokens=64, watermark=0))
+    s = Scheduler(SchedulerConfig(num_pages=6, page_size=4, max_num_batched_tokens=64, policy=SchedulingPolicy(watermark=0)))
     s.add_generate(make_request("a", 8, max_tokens=8))
     s.add_generate(make_request("b", 8, max_tokens=8, seed=1))
     steps = drain(s)
@@ -129,7 +130,7 @@ def test_release_frees_everything_and_keeps_computed_prefix():
 
 def test_identical_inputs_give_identical_schedules():
     def run():
-        s = Scheduler(SchedulerConfig(num_pages=24, page_size=4, max_num_batched_tokens=16, watermark=0))
+        s = Scheduler(SchedulerConfig(num_pages=24, page_size=4, max_num_batched_tokens=16, policy=SchedulingPolicy(watermark=0)))
         rng = np.random.default_rng(7)
         for i in range(6):
             s.add_generate(make_request(f"r{i}", int(rng.integers(1, 30)), max_tokens=int(rng.integers(1, 9)), seed=i))

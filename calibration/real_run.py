@@ -1,0 +1,206 @@
+"""A real serving run on disk: the per-request log, the engine's settings, its queue over time.
+
+Layout (as written by vLLM benchmark recorders such as LLMServingSim's `bench`):
+
+- `requests.jsonl`: per request `request_id, input_toks, output_toks, queued_ts, first_token_ts,
+  last_token_ts` (engine-monotonic seconds; `queued_ts` is the arrival on that clock);
+- `meta.json`: `engine_kwargs` (max_num_seqs, max_num_batched_tokens, max_model_len, dtype,
+  tensor_parallel_size), `model`, and where recorded `kv_cache` (num_gpu_blocks, block_size,
+  enable_prefix_caching, gpu_memory_utilization) and `hardware.device_name`;
+- `timeseries.csv` (optional): per tick `t, running, waiting, kv_cache_pct, ...`;
+- the workload it replayed (optional; `meta.dataset_path`, JSONL with `input_tok_ids`), which
+  gives the prompts' real token ids and so their shared prefixes.
+
+Metric definitions, per request: TTFT = first_token_ts - queued_ts; TPOT = (last_token_ts -
+first_token_ts) / max(1, output_toks - 1); latency = last_token_ts - queued_ts.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sim.profile import format_validation_error
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be replayed; the message names the file and field."""
+
+
+class RequestLine(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    request_id: str
+    input_toks: int = Field(ge=1)
+    output_toks: int = Field(ge=1)
+    queued_ts: float
+    first_token_ts: float
+    last_token_ts: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RequestLine:
+        if not self.queued_ts <= self.first_token_ts <= self.last_token_ts:
+            raise ValueError("need queued_ts <= first_token_ts <= last_token_ts")
+        return self
+
+
+class EngineKwargs(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    max_num_seqs: int = Field(256, ge=1)
+    max_num_batched_tokens: int = Field(2048, ge=1)
+    max_model_len: int | None = Field(None, ge=1)
+    dtype: str = "bfloat16"
+    tensor_parallel_size: int = Field(1, ge=1)
+
+
+class KVCacheInfo(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    num_gpu_blocks: int | None = Field(None, ge=1)
+    block_size: int = Field(16, ge=1)
+    enable_prefix_caching: bool = True
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+
+
+class HardwareInfo(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    device_name: str | None = None
+
+
+class RunMeta(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    engine_kwargs: EngineKwargs
+    kv_cache: KVCacheInfo | None = None
+    hardware: HardwareInfo | None = None
+    dataset_path: str | None = None
+    vllm_version: str | None = None
+
+
+@dataclass
+class RealRun:
+    path: Path
+    meta: RunMeta
+    requests: list[RequestLine]  # in arrival (queued_ts) order
+    timeseries: dict[str, np.ndarray] | None
+    prompts: list[np.ndarray] | None  # token ids per request, same order, when the workload was found
+    workload_path: Path | None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def arrivals(self) -> np.ndarray:
+        """Arrival times in seconds from the first arrival."""
+        q = np.array([r.queued_ts for r in self.requests])
+        return q - q[0]
+
+    def latencies(self) -> dict[str, np.ndarray]:
+        """ttft, tpot, e2el per request in seconds, by the definitions above."""
+        q = np.array([r.queued_ts for r in self.requests])
+        first = np.array([r.first_token_ts for r in self.requests])
+        last = np.array([r.last_token_ts for r in self.requests])
+        out = np.array([r.output_toks for r in self.requests])
+        return {"ttft": first - q, "tpot": (last - first) / np.maximum(1, out - 1), "e2el": last - q}
+
+
+def _read_requests(path: Path) -> list[RequestLine]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise RunDirError(f"{path}: cannot read: {e.strerror}") from None
+    out = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append(RequestLine.model_validate(json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise RunDirError(f"{path}:{i}: not JSON: {e.msg}") from None
+        except ValidationError as e:
+            raise RunDirError(f"{path}:{i}: {format_validation_error(e)}") from None
+    if not out:
+        raise RunDirError(f"{path}: no requests")
+    ids = [r.request_id for r in out]
+    if len(set(ids)) != len(ids):
+        raise RunDirError(f"{path}: request_id values repeat")
+    return sorted(out, key=lambda r: r.queued_ts)
+
+
+def _read_meta(path: Path) -> RunMeta:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise RunDirError(f"{path}: cannot read: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{path}: not JSON (line {e.lineno}): {e.msg}") from None
+    try:
+        return RunMeta.model_validate(data)
+    except ValidationError as e:
+        raise RunDirError(f"{path}: {format_validation_error(e)}") from None
+
+
+def _read_timeseries(path: Path) -> dict[str, np.ndarray] | None:
+    if not path.exists():
+        return None
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"t", "running", "waiting"} <= set(rows[0]):
+        raise RunDirError(f"{path}: needs columns t, running, waiting")
+    try:
+        return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+    except ValueError as e:
+        raise RunDirError(f"{path}: {e}") from None
+
+
+def find_workload(run_dir: Path, meta: RunMeta) -> Path | None:
+    """The workload file meta.json names: relative to the run directory, else to the folders
+    above it (recorders write it relative to their own root)."""
+    if not meta.dataset_path:
+        return None
+    rel = Path(meta.dataset_path)
+    if rel.is_absolute():
+        return rel if rel.exists() else None
+    for base in (run_dir, run_dir.parent, run_dir.parent.parent):
+        if (base / rel).exists():
+            return base / rel
+    return None
+
+
+def _read_prompts(path: Path, requests: list[RequestLine]) -> list[np.ndarray] | None:
+    """Token ids for each request, matched by position in the workload (request ids end in it);
+    None, with the reason raised, when they do not line up."""
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise RunDirError(f"{path}:{i}: not JSON: {e.msg}") from None
+    prompts = []
+    for r in requests:
+        suffix = r.request_id.rsplit("-", 1)[-1]
+        if not suffix.isdigit() or int(suffix) >= len(rows):
+            raise RunDirError(f"{path}: cannot match request {r.request_id!r} to a workload line")
+        ids = rows[int(suffix)].get("input_tok_ids")
+        if not isinstance(ids, list) or len(ids) != r.input_toks:
+            raise RunDirError(f"{path}: line {int(suffix) + 1} has no input_tok_ids of length {r.input_toks} "
+                              f"for request {r.request_id!r}")
+        prompts.append(np.asarray(ids, dtype=np.int64))
+    return prompts
+
+
+def load_run(run_dir: str | Path, workload: str | Path | None = None) -> RealRun:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: not a directory")
+    for name in ("requests.jsonl", "meta.json"):
+        if not (run_dir / name).is_file():
+            raise RunDirError(f"{run_dir}: missing {name}")
+    meta = _read_meta(run_dir / "meta.json")
+    requests = _read_requests(run_dir / "requests.jsonl")
+    workload_path = Path(workload) if workload is not None else find_workload(run_dir, meta)
+    prompts = _read_prompts(workload_path, requests) if workload_path is not None else None
+    return RealRun(run_dir, meta, requests, _read_timeseries(run_dir / "timeseries.csv"), prompts, workload_path)

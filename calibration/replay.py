@@ -1,0 +1,138 @@
+"""Replay a real serving run on the simulator and compare them request by request.
+
+The simulated engine is built from the run's own settings (model, GPU, TP, dtype, batch
+limits, KV block size, the KV capacity the run reported, prefix caching) and scheduled by the
+shared scheduler under vLLM's admission policy (SchedulingPolicy.vllm). Arrivals are replayed
+exactly, prompts carry the run's token ids when its workload file is found (so prefix-cache
+hits happen where they happened), and every request generates exactly its logged output length.
+Nothing here is tuned to a run: what differs between runs comes from their own files.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from calibration.real_run import RealRun, RunDirError
+from core_api.scheduler_config import SchedulingPolicy
+from core_api.types import Request, SamplingParams
+from core_api.workload import Workload
+from sim.cluster import RunResult, SimCluster
+from sim.config import ClusterConfig, EngineConfig, StrategyConfig
+from sim.hardware import get_model, gpu_for_device
+from sim.profile import load_profile
+
+STATS = ("mean", "median", "p90", "p95", "p99")
+METRICS = ("ttft", "tpot", "e2el")
+_DTYPES = {"bfloat16": "bf16", "bf16": "bf16", "float16": "bf16", "half": "bf16", "auto": "bf16",
+           "fp8": "fp8", "float8": "fp8"}
+
+
+def summary(values_s: np.ndarray) -> dict[str, float]:
+    ms = np.asarray(values_s, float) * 1000.0
+    return {"mean": float(ms.mean()), "median": float(np.median(ms)),
+            **{f"p{p}": float(np.percentile(ms, p)) for p in (90, 95, 99)}}
+
+
+def compare(real: dict[str, np.ndarray], sim: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """{"mean_ttft_ms": {"real", "sim", "diff_pct"}, ...}; diff_pct = (sim - real) / real x 100."""
+    out = {}
+    for m in METRICS:
+        r, s = summary(real[m]), summary(sim[m])
+        for stat in STATS:
+            diff = (s[stat] - r[stat]) / r[stat] * 100 if r[stat] else float("nan")
+            out[f"{stat}_{m}_ms"] = {"real": r[stat], "sim": s[stat], "diff_pct": diff}
+    return out
+
+
+def resolve_gpu(run: RealRun, override: str | None, profile_gpu: str | None) -> str:
+    if override:
+        return override
+    device = run.meta.hardware.device_name if run.meta.hardware else None
+    if device:
+        gpu = gpu_for_device(device)
+        if gpu is None:
+            raise RunDirError(f"{run.path}/meta.json: hardware.device_name {device!r} has no GPU preset; "
+                              f"pass --gpu with a preset name or an inline spec")
+        return gpu.name
+    if profile_gpu:
+        return profile_gpu
+    raise RunDirError(f"{run.path}/meta.json: no hardware.device_name; pass --gpu (or a profile that names its GPU)")
+
+
+def engine_config(run: RealRun, gpu: str, model: str | None = None) -> EngineConfig:
+    kw, kv = run.meta.engine_kwargs, run.meta.kv_cache
+    dtype = _DTYPES.get(kw.dtype.lower())
+    if dtype is None:
+        raise RunDirError(f"{run.path}/meta.json: engine_kwargs.dtype {kw.dtype!r} not understood; "
+                          f"one of {', '.join(_DTYPES)}")
+    spec = get_model(model or run.meta.model, dtype)
+    fields = dict(gpu=gpu, model=spec, tp=kw.tensor_parallel_size, max_num_seqs=kw.max_num_seqs,
+                  max_num_batched_tokens=kw.max_num_batched_tokens,
+                  max_model_len=kw.max_model_len or spec.max_context,
+                  policy=SchedulingPolicy.vllm(prefix_caching=kv.enable_prefix_caching if kv else True))
+    if kv is not None:
+        fields["page_size"] = kv.block_size
+        fields["mem_util"] = kv.gpu_memory_utilization
+        if kv.num_gpu_blocks:
+            # vLLM's block pool keeps one null block that no request can use.
+            fields["num_pages"] = max(1, kv.num_gpu_blocks - 1)
+    return EngineConfig(**fields)
+
+
+def workload(run: RealRun, seed: int = 0) -> Workload:
+    """The run's requests at their arrival times; prompts are the real token ids when known,
+    otherwise distinct random ids (then no two prompts share a prefix)."""
+    rng = np.random.default_rng(seed)
+    arrivals = run.arrivals()
+    reqs = []
+    for i, (line, t) in enumerate(zip(run.requests, arrivals)):
+        prompt = run.prompts[i] if run.prompts is not None else rng.integers(0, 2**31 - 1, line.input_toks)
+        reqs.append(Request(line.request_id, prompt, SamplingParams(max_tokens=line.output_toks, ignore_eos=True),
+                            arrival_time=float(t)))
+    return Workload(reqs, name=run.name)
+
+
+@dataclass
+class Replay:
+    run: RealRun
+    result: RunResult
+    queue_trace: list[tuple[float, int, int, float]]
+
+    def sim_latencies(self) -> dict[str, np.ndarray]:
+        recs = {r.request_id: r for r in self.result.records}
+        ttft, tpot, e2el = [], [], []
+        for line in self.run.requests:
+            rec = recs[line.request_id]
+            first, last = rec.token_times[0], rec.token_times[-1]
+            ttft.append(first - rec.arrival_time)
+            tpot.append((last - first) / max(1, rec.output_len - 1))
+            e2el.append(last - rec.arrival_time)
+        return {"ttft": np.array(ttft), "tpot": np.array(tpot), "e2el": np.array(e2el)}
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        return compare(self.run.latencies(), self.sim_latencies())
+
+    def failed(self) -> list[str]:
+        return [f"{r.request_id}: {r.reason}" for r in self.result.records if r.status != "ok"]
+
+
+def replay(run: RealRun, cost_model: str = "roofline", gpu: str | None = None, model: str | None = None,
+           seed: int = 0) -> Replay:
+    """cost_model: "roofline" or the path of a profile (any kind sim.profile.load_profile reads)."""
+    profile_gpu = None
+    if cost_model != "roofline":
+        profile_gpu = getattr(load_profile(cost_model), "gpu", None)
+    ec = engine_config(run, resolve_gpu(run, gpu, profile_gpu), model)
+    cluster = SimCluster(ClusterConfig(engines=[ec], strategy=StrategyConfig(name="round_robin"),
+                                       cost_model=cost_model))
+    trace: list[tuple[float, int, int, float]] = []
+    for engine in cluster.engines.values():
+        engine.queue_trace = trace
+    result = cluster.run(workload(run, seed), seed=seed)
+    cluster.check_no_leaks()
+    replayed = Replay(run, result, trace)
+    failed = replayed.failed()
+    if failed:
+        raise RunDirError(f"{len(failed)} request(s) failed in the simulation, first: {failed[0]}")
+    return replayed
