@@ -1,9 +1,10 @@
-"""`microserving calibrate profile|fit|validate`: the calibration loop from the command line.
+"""`microserving calibrate profile|fit|validate|import`: the calibration loop from the command line.
 
     microserving calibrate profile --model tiny --out samples.json      # time a real engine
     microserving calibrate fit samples.json --out profile.json          # fit the cost model
     microserving calibrate validate --profile profile.json \\
         --strategy round_robin --strategy pd --load 0.5 --load 1.5      # real vs sim, error table
+    microserving calibrate import BUNDLE --tp 1 --out profile.json     # public per-layer GPU profile
 """
 from __future__ import annotations
 
@@ -66,6 +67,13 @@ def add_parser(sub) -> None:
     va.add_argument("--no-pin", action="store_true", help="do not pin engine processes to cores")
     va.add_argument("--no-interval", action="store_true", help="skip the error-bound reruns")
     va.add_argument("--out", type=Path, help="reports JSON")
+
+    im = cmds.add_parser("import", help="turn public GPU measurements into a cost profile")
+    im.add_argument("source", type=Path, help="the measurements (for vllm-layers: a bundle with meta.yaml and tp<N>/)")
+    im.add_argument("--format", choices=("vllm-layers",), default="vllm-layers",
+                    help="vllm-layers: per-layer vLLM profiles in LLMServingSim's profiler layout")
+    im.add_argument("--tp", type=int, default=1, help="tensor-parallel degree to import")
+    im.add_argument("--out", type=Path, required=True, help="profile JSON (what `sim --profile` / `replay` load)")
 
 
 def _engine_args(p) -> None:
@@ -214,12 +222,28 @@ def _validate(args) -> int:
     return 0
 
 
+def _import(args) -> int:
+    from calibration.importers.vllm_layers import import_bundle
+
+    profile = import_bundle(args.source, args.tp)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    profile.save(args.out)
+    worst = max(profile.fit_error.items(), key=lambda kv: kv[1])
+    print(f"{profile.model_name} tp={profile.tp} on {profile.hardware}: {len(profile.dense)} dense operators, "
+          f"{len(profile.attention.us)} attention shapes, {len(profile.per_sequence)} per-sequence operators; "
+          f"decode skew alpha {profile.decode_skew_alpha:g}")
+    print("held-out interpolation MAPE: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in profile.fit_error.items())
+          + f" (worst {worst[0]})")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from calibration.fit import FitError
     from calibration.samples import SamplesError
     from sim.profile import ProfileError
 
-    handlers = {"profile": _profile, "fit": _fit, "validate": _validate}
+    handlers = {"profile": _profile, "fit": _fit, "validate": _validate, "import": _import}
     try:
         return handlers[args.calibrate_command](args)
     except (FitError, SamplesError, ProfileError, ValidationError, ValueError, OSError, RuntimeError) as exc:

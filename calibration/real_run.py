@@ -201,6 +201,8 @@ def load_run(run_dir: str | Path, workload: str | Path | None = None) -> RealRun
             raise RunDirError(f"{run_dir}: missing {name}")
     meta = _read_meta(run_dir / "meta.json")
     requests = _read_requests(run_dir / "requests.jsonl")
+    if workload is not None and not Path(workload).is_file():
+        raise RunDirError(f"{workload}: workload file not found")
     workload_path = Path(workload) if workload is not None else find_workload(run_dir, meta)
     prompts = _read_prompts(workload_path, requests) if workload_path is not None else None
     return RealRun(run_dir, meta, requests, _read_timeseries(run_dir / "timeseries.csv"), prompts, workload_path)

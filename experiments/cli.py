@@ -25,6 +25,7 @@ for _name, _module in (
     ("engine", "real.engine_cli"),
     ("serve", "real.serve_cli"),
     ("calibrate", "calibration.cli"),
+    ("replay", "calibration.replay_cli"),
     ("sweep", "experiments.sweep"),
     ("plot", "experiments.plots"),
     ("capacity", "experiments.capacity"),

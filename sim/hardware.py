@@ -199,7 +199,8 @@ def get_model(spec: str | dict | ModelSpec, dtype: str | None = None) -> ModelSp
 
         model = load_hf_config(spec)
     else:
-        model = _lookup(MODEL_PRESETS, spec, "model")
+        raise ValueError(f"unknown model {spec!r}; known: {', '.join(sorted(MODEL_PRESETS))}, "
+                         f"or the path of a Hugging Face config.json or model directory")
     if dtype is not None and dtype != model.dtype:
         model = ModelSpec.model_validate({**model.model_dump(), "dtype": dtype})
     return model

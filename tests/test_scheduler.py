@@ -170,3 +170,48 @@ def test_prefill_context_counts_the_kv_each_prefill_chunk_reads():
     f = third.batch.features
     assert (f.decode_seqs, f.decode_context) == (1, 31)
     assert (f.prefill_tokens, f.prefill_context) == (3, 5)
+
+
+# -- the scheduling policy (vLLM's admission, for replaying its runs) -------------------------
+def test_whole_sequence_admission_waits_where_first_chunk_admission_would_not():
+    """10 pages of 4 tokens, 16-token chunks: a running 24-token sequence holds 6 pages; a waiting
+    20-token prompt has a first chunk that fits (4 pages) but not the whole prompt (5 pages)."""
+    def second_admitted(policy):
+        s = Scheduler(SchedulerConfig(num_pages=10, page_size=4, max_num_batched_tokens=16, policy=policy))
+        s.add_generate(make_request("a", 24, max_tokens=8))
+        s.update(s.schedule().batch, None, 0)  # a's first chunk: 4 pages
+        s.add_generate(make_request("b", 20, max_tokens=1, seed=1))
+        out = s.schedule()  # a takes its last 8 prompt tokens (2 more pages): 4 pages remain
+        return "b" in [q.id for q in out.batch.seqs]
+
+    assert second_admitted(SchedulingPolicy(watermark=0))
+    assert not second_admitted(SchedulingPolicy(watermark=0, admit_whole_sequence=True))
+
+
+def test_no_admission_in_a_step_that_preempted_when_the_policy_says_so():
+    """a and b decode until the pages run out; a's next page preempts b, whose first 4-token
+    chunk would fit again at once: re-admitted in that step, unless the policy forbids it."""
+    def readmitted_in_preemption_step(policy):
+        s = Scheduler(SchedulerConfig(num_pages=8, page_size=4, max_num_batched_tokens=4, policy=policy))
+        s.add_generate(make_request("a", 8, max_tokens=20))
+        s.add_generate(make_request("b", 8, max_tokens=20, seed=1))
+        for _ in range(100):
+            out = s.schedule()
+            if out.preempted:
+                assert [q.id for q in out.preempted] == ["b"]
+                return "b" in [q.id for q in out.batch.seqs]
+            s.update(out.batch, None, 0)
+        raise AssertionError("no preemption happened")
+
+    assert readmitted_in_preemption_step(SchedulingPolicy(watermark=0))
+    assert not readmitted_in_preemption_step(SchedulingPolicy(watermark=0, admit_after_preemption=False))
+
+
+def test_prefix_caching_off_never_reuses_pages():
+    s = Scheduler(SchedulerConfig(num_pages=64, page_size=4, policy=SchedulingPolicy(prefix_caching=False)))
+    a = make_request("a", 16, max_tokens=1)
+    s.add_generate(a)
+    drain(s)
+    s.add_generate(make_request("b", 16, max_tokens=1, prompt=a.prompt.copy()))
+    assert s.schedule().batch.starts == [0] and s.kv.hits == 0
+    assert s.cached_prefix_len(a) == 0

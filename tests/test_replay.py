@@ -1,0 +1,118 @@
+"""`microserving replay`: a run written in the real-run format replays to its own metrics exactly;
+malformed run directories fail with the file and field named."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from calibration.importers.vllm_layers import import_bundle
+from calibration.real_run import RunDirError, load_run
+from calibration.replay import replay
+from calibration.run_writer import write_run
+from core_api.scheduler_config import SchedulingPolicy
+from experiments.cli import main
+from sim.cluster import SimCluster
+from sim.config import ClusterConfig, EngineConfig, StrategyConfig
+from tests.replay_helpers import burst_workload, write_layer_bundle
+
+NUM_PAGES = 300  # small enough that the burst preempts
+
+
+def simulated_run(tmp_path, cost_model="roofline", prefix_caching=True):
+    engine = EngineConfig(gpu="RTX4090", model="Llama-3.1-8B", num_pages=NUM_PAGES, max_num_seqs=16,
+                          max_num_batched_tokens=512, max_model_len=4096,
+                          policy=SchedulingPolicy.vllm(prefix_caching=prefix_caching))
+    cluster = SimCluster(ClusterConfig(engines=[engine], strategy=StrategyConfig(name="round_robin"),
+                                       cost_model=cost_model))
+    workload = burst_workload()
+    result = cluster.run(workload)
+    return write_run(result, engine, workload, tmp_path / "run", NUM_PAGES), result
+
+
+@pytest.mark.parametrize("prefix_caching", [True, False])
+def test_a_written_simulated_run_replays_to_its_own_metrics_exactly(tmp_path, prefix_caching):
+    run_dir, original = simulated_run(tmp_path, prefix_caching=prefix_caching)
+    stats = original.engine_stats["e0"]
+    assert stats["preemptions"] > 0  # the hard case: KV pressure, vLLM's admission and preemption
+    assert (stats["prefix_hit_tokens"] > 0) == prefix_caching
+    run = load_run(run_dir)
+    assert run.prompts is not None  # token ids found through meta.json's dataset_path
+    replayed = replay(run, "roofline")
+    for key, v in replayed.metrics().items():
+        assert v["sim"] == v["real"], key
+        assert v["diff_pct"] == 0.0
+    assert replayed.result.engine_stats["e0"]["preemptions"] == stats["preemptions"]
+
+
+def test_a_run_priced_by_a_layer_profile_replays_exactly_with_that_profile(tmp_path):
+    profile = import_bundle(write_layer_bundle(tmp_path / "bundle"), tp=1)
+    profile.save(tmp_path / "profile.json")
+    run_dir, _ = simulated_run(tmp_path, cost_model=str(tmp_path / "profile.json"))
+    replayed = replay(load_run(run_dir), str(tmp_path / "profile.json"))
+    assert all(v["diff_pct"] == 0.0 for v in replayed.metrics().values())
+    assert replayed.result.cost_models["e0"]["kind"] == "layers"
+
+
+def test_replay_json_output_and_files(tmp_path, capsys):
+    run_dir, _ = simulated_run(tmp_path)
+    assert main(["replay", str(run_dir), "--cost-model", "roofline", "--json", "--out", str(tmp_path / "out")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["cost_model"] == "roofline"
+    keys = {f"{s}_{m}_ms" for s in ("mean", "median", "p90", "p95", "p99") for m in ("ttft", "tpot", "e2el")}
+    assert set(doc["metrics"]) == keys
+    assert set(doc["metrics"]["mean_ttft_ms"]) == {"real", "sim", "diff_pct"}
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert written == {"requests.csv", "metrics.json", "queue.csv", "cdf.png", "queue.png"}
+    lines = (tmp_path / "out" / "requests.csv").read_text().splitlines()
+    assert len(lines) == 41 and lines[0].startswith("request_id,input_toks,output_toks,arrival_s,real_ttft_ms")
+
+
+def test_missing_files_and_fields_are_named(tmp_path, capsys):
+    run_dir, _ = simulated_run(tmp_path)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    lines = (run_dir / "requests.jsonl").read_text().splitlines()
+
+    (run_dir / "requests.jsonl").rename(tmp_path / "kept.jsonl")
+    with pytest.raises(RunDirError, match="missing requests.jsonl"):
+        load_run(run_dir)
+    (tmp_path / "kept.jsonl").rename(run_dir / "requests.jsonl")
+
+    bad = json.loads(lines[3])
+    del bad["first_token_ts"]
+    (run_dir / "requests.jsonl").write_text("\n".join(lines[:3] + [json.dumps(bad)] + lines[4:]) + "\n")
+    with pytest.raises(RunDirError, match=r"requests.jsonl:4: first_token_ts: Field required"):
+        load_run(run_dir)
+    bad = json.loads(lines[3])
+    bad["queued_ts"] = bad["last_token_ts"] + 1
+    (run_dir / "requests.jsonl").write_text("\n".join(lines[:3] + [json.dumps(bad)] + lines[4:]) + "\n")
+    with pytest.raises(RunDirError, match=r"requests.jsonl:4: .*queued_ts <= first_token_ts"):
+        load_run(run_dir)
+    (run_dir / "requests.jsonl").write_text("\n".join(lines) + "\n")
+
+    (run_dir / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "engine_kwargs"}))
+    with pytest.raises(RunDirError, match="meta.json: engine_kwargs: Field required"):
+        load_run(run_dir)
+
+    (run_dir / "meta.json").write_text(json.dumps({**meta, "hardware": {"device_name": "Some Future GPU"}}))
+    with pytest.raises(RunDirError, match="'Some Future GPU' has no GPU preset; pass --gpu"):
+        replay(load_run(run_dir))
+    (run_dir / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "hardware"}))
+    with pytest.raises(RunDirError, match="no hardware.device_name; pass --gpu"):
+        replay(load_run(run_dir))
+    assert replay(load_run(run_dir), gpu="RTX4090").metrics()["mean_ttft_ms"]["diff_pct"] == 0.0
+
+    assert main(["replay", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: not a directory" in capsys.readouterr().err
+    assert main(["replay", str(run_dir), "--workload", str(tmp_path / "none.jsonl")]) == 2
+    assert "none.jsonl: workload file not found" in capsys.readouterr().err
+
+
+def test_workload_token_ids_must_line_up_with_the_log(tmp_path):
+    run_dir, _ = simulated_run(tmp_path)
+    rows = (run_dir / "workload.jsonl").read_text().splitlines()
+    first = json.loads(rows[0])
+    first["input_tok_ids"] = first["input_tok_ids"][:-1]
+    (run_dir / "workload.jsonl").write_text("\n".join([json.dumps(first)] + rows[1:]) + "\n")
+    with pytest.raises(RunDirError, match="line 1 has no input_tok_ids of length"):
+        load_run(run_dir)
