@@ -67,10 +67,10 @@ def engine_config(run: RealRun, gpu: str, model: str | None = None) -> EngineCon
         raise RunDirError(f"{run.path}/meta.json: engine_kwargs.dtype {kw.dtype!r} not understood; "
                           f"one of {', '.join(_DTYPES)}")
     spec = get_model(model or run.meta.model, dtype)
-    fields = dict(gpu=gpu, model=spec, tp=kw.tensor_parallel_size, max_num_seqs=kw.max_num_seqs,
-                  max_num_batched_tokens=kw.max_num_batched_tokens,
-                  max_model_len=kw.max_model_len or spec.max_context,
-                  policy=SchedulingPolicy.vllm(prefix_caching=kv.enable_prefix_caching if kv else True))
+    fields = {"gpu": gpu, "model": spec, "tp": kw.tensor_parallel_size, "max_num_seqs": kw.max_num_seqs,
+              "max_num_batched_tokens": kw.max_num_batched_tokens,
+              "max_model_len": kw.max_model_len or spec.max_context,
+              "policy": SchedulingPolicy.vllm(prefix_caching=kv.enable_prefix_caching if kv else True)}
     if kv is not None:
         fields["page_size"] = kv.block_size
         fields["mem_util"] = kv.gpu_memory_utilization

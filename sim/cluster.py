@@ -16,9 +16,9 @@ from sim.config import ClusterConfig, EngineConfig
 from sim.cost_model import CostModel, FittedCostModel, RooflineCostModel
 from sim.engine import SimEngine
 from sim.hardware import get_gpu, get_model, kv_bytes_per_token, kv_pages_for
-from sim.network import LinkSpec, Network
 from sim.layer_cost_model import LayerCostModel
 from sim.layer_profile import LayerProfile
+from sim.network import LinkSpec, Network
 from sim.profile import load_profile
 from sim.profile_match import check_profile_matches
 from sim.runtime import SimRuntime
