@@ -68,6 +68,12 @@ def add_parser(sub) -> None:
     va.add_argument("--no-interval", action="store_true", help="skip the error-bound reruns")
     va.add_argument("--out", type=Path, help="reports JSON")
 
+    rf = cmds.add_parser("roofline", help="fit the roofline's efficiency factors to public GPU measurements")
+    rf.add_argument("--data", type=Path, required=True,
+                    help="folder laid out like the project's shared/data (real_gpu/, vidur_h100_profiles/, ...)")
+    rf.add_argument("--out", type=Path, required=True,
+                    help="folder for roofline-<gpu>.json, roofline-any.json and roofline-report.json")
+
     im = cmds.add_parser("import", help="turn public GPU measurements into a cost profile")
     im.add_argument("source", type=Path, help="the measurements (for vllm-layers: a bundle with meta.yaml and tp<N>/)")
     im.add_argument("--format", choices=("vllm-layers",), default="vllm-layers",
@@ -222,6 +228,12 @@ def _validate(args) -> int:
     return 0
 
 
+def _roofline(args) -> int:
+    from calibration.roofline_report import fit_public_rooflines
+
+    return fit_public_rooflines(args.data, args.out, lambda msg: print(msg, file=sys.stderr, flush=True))
+
+
 def _import(args) -> int:
     from calibration.importers.vllm_layers import import_bundle
 
@@ -243,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     from calibration.samples import SamplesError
     from sim.profile import ProfileError
 
-    handlers = {"profile": _profile, "fit": _fit, "validate": _validate, "import": _import}
+    handlers = {"profile": _profile, "fit": _fit, "validate": _validate, "import": _import, "roofline": _roofline}
     try:
         return handlers[args.calibrate_command](args)
     except (FitError, SamplesError, ProfileError, ValidationError, ValueError, OSError, RuntimeError) as exc:

@@ -20,7 +20,8 @@ from sim.layer_cost_model import LayerCostModel
 from sim.layer_profile import LayerProfile
 from sim.network import LinkSpec, Network
 from sim.profile import load_profile
-from sim.profile_match import check_profile_matches
+from sim.profile_match import check_profile_matches, check_roofline_gpu
+from sim.roofline_profile import RooflineProfile
 from sim.runtime import SimRuntime
 
 DEFAULT_LINK_LATENCY_S = 5e-6
@@ -65,6 +66,10 @@ def build_cost_model(cluster: ClusterConfig, engine: EngineConfig, engine_id: st
         model = get_model(engine.model, engine.dtype)
         return RooflineCostModel(engine.gpu, model, engine.tp, cluster.efficiency or None)
     profile = load_profile(cluster.cost_model)
+    if isinstance(profile, RooflineProfile):
+        check_roofline_gpu(profile, engine, cluster.cost_model, engine_id)
+        efficiency = {**profile.efficiency.model_dump(), **cluster.efficiency}
+        return RooflineCostModel(engine.gpu, get_model(engine.model, engine.dtype), engine.tp, efficiency)
     check_profile_matches(profile, engine, cluster.cost_model, engine_id)  # other model/page size/TP: refused
     if isinstance(profile, LayerProfile):
         return LayerCostModel(profile, get_model(engine.model, engine.dtype), engine.gpu, path=cluster.cost_model)

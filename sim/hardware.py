@@ -155,6 +155,8 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
                   ffn_size=14336, vocab_size=128256),
         ModelSpec(name="Llama-3.1-70B", num_layers=80, hidden_size=8192, num_heads=64, num_kv_heads=8,
                   ffn_size=28672, vocab_size=128256),
+        ModelSpec(name="Llama-2-70B", num_layers=80, hidden_size=8192, num_heads=64, num_kv_heads=8,
+                  ffn_size=28672, vocab_size=32000, max_context=4096),
         ModelSpec(name="Llama-2-7B", num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=32,
                   ffn_size=11008, vocab_size=32000, max_context=4096),
         ModelSpec(name="Qwen3-32B", num_layers=64, hidden_size=5120, num_heads=64, num_kv_heads=8, head_dim=128,

@@ -113,10 +113,18 @@ def format_validation_error(e: ValidationError) -> str:
 
 def load_profile(path: str | Path):
     """A cost profile of any kind, by its `kind` field: "layers" (measured per-layer tables,
-    sim.layer_profile) or, without one, a fitted linear step model (CostProfile)."""
+    sim.layer_profile), "roofline" (fitted efficiency factors, sim.roofline_profile) or, without
+    one, a fitted linear step model (CostProfile)."""
     data = read_json(path, "cost profile", ProfileError)
-    if isinstance(data, dict) and data.get("kind") == "layers":
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind == "layers":
         from sim.layer_profile import LayerProfile
 
         return LayerProfile.from_dict(data, source=str(path))
+    if kind == "roofline":
+        from sim.roofline_profile import RooflineProfile
+
+        return RooflineProfile.from_dict(data, source=str(path))
+    if kind is not None:
+        raise ProfileError(f"{path}: unknown profile kind {kind!r}; known: layers, roofline, or none (fitted steps)")
     return CostProfile.from_dict(data, source=str(path))

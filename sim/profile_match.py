@@ -55,3 +55,11 @@ def check_profile_matches(profile, engine: EngineConfig, source: str = "profile"
         who = f"engine {engine_id}" if engine_id else "the engine"
         raise ProfileMismatch(f"{source}: cost profile does not match {who} (profile != engine): "
                               f"{'; '.join(diffs)}")
+
+
+def check_roofline_gpu(profile, engine: EngineConfig, source: str = "profile", engine_id: str | None = None) -> None:
+    """A roofline fitted for one GPU prices any model and TP on that GPU, but no other GPU."""
+    gpu = engine.gpu if isinstance(engine.gpu, str) else engine.gpu.name
+    if profile.gpu is not None and profile.gpu != gpu:
+        who = f"engine {engine_id}" if engine_id else "the engine"
+        raise ProfileMismatch(f"{source}: roofline fitted for GPU {profile.gpu!r}, {who} runs on {gpu!r}")

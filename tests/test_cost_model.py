@@ -45,9 +45,12 @@ def test_monotonic_in_tokens_and_context(h100_8b):
 
 def test_small_decode_is_memory_bound(h100_8b):
     gpu, model = get_gpu("H100-SXM"), get_model("Llama-3.1-8B")
-    floor = weight_bytes_per_gpu(model) / gpu.hbm_bandwidth_Bps  # every weight read once at peak
+    # Every weight a decode step reads, once, at peak bandwidth (of the embedding table only a row).
+    floor = (weight_bytes_per_gpu(model) - model.embedding_params * 2) / gpu.hbm_bandwidth_Bps
     t1 = h100_8b.step_time(decode(1, 512))
-    assert floor < t1 < 1.3 * floor  # ~5.8 ms vs 4.8 ms at peak bandwidth
+    fixed = model.num_layers * h100_8b.eff.layer_overhead_s + h100_8b.eff.step_overhead_s
+    # Beyond the fixed per-layer costs, reading the weights at the achieved bandwidth is the step.
+    assert floor < t1 - fixed < 1.1 * floor / h100_8b.eff.memory
     # Memory bound: 8 sequences cost barely more than one.
     assert h100_8b.step_time(decode(8, 512)) < 1.1 * t1
 
@@ -55,9 +58,9 @@ def test_small_decode_is_memory_bound(h100_8b):
 def test_long_prefill_is_compute_bound(h100_8b):
     model = get_model("Llama-3.1-8B")
     n = 8192
-    linear = 2 * model.num_layers * model.linear_params_per_layer * n / (989.4e12 * 0.76)
+    linear = 2 * model.num_layers * model.linear_params_per_layer * n / (989.4e12 * h100_8b.eff.compute)
     t = h100_8b.step_time(prefill(n))
-    assert linear < t < 1.5 * linear  # attention and elementwise add the rest
+    assert linear < t < 1.6 * linear  # GEMMs dominate; attention and elementwise add the rest
     assert h100_8b.step_time(prefill(2 * n)) > 1.9 * t
 
 

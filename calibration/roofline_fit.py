@@ -1,0 +1,187 @@
+"""Fit the roofline's efficiency factors to public GPU measurements, and measure how it generalizes.
+
+The roofline (sim.cost_model.RooflineCostModel) turns datasheet peaks into step times with a
+handful of factors: the fraction of peak FLOP/s GEMMs reach, of HBM bandwidth, of peak for
+attention, and fixed costs per layer and per step. Fitted here by least squares on the log
+ratio of predicted to measured time (a relative error, so a 10 us kernel and a 1 s prefill
+count alike), each group of observations (source, GPU, model, TP) weighted equally so the
+largest file does not decide the fit.
+
+Three fits answer three questions:
+- per GPU: the best roofline for a GPU that has measurements (a `kind: roofline` profile);
+- leave one TP degree out: does a fit extrapolate to a TP degree it never saw?
+- leave one GPU out: what does a user get for a GPU nobody profiled? (the shipped defaults
+  are the fit on all GPUs; this is its honest error).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from calibration.public_data import Observation
+from sim.cost_model import RooflineCostModel, RooflineEfficiency
+from sim.layer_profile import ProfileSource
+from sim.roofline_profile import RooflineProfile
+
+# name -> (lower, upper bound). The efficiencies describe the GPU and are shared by every
+# source; the fixed costs per layer and per step describe the software that ran the kernels
+# (eager Hugging Face layers, vLLM with CUDA graphs, Splitwise's engine) and are fitted per
+# source, so one engine's launch overheads do not distort another's or the GPU's factors.
+GPU_PARAMS: dict[str, tuple[float, float]] = {
+    "compute": (0.05, 1.0),
+    "memory": (0.05, 1.0),
+    "attention": (0.02, 1.0),
+    "overlap": (0.0, 1.0),
+}
+ENGINE_PARAMS: dict[str, tuple[float, float]] = {
+    "layer_overhead_s": (0.0, 2e-4),
+    "step_overhead_s": (0.0, 5e-2),
+}
+LAYER_ONLY_PARAMS = {"layer_overhead_s": ENGINE_PARAMS["layer_overhead_s"]}
+# The engine whose fixed costs a fitted roofline carries: the one the simulated engines stand for.
+DEFAULT_ENGINE_SOURCE = "vllm-layers"
+
+
+def group_of(o: Observation) -> tuple[str, str, str, int]:
+    return (o.source, o.gpu, o.model, o.tp)
+
+
+class _Models:
+    """RooflineCostModels per (source, gpu, model, tp) for one set of factors."""
+
+    def __init__(self, fitted: RooflineFit) -> None:
+        self.fitted, self._cache = fitted, {}
+
+    def __call__(self, o: Observation) -> RooflineCostModel:
+        key = (o.source, o.gpu, o.model, o.tp)
+        if key not in self._cache:
+            self._cache[key] = RooflineCostModel(o.gpu, o.model, o.tp, self.fitted.efficiency(o.gpu, o.source))
+        return self._cache[key]
+
+
+def predict(o: Observation, models: _Models) -> float:
+    cm = models(o)
+    if o.kind == "linear_layer":
+        return cm.linear_layer_time(o.tokens)
+    t = cm.step_time(o.features)
+    if not o.with_allreduce:
+        t -= cm.step_allreduce_time(o.features.total_tokens)
+    return t
+
+
+ANY_GPU = "*"
+
+
+@dataclass
+class RooflineFit:
+    gpus: dict[str, dict[str, float]]  # GPU preset (or ANY_GPU for one set for all) -> GPU_PARAMS values
+    engines: dict[str, dict[str, float]]  # source -> ENGINE_PARAMS values
+
+    def efficiency(self, gpu: str = ANY_GPU, source: str | None = None) -> RooflineEfficiency:
+        """The factors for `gpu` (its own when fitted per GPU, else the shared ones) with `source`'s
+        fixed costs (default: the vLLM source's, else the median over sources)."""
+        factors = self.gpus.get(gpu) or self.gpus[ANY_GPU]
+        source = source or DEFAULT_ENGINE_SOURCE
+        if source in self.engines:
+            fixed = self.engines[source]
+        else:
+            fixed = {k: float(np.median([e[k] for e in self.engines.values()])) for k in ENGINE_PARAMS}
+        return RooflineEfficiency.model_validate({**RooflineEfficiency().model_dump(), **factors, **fixed})
+
+
+def fit(observations: Sequence[Observation], per_gpu: bool = False) -> RooflineFit:
+    """Least squares on log(predicted / measured). per_gpu: efficiencies of each GPU its own
+    (fixed costs still shared per source); otherwise one set of efficiencies for all GPUs."""
+    if not observations:
+        raise ValueError("no observations to fit")
+    sources = sorted({o.source for o in observations})
+    gpus = sorted({o.gpu for o in observations}) if per_gpu else [ANY_GPU]
+    counts: dict[tuple, int] = defaultdict(int)
+    for o in observations:
+        counts[group_of(o)] += 1
+    weights = np.array([1.0 / math.sqrt(counts[group_of(o)]) for o in observations])
+    measured = np.log([o.seconds for o in observations])
+    base = RooflineEfficiency()
+    # A source that timed only single layers says nothing about per-step costs: it gets none.
+    stepped = {o.source for o in observations if o.kind == "step"}
+    blocks = [(GPU_PARAMS, g) for g in gpus] + [
+        (ENGINE_PARAMS if src in stepped else LAYER_ONLY_PARAMS, src) for src in sources]
+    bounds = [b for params, _ in blocks for b in params.values()]
+    lo, hi = [b[0] for b in bounds], [b[1] for b in bounds]
+    x0 = [min(max(getattr(base, n), b[0]), b[1]) for params, _ in blocks for n, b in params.items()]
+
+    def unpack(x) -> RooflineFit:
+        out: dict[str, dict] = {"gpus": {}, "engines": {}}
+        k = 0
+        for params, key in blocks:
+            values = {"step_overhead_s": 0.0, **dict(zip(params, map(float, x[k: k + len(params)])))}
+            if params is GPU_PARAMS:
+                out["gpus"][key] = values
+                del values["step_overhead_s"]
+            else:
+                out["engines"][key] = values
+            k += len(params)
+        return RooflineFit(out["gpus"], out["engines"])
+
+    def residuals(x):
+        models = _Models(unpack(x))
+        return weights * (np.log([max(predict(o, models), 1e-12) for o in observations]) - measured)
+
+    result = least_squares(residuals, x0, bounds=(lo, hi), x_scale=[h - low for low, h in zip(lo, hi)], method="trf")
+    return unpack(result.x)
+
+
+def mape_by_group(observations: Iterable[Observation], fitted: RooflineFit) -> dict[tuple, float]:
+    models, errs = _Models(fitted), defaultdict(list)
+    for o in observations:
+        errs[group_of(o)].append(abs(predict(o, models) / o.seconds - 1))
+    return {g: float(np.mean(e)) for g, e in errs.items()}
+
+
+def mape(observations: Sequence[Observation], fitted: RooflineFit) -> float:
+    """Mean over groups of each group's MAPE (groups weigh equally, as in the fit)."""
+    by_group = mape_by_group(observations, fitted)
+    return float(np.mean(list(by_group.values())))
+
+
+def tp_holdout(observations: Sequence[Observation]) -> list[dict]:
+    """For every (source, gpu, model) measured at several TP degrees: fit on the others, report
+    the error on each degree left out (and the in-sample error of a fit that saw it)."""
+    by_series: dict[tuple, list[Observation]] = defaultdict(list)
+    for o in observations:
+        by_series[(o.source, o.gpu, o.model)].append(o)
+    rows = []
+    for (source, gpu, model), obs in sorted(by_series.items()):
+        tps = sorted({o.tp for o in obs})
+        if len(tps) < 2:
+            continue
+        for tp in tps:
+            train = [o for o in obs if o.tp != tp]
+            test = [o for o in obs if o.tp == tp]
+            rows.append({"source": source, "gpu": gpu, "model": model, "tp_left_out": tp,
+                         "trained_on": [t for t in tps if t != tp],
+                         "heldout_mape": mape(test, fit(train)), "insample_mape": mape(test, fit(obs))})
+    return rows
+
+
+def gpu_holdout_fits(observations: Sequence[Observation]) -> dict[str, RooflineFit]:
+    """For each GPU, one set of efficiencies fitted on every other GPU's measurements: what a
+    user gets for that GPU had nobody profiled it."""
+    gpus = sorted({o.gpu for o in observations})
+    return {g: fit([o for o in observations if o.gpu != g]) for g in gpus}
+
+
+def to_profile(eff: RooflineEfficiency, gpu: str | None, observations: Sequence[Observation],
+               fit_error: dict[str, float], notes: str) -> RooflineProfile:
+    sources = sorted({o.source for o in observations})
+    return RooflineProfile(
+        source=ProfileSource(name="roofline fitted to public GPU measurements", notes=f"{notes}; sources: "
+                             f"{', '.join(sources)}"),
+        gpu=gpu, efficiency=eff, fit_error=fit_error, sample_count=len(observations),
+        created=dt.date.today().isoformat())
