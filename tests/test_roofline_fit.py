@@ -1,0 +1,114 @@
+"""Fitting the roofline to public measurements: each source format read from a small synthetic file,
+a fit that recovers known factors, roofline profiles that price any model and TP on their GPU."""
+from __future__ import annotations
+
+import pytest
+
+from calibration.public_data import Observation, h100_v0_layers, splitwise, vidur_mlp
+from calibration.roofline_fit import fit, gpu_holdout_fits, mape, to_profile, tp_holdout
+from core_api.step import StepFeatures
+from sim.cluster import SimCluster
+from sim.config import ClusterConfig, EngineConfig
+from sim.cost_model import RooflineCostModel, RooflineEfficiency
+from sim.profile import load_profile
+from sim.profile_match import ProfileMismatch
+from sim.roofline_profile import RooflineProfile
+
+TRUE = RooflineEfficiency(compute=0.6, memory=0.8, attention=0.4, overlap=0.3, layer_overhead_s=20e-6,
+                          step_overhead_s=1e-3)
+
+
+def synthetic_observations(eff: RooflineEfficiency, gpus=("H100-SXM", "A100-80G"), tps=(1, 2)) -> list[Observation]:
+    """Steps and single linear layers priced by a known roofline."""
+    out = []
+    for gpu in gpus:
+        for tp in tps:
+            cm = RooflineCostModel(gpu, "Llama-3.1-8B", tp, eff)
+            for n in (16, 128, 1024, 4096):
+                f = StepFeatures(prefill_tokens=n, prefill_seqs=1, prefill_attn=n * n / 2, prefill_context=n, sampled=1)
+                out.append(Observation("engine", gpu, "Llama-3.1-8B", tp, "step", cm.step_time(f), features=f))
+            for b in (1, 16, 128):
+                for ctx in (256, 4096):
+                    f = StepFeatures(decode_seqs=b, decode_context=b * ctx, decode_max_context=ctx, sampled=b)
+                    out.append(Observation("engine", gpu, "Llama-3.1-8B", tp, "step", cm.step_time(f), features=f))
+            for n in (1, 64, 512, 4096):
+                out.append(Observation("engine", gpu, "Llama-3.1-8B", tp, "linear_layer", cm.linear_layer_time(n),
+                                       tokens=n))
+    return out
+
+
+def test_a_fit_recovers_the_factors_that_made_the_data():
+    obs = synthetic_observations(TRUE)
+    fitted = fit(obs)
+    assert mape(obs, fitted) < 1e-4
+    eff = fitted.efficiency(source="engine")
+    for name in ("compute", "memory", "attention", "overlap", "layer_overhead_s", "step_overhead_s"):
+        assert getattr(eff, name) == pytest.approx(getattr(TRUE, name), rel=0.02, abs=1e-6), name
+
+
+def test_held_out_tp_and_gpu_are_predicted_when_the_physics_holds():
+    obs = synthetic_observations(TRUE, tps=(1, 2, 4))
+    rows = tp_holdout(obs)
+    assert {(r["gpu"], r["tp_left_out"]) for r in rows} == {(g, t) for g in ("H100-SXM", "A100-80G") for t in (1, 2, 4)}
+    assert max(r["heldout_mape"] for r in rows) < 1e-3
+    holdout = gpu_holdout_fits(obs)
+    assert mape([o for o in obs if o.gpu == "A100-80G"], holdout["A100-80G"]) < 1e-3
+
+
+def test_per_rank_tables_without_communication_are_compared_without_all_reduces():
+    cm = RooflineCostModel("H100-SXM", "Llama-3.1-8B", 2, TRUE)
+    f = StepFeatures(decode_seqs=8, decode_context=8 * 512, sampled=8)
+    o = Observation("engine", "H100-SXM", "Llama-3.1-8B", 2, "step", cm.step_time(f) - cm.step_allreduce_time(8),
+                    features=f, with_allreduce=False)
+    assert cm.step_allreduce_time(8) > 0
+    assert mape([o], fit(synthetic_observations(TRUE))) < 1e-3
+
+
+def test_vidur_mlp_rows_become_linear_layer_times(tmp_path):
+    ops = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj", "add")
+    header = [f"time_stats.{op}.median" for op in ops] + ["n_embd", "n_expanded_embd", "n_head", "num_tokens",
+                                                           "num_tensor_parallel_workers"]
+    rows = [",".join(header), "0.1,0.02,0.2,0.1,0.5,4096,11008,32,64,1", "0.06,0.01,0.1,0.05,0.5,4096,11008,32,64,2",
+            "1,1,1,1,1,999,999,9,64,1"]  # an unknown shape is skipped
+    (tmp_path / "mlp.csv").write_text("\n".join(rows) + "\n")
+    obs = vidur_mlp(tmp_path / "mlp.csv", "A100-80G")
+    assert [(o.model, o.tp, o.tokens, o.kind) for o in obs] == [("Llama-2-7B", 1, 64, "linear_layer"),
+                                                                ("Llama-2-7B", 2, 64, "linear_layer")]
+    assert obs[0].seconds == pytest.approx(0.42e-3) and obs[1].seconds == pytest.approx(0.22e-3)
+
+
+def test_hf_layer_timings_sum_the_seven_projections(tmp_path):
+    lines = ["layer_name,input,kv_cache,tp_size,latency(ns)"]
+    for n in (1, 2, 5):
+        lines += [f"{op},{n},0,1,{1000 * n}" for op in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                          "up_proj", "down_proj", "input_layernorm", "attn")]
+    (tmp_path / "layers.csv").write_text("\n".join(lines) + "\n")
+    obs = h100_v0_layers(tmp_path / "layers.csv", "Llama-3.1-8B", 1)
+    assert [(o.tokens, round(o.seconds * 1e9)) for o in obs] == [(1, 7000), (2, 14000)]  # 5 is off the grid kept
+
+
+def test_splitwise_rows_become_prefill_and_decode_steps(tmp_path):
+    head = "model,hardware,prompt_size,batch_size,token_size,peak_power,average_power,prompt_time,token_time," \
+           "e2e_time,tensor_parallel"
+    rows = [head, "llama2-70b,h100-80gb,512,2,128,1,1,100,30,0,4", "llama2-70b,h100-80gb,512,2,128,1,1,120,32,0,4",
+            "llama2-70b,h100-80gb-pcap,512,2,128,1,1,150,40,0,4", "bloom-176b,h100-80gb,512,2,128,1,1,1,1,0,8"]
+    (tmp_path / "perf.csv").write_text("\n".join(rows) + "\n")
+    pre, dec = splitwise(tmp_path / "perf.csv")
+    assert (pre.gpu, pre.model, pre.tp, pre.seconds) == ("H100-SXM", "Llama-2-70B", 4, pytest.approx(0.110))
+    assert (pre.features.prefill_tokens, pre.features.prefill_seqs) == (1024, 2)
+    assert (dec.features.decode_seqs, dec.features.decode_max_context, dec.seconds) == (2, 576, pytest.approx(0.031))
+
+
+def test_a_roofline_profile_prices_any_model_and_tp_on_its_gpu_only(tmp_path):
+    obs = synthetic_observations(TRUE)
+    to_profile(fit(obs).efficiency("H100-SXM", "engine"), "H100-SXM", obs, {"in_sample": 0.0}, "test"
+               ).save(tmp_path / "h100.json")
+    profile = load_profile(tmp_path / "h100.json")
+    assert isinstance(profile, RooflineProfile)
+    for model, tp in (("Llama-3.1-70B", 4), ("Qwen3-32B", 2)):
+        cluster = SimCluster(ClusterConfig(engines=[EngineConfig(model=model, tp=tp, gpu="H100-SXM")],
+                                           cost_model=str(tmp_path / "h100.json")))
+        cm = cluster.engines["e0"].cost_model
+        assert cm.describe()["efficiency"]["compute"] == pytest.approx(TRUE.compute, rel=0.02)
+    with pytest.raises(ProfileMismatch, match="roofline fitted for GPU 'H100-SXM', engine e0 runs on 'A100-80G'"):
+        SimCluster(ClusterConfig(engines=[EngineConfig(gpu="A100-80G")], cost_model=str(tmp_path / "h100.json")))
