@@ -25,8 +25,8 @@ on A100 and H100, TP 2-8). One set of efficiencies for all GPUs (0.74 of peak FL
 and vLLM's fixed costs (92 us per layer per step, no per-step constant); the other sources'
 fixed costs are fitted separately, since they describe their software, not the GPU. Error, as
 mean absolute error over measurement groups: 10% on A100 and H100, 14% on RTX 4090, 7% on RTX
-PRO 6000; with the GPU itself left out of the fit (what a GPU nobody profiled gets): 12%, 12%,
-17%, 14%. Per-GPU fits (`calibration/profiles/roofline-<gpu>.json`) do better on their GPU;
+PRO 6000; with the GPU itself left out of the fit (what a GPU nobody profiled gets): 12%, 19%,
+17%, 13%. Per-GPU fits (`calibration/profiles/roofline-<gpu>.json`) do better on their GPU;
 measured layer tables (sim.layer_cost_model) better still. Docs: docs/fidelity.md.
 - All-reduce: bandwidth term 0.7 of NVLink fits NCCL kernel times from 4 MB to 64 MB within
   ~20% (Vidur's H100 all_reduce.csv); 20 us latency sits between NCCL's ~40 us floor below 4 MB
