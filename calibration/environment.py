@@ -137,10 +137,23 @@ def default_core() -> int | None:
     return cores[-1] if cores else None
 
 
+def boot_id() -> str | None:
+    """This boot of this machine. Virtual machines cloned from one image share /etc/machine-id,
+    so the boot id is what tells a profile measured here from one measured on another machine
+    (or before a reboot); validation says when they differ."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
 def describe(device: torch.device | str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything about the machine and software a reader needs to judge or repeat a profile."""
     device = torch.device(device)
     env: dict[str, Any] = {
+        "boot_id": boot_id(),
+        "host": platform.node(),
         "device": str(device),
         "device_name": device_name(device),
         "torch": torch.__version__,

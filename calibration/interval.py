@@ -26,13 +26,15 @@ def fit_error_of(profile: CostProfile, key: str = "overall") -> float:
     return profile.fit_error[key]
 
 
-def run_scaled(cluster: ClusterConfig, workload: Workload, scale: float, seed: int = 0) -> RunResult:
-    """Simulate with every engine's fitted coefficients multiplied by `scale`."""
+def run_scaled(cluster: ClusterConfig, workload: Workload, scale: float | dict[str, float], seed: int = 0) -> RunResult:
+    """Simulate with every engine's fitted coefficients multiplied by `scale` (one factor, or
+    one per engine id; an engine not named keeps 1.0)."""
     if cluster.cost_model == "roofline":
         raise ValueError("intervals need a fitted profile as the cluster's cost_model, not 'roofline'")
     sim = SimCluster(cluster)  # loads the profile and checks it against every engine
     for eid, engine in sim.engines.items():
-        engine.cost_model = FittedCostModel.from_profile(cluster.cost_model, scale=scale)
+        factor = scale.get(eid, 1.0) if isinstance(scale, dict) else scale
+        engine.cost_model = FittedCostModel.from_profile(cluster.cost_model, scale=factor)
         sim.cost_models[eid] = engine.cost_model.describe()
     return sim.run(workload, seed=seed)
 

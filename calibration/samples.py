@@ -13,12 +13,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from core_api.step import StepFeatures
+from core_api.step import STEP_FEATURES, StepFeatures
 from sim.hardware import ModelSpec
 from sim.profile import format_validation_error, read_json
 
 STEP_KINDS = ("prefill", "decode", "mixed")
-FEATURE_NAMES = tuple(StepFeatures.__dataclass_fields__)
+FEATURE_NAMES = STEP_FEATURES
 
 
 class SamplesError(ValueError):

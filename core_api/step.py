@@ -33,3 +33,6 @@ class StepFeatures:
     @property
     def empty(self) -> bool:
         return self.prefill_tokens == 0 and self.decode_seqs == 0
+
+
+STEP_FEATURES = tuple(StepFeatures.__dataclass_fields__)

@@ -23,6 +23,7 @@ import zmq
 
 from core_api.scheduler import RequestRejected, Scheduler, SchedulerConfig
 from core_api.sequence import FAILED, SENT, Sequence
+from core_api.step import STEP_FEATURES
 from real import protocol as p
 from real.config import EngineSpec
 from real.kv_receiver import KVReceiver
@@ -90,6 +91,11 @@ class EngineWorker:
                                spec.peer_timeout_s, self._send_over)
         self.host = host_key()
         self.steps, self.busy_s = 0, 0.0
+        # What calibration compares with a profile's prediction: the whole loop iteration of every
+        # step (poll, schedule, forward, update, stream), as the profiler times it, and the summed
+        # features of those steps (a fitted step model is linear in them).
+        self.loop_s = 0.0
+        self.feature_totals = dict.fromkeys(STEP_FEATURES, 0.0)
         self.running = True
         self._deferred_release: set[str] = set()
         self.stream_out = StreamOut(spec.stream_interval_s, self._send)
@@ -105,10 +111,16 @@ class EngineWorker:
     def serve(self) -> None:
         timeout = 0
         while self.running:
+            t0 = time.perf_counter()
             self._poll(timeout)
             if not self.running:
                 break
-            timeout = IDLE_POLL_MS if not self.step() else 0
+            if timeout:  # the poll waited for a message: the iteration starts when it came
+                t0 = time.perf_counter()
+            ran = self.step()
+            if ran:
+                self.loop_s += time.perf_counter() - t0
+            timeout = IDLE_POLL_MS if not ran else 0
             if timeout and self.stream_out.pending:
                 self.stream_out.flush()  # idle: nothing will come to send them with
             if self.spec.exit_with_parent and os.getppid() != self._ppid:
@@ -144,6 +156,9 @@ class EngineWorker:
             return True
         self.busy_s += time.perf_counter() - t0
         self.steps += 1
+        totals, f = self.feature_totals, batch.features
+        for name in STEP_FEATURES:
+            totals[name] += getattr(f, name)
         result = sched.update(batch, tokens, time.monotonic())
         if result.sampled:
             self.stream_out.add(result.sampled, result.finished)
@@ -330,7 +345,8 @@ class EngineWorker:
             leak = None
         except AssertionError as exc:
             leak = str(exc)
-        return {"engine_id": self.id, "steps": self.steps, "busy_s": self.busy_s,
+        return {"engine_id": self.id, "steps": self.steps, "busy_s": self.busy_s, "loop_s": self.loop_s,
+                "step_features": dict(self.feature_totals),
                 "cpu_s": time.process_time(), "loop_cpu_s": time.thread_time(),
                 "forward_tokens": self.runner.forward_tokens, "preemptions": sched.num_preemptions,
                 "prefix_hit_tokens": kv.hits, "evictions": kv.evictions,

@@ -7,7 +7,14 @@ import pytest
 
 from calibration.interval import metric_intervals
 from calibration.samples import ProfileSamples
-from calibration.validate import ValidationCase, real_engine_spec, sim_cluster_config, sim_link
+from calibration.validate import (
+    ValidationCase,
+    real_engine_spec,
+    sim_cluster_config,
+    sim_link,
+    step_speed,
+    untrusted_reasons,
+)
 from core_api.workload import WorkloadSpec, generate
 from experiments.cli import main
 from sim.cluster import SimCluster
@@ -126,3 +133,37 @@ def test_validate_command_on_a_small_case(tmp_path, capsys):
     assert report["cost_model"]["kind"] == "fitted" and report["cost_model"]["profile"] == str(SHIPPED)
     for m in report["metrics"].values():
         assert m["real"] > 0 and m["sim"] > 0
+    # The engines reported their steps: the speed against the profile, and the rerun at that speed.
+    assert set(report["step_speed"]) == {"e0", "e1"} and all(s > 0 for s in report["step_speed"].values())
+    assert set(report["at_run_speed"]) == set(report["metrics"])
+    # The shipped profile was measured elsewhere (and before profiles named their machine): said so.
+    assert any("does not say which machine" in r for r in report["untrusted"])
+    assert "step speed real/profile" in text and "at the run's measured step speed" in text
+
+
+def test_step_speed_compares_measured_steps_with_the_profiles_prediction_for_them(tmp_path):
+    profile = CostProfile.load(tiny_profile(tmp_path))
+    # e0: 100 steps with 1000 prefill tokens, 200 decode rows over 20,000 tokens of context.
+    predicted = 100 * 3e-4 + 1000 * 3e-5 + 200 * 1e-4 + 20_000 * 1e-7
+    stats = {"e0": {"steps": 100, "loop_s": 1.5 * predicted,
+                    "step_features": {"prefill_tokens": 1000, "decode_seqs": 200, "decode_context": 20_000}},
+             "e1": {"down": "killed"}}
+    assert step_speed(profile, [stats, stats]) == {"e0": pytest.approx(1.5)}
+
+
+def test_validation_says_when_not_to_trust_it(tmp_path):
+    from calibration.environment import boot_id
+    from calibration.validate import MetricComparison
+
+    here = CostProfile.load(tiny_profile(tmp_path, environment={"boot_id": boot_id()}))
+    calm = {"mean_ttft_ms": MetricComparison(real=10, sim=10.2, rel_error=0.02, real_spread=0.01)}
+    assert untrusted_reasons(here, {"e0": 1.03}, 0.0, calm) == []
+    reasons = untrusted_reasons(here, {"e0": 1.3}, 0.2, {
+        "mean_ttft_ms": MetricComparison(real=10, sim=10.2, rel_error=0.02, real_spread=0.3)})
+    assert len(reasons) == 3
+    assert "e0 1.30x the profile's step time" in reasons[0]
+    assert "other processes used 20% of the CPU" in reasons[1]
+    assert "spread more than the error on mean_ttft_ms" in reasons[2]
+    elsewhere = CostProfile.load(tiny_profile(tmp_path, environment={"boot_id": "another-boot"}))
+    expected = "the profile was measured on another machine (or before a reboot)"
+    assert untrusted_reasons(elsewhere, {}, None, calm) == [expected]
