@@ -37,7 +37,10 @@ class EngineSpec(_Strict):
     max_num_seqs: int = Field(64, ge=1)
     max_model_len: int = Field(4096, ge=1)
     reservation_timeout_s: float = Field(30.0, gt=0)
-    transport: Literal["auto", "zmq", "shm", "nccl"] = "auto"  # how this engine ships KV it sends
+    # How this engine ships KV it sends. auto: shared memory between CPU engines of one host, zmq
+    # otherwise (GPU pages staged through pinned memory); cuda_ipc: device to device between GPU
+    # engines of one host; nccl: torch.distributed between GPUs.
+    transport: Literal["auto", "zmq", "shm", "nccl", "cuda_ipc"] = "auto"
     peer_timeout_s: float = Field(10.0, gt=0)  # a receiver silent this long fails the transfer
     # Streamed tokens are sent to the router at most this often (a stream's first and last token
     # at once): 0 sends every step's tokens; a few ms cuts the router's messages (and the CPU it
@@ -53,6 +56,12 @@ class EngineSpec(_Strict):
     @property
     def model_name(self) -> str:
         return MODEL_ALIASES.get(self.model, self.model)
+
+    @model_validator(mode="after")
+    def _transport_fits_device(self) -> EngineSpec:
+        if self.transport in ("cuda_ipc", "nccl") and not self.device.startswith("cuda"):
+            raise ValueError(f"transport {self.transport!r} needs a CUDA device, this engine runs on {self.device!r}")
+        return self
 
 
 class EngineEntry(EngineSpec):

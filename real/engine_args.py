@@ -15,7 +15,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-pages", type=int, default=1024)
     g.add_argument("--page-size", type=int, default=16)
     g.add_argument("--max-model-len", type=int, help="context limit per engine (default: the model's)")
-    g.add_argument("--transport", default="auto", choices=["auto", "zmq", "shm", "nccl"])
+    g.add_argument("--transport", default="auto", choices=["auto", "zmq", "shm", "nccl", "cuda_ipc"])
     g.add_argument("--fast", action="store_true", help="turn off batch-invariant mode (faster, not bit-exact)")
 
 

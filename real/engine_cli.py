@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--num-pages", type=int, default=1024)
     p.add_argument("--page-size", type=int, default=16)
     p.add_argument("--max-num-batched-tokens", type=int, default=512)
-    p.add_argument("--transport", default="auto", choices=["auto", "zmq", "shm"])
+    p.add_argument("--transport", default="auto", choices=["auto", "zmq", "shm", "cuda_ipc"])
     p.add_argument("--fast", action="store_true", help="turn off batch-invariant mode")
 
 

@@ -180,7 +180,8 @@ class KVChunk(_Msg):
 
     `mode` says where the bytes are: "zmq" in the frames after this header ([layers, pages, 2,
     page_size, kv_heads, head_dim] of `dtype`), "shm" in the sender's shared pool segment
-    `shm_name` at `src_pages`, "nccl" in a matching torch.distributed send from `src_rank`.
+    `shm_name` at `src_pages`, "nccl" in a matching torch.distributed send from `src_rank`,
+    "cuda_ipc" in the sender's GPU pool named by `ipc`, at `src_pages`.
     `last` marks the final chunk: once it has landed the receiver completes the reservation.
     """
 
@@ -191,13 +192,14 @@ class KVChunk(_Msg):
     token_end: int = Field(ge=0)
     page_ids: list[int]
     last: bool
-    mode: Literal["zmq", "shm", "nccl"]
+    mode: Literal["zmq", "shm", "nccl", "cuda_ipc"]
     shape: list[int] = []
     dtype: str = "float32"
     src_pages: list[int] = []
     shm_name: str = ""
     pool_shape: list[int] = []
     src_rank: int = -1
+    ipc: dict[str, Any] | None = None  # "cuda_ipc": the sender pool's CUDA IPC descriptor (real.cuda_ipc)
 
 
 class KVAck(_Msg):

@@ -14,6 +14,7 @@ only in where the bytes travel:
   loop, after checking that the reservation is still open, so an expired reservation can never
   be overwritten, and the sender keeps its pages until the acknowledgement.
 - NCCL (GPU engines, torch.distributed) is in `real.nccl_transfer`, imported only with CUDA.
+- CUDA IPC (GPU engines of one host, device to device) is in `real.cuda_ipc`, likewise.
 
 `PageReceiver` lands a `KVChunk` of any mode into the receiver's pool.
 """
@@ -170,6 +171,7 @@ class PageReceiver:
         self.pool = pool
         self.nccl = nccl
         self._peers: dict[str, SharedPool] = {}
+        self.ipc = None  # CUDA IPC peers, opened on the first cuda_ipc chunk
         self.bytes_received = 0
         self.land_s = 0.0  # time spent writing received pages into the pool
 
@@ -188,6 +190,14 @@ class PageReceiver:
             data = self._frame_tensor(msg, frames, len(dst_ids))
             scatter_pages(pool, dst_ids, data)
             self.bytes_received += data.numel() * data.element_size()
+        elif msg.mode == "cuda_ipc":
+            if self.ipc is None:
+                from real.cuda_ipc import CudaIpcPeers
+
+                self.ipc = CudaIpcPeers()
+            if msg.ipc is None:
+                raise ValueError("a cuda_ipc chunk without its pool descriptor")
+            self.bytes_received += self.ipc.land(pool, msg.ipc, msg.src_pages, dst_ids)
         elif msg.mode == "shm":
             src = self._attach(msg).tensor
             if len(msg.src_pages) != len(dst_ids) or max(msg.src_pages) >= src.shape[1]:

@@ -76,6 +76,11 @@ class EngineWorker:
         self.kv_in = KVReceiver(self.sched, self.id, self.receiver, self.nccl)
         self.zmq_transport = ZmqTransport()
         self.shm_transport = ShmTransport(self.shared) if self.shared is not None else None
+        self.ipc_transport = None
+        if spec.transport == "cuda_ipc":
+            from real.cuda_ipc import CudaIpcTransport
+
+            self.ipc_transport = CudaIpcTransport(self.pool)
         self.ctx = ctx or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -296,6 +301,8 @@ class EngineWorker:
             return self.nccl.sender_to(msg.dst_rank)
         if mode in ("auto", "shm") and self.shm_transport is not None and msg.dst_host == self.host:
             return self.shm_transport
+        if self.ipc_transport is not None and msg.dst_host == self.host:
+            return self.ipc_transport
         return self.zmq_transport
 
     def _start_generate(self, ident, msg: p.StartGenerate, frames) -> None:

@@ -164,3 +164,29 @@ def test_pd_on_one_gpu_through_pinned_staging_is_exact():
         result = run(go(c))
     want = reference(load_model("tiny", device="cuda:0"), requests("g", 11))
     assert tokens_of(result) == want
+
+
+@pytest.mark.gpu
+def test_pd_on_one_gpu_through_cuda_ipc_is_exact_and_moves_device_to_device():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+
+    async def go(cluster):
+        async with cluster.session() as engines:
+            return await serve_checked(engines.values(), requests("i", 11), "pd", {"prefill": ["e0"], "decode": ["e1"]})
+
+    with RealCluster.local(2, model="tiny", device="cuda:0", num_pages=256, transport="cuda_ipc") as c:
+        result = run(go(c))
+    want = reference(load_model("tiny", device="cuda:0"), requests("i", 11))
+    assert tokens_of(result) == want
+    assert result.engine_stats["e1"]["kv_bytes_received"] > 0
+
+
+def test_device_transports_are_refused_on_cpu_engines():
+    from pydantic import ValidationError
+
+    from real.config import EngineSpec
+
+    for transport in ("cuda_ipc", "nccl"):
+        with pytest.raises(ValidationError, match=f"transport '{transport}' needs a CUDA device"):
+            EngineSpec(transport=transport)
