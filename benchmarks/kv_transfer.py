@@ -1,6 +1,7 @@
 """KV page transfer bandwidth between two engine processes, next to an in-process memcpy.
 
     PYTHONPATH=. .venv/bin/python benchmarks/kv_transfer.py [--sizes 1,4,16,64,256] [--transports shm,zmq]
+    python benchmarks/kv_transfer.py --device cuda:0 --transports cuda_ipc,zmq --json out.json   # GPU
 
 What is timed is the real path: engine e0 holds the prompts' KV in its prefix cache (warmed by an
 untimed start_generate), e1 reserves pages with prep_recv, and e0's remote_send ships every page
@@ -8,7 +9,8 @@ untimed start_generate), e1 reserves pages with prep_recv, and e0's remote_send 
 e1 has completed the reservations. The model is a random "KV-heavy" Llama (64 KiB of fp32 KV per
 token: 8 layers x 8 KV heads x 128 dims) written to a temporary HF checkpoint, so 256 MiB is only
 4096 tokens of prefill. Transfers of one size run as concurrent remote_sends of <= 32 MiB each.
-The baseline is `dst.copy_(src)` of the same number of contiguous bytes in one process.
+The baseline is `dst.copy_(src)` of the same number of contiguous bytes in one process, on the
+same device (device-to-device on a GPU).
 """
 from __future__ import annotations
 
@@ -42,17 +44,20 @@ def write_checkpoint(path: Path) -> None:
     save_file(random_state_dict(LlamaConfig.from_hf(cfg), seed=0), str(path / "model.safetensors"))
 
 
-def memcpy_gbps(nbytes: int, repeats: int = 5) -> float:
-    src = torch.ones(nbytes // 4)
+def memcpy_gbps(nbytes: int, repeats: int = 5, device: str = "cpu") -> float:
+    src = torch.ones(nbytes // 4, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    best = min(_timed(lambda: dst.copy_(src)) for _ in range(repeats))
+    best = min(_timed(lambda: dst.copy_(src), device) for _ in range(repeats))
     return nbytes / best / 1e9
 
 
-def _timed(fn) -> float:
+def _timed(fn, device: str = "cpu") -> float:
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - t0
 
 
@@ -85,12 +90,13 @@ async def transfer(engines, size_mib: int, seed: int, repeats: int) -> float:
     return size_mib * MIB / best / 1e9
 
 
-async def run_transport(ckpt: Path, transport: str, sizes: list[int], repeats: int) -> dict[int, float]:
+async def run_transport(ckpt: Path, transport: str, sizes: list[int], repeats: int,
+                        device: str = "cpu") -> dict[int, float]:
     from real.cluster import RealCluster, check_no_leaks
 
     pages = max(sizes) * MIB // (TOKEN_BYTES * PAGE) * 2 + 64
     with RealCluster.local(2, model=str(ckpt), num_pages=pages, batch_invariant=False, transport=transport,
-                           max_num_batched_tokens=2048, max_model_len=4096) as cluster:
+                           max_num_batched_tokens=2048, max_model_len=4096, device=device) as cluster:
         async with cluster.session() as engines:
             out = {s: await transfer(engines, s, 1000 * s, repeats) for s in sizes}
             await check_no_leaks(list(engines.values()))
@@ -102,15 +108,25 @@ def main() -> None:
     ap.add_argument("--sizes", default="1,4,16,64,256", help="MiB per measurement")
     ap.add_argument("--transports", default="shm,zmq")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="engines' device (cuda:0: both engines on one GPU)")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     torch.set_num_threads(1)
-    base = {s: memcpy_gbps(s * MIB) for s in sizes}
-    results = {}
+    base = {s: memcpy_gbps(s * MIB, device=args.device) for s in sizes}
+    results, errors = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         write_checkpoint(Path(tmp))
         for t in args.transports.split(","):
-            results[t] = asyncio.run(run_transport(Path(tmp), t, sizes, args.repeats))
+            try:
+                results[t] = asyncio.run(run_transport(Path(tmp), t, sizes, args.repeats, args.device))
+            except Exception as exc:  # noqa: BLE001 - one transport failing must not hide the others
+                errors[t] = f"{type(exc).__name__}: {exc}"
+                print(f"{t}: failed: {errors[t]}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"device": args.device, "memcpy_gbps": base, "transfer_gbps": results,
+                                         "errors": errors}, indent=1) + "\n")
     print(f"KV page transfer e0 -> e1 (two engine processes, {TOKEN_BYTES // 1024} KiB KV/token, "
           f"page {PAGE} tokens), best of {args.repeats}")
     head = f"{'size':>8} {'memcpy GB/s':>12}" + "".join(f" {t + ' GB/s':>10} {'% memcpy':>9}" for t in results)
