@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sim.profile import format_validation_error
+from sim.profile import format_validation_error, read_json
 
 
 class RunDirError(ValueError):
@@ -130,12 +130,7 @@ def _read_requests(path: Path) -> list[RequestLine]:
 
 
 def _read_meta(path: Path) -> RunMeta:
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise RunDirError(f"{path}: cannot read: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise RunDirError(f"{path}: not JSON (line {e.lineno}): {e.msg}") from None
+    data = read_json(path, "run metadata", RunDirError)
     try:
         return RunMeta.model_validate(data)
     except ValidationError as e:

@@ -6,7 +6,6 @@ architectures are refused by name rather than priced as if they were dense.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +59,11 @@ def model_spec_from_hf(config: dict[str, Any], name: str, source: str = "config.
 
 def load_hf_config(path: str | Path) -> ModelSpec:
     """A config.json file, or a model directory holding one; the model is named after the directory."""
+    from sim.profile import read_json
+
     path = Path(path)
     file = path / "config.json" if path.is_dir() else path
-    try:
-        data = json.loads(file.read_text())
-    except OSError as e:
-        raise HFConfigError(f"{file}: cannot read: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise HFConfigError(f"{file}: not JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+    data = read_json(file, "model config", HFConfigError)
     if not isinstance(data, dict):
         raise HFConfigError(f"{file}: expected a JSON object")
     name = data.get("_name_or_path") or file.resolve().parent.name

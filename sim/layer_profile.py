@@ -21,14 +21,13 @@ output, with the source recorded and the held-out interpolation error of every t
 """
 from __future__ import annotations
 
-import datetime as _dt
 from pathlib import Path
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sim.hardware import ModelSpec
-from sim.profile import ProfileError, format_validation_error, read_json
+from sim.profile import IsoDate, ProfileFile
 
 
 class Curve(BaseModel):
@@ -82,8 +81,8 @@ class ProfileSource(BaseModel):
     notes: str | None = None
 
 
-class LayerProfile(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class LayerProfile(ProfileFile):
+    what: ClassVar[str] = "layer profile"
 
     kind: Literal["layers"] = "layers"
     source: ProfileSource
@@ -105,16 +104,7 @@ class LayerProfile(BaseModel):
     fit_error: dict[str, float] = Field(default_factory=dict, description=(
         "table -> held-out MAPE of its interpolation (each interior point predicted from its neighbours)"))
     sample_count: int = Field(ge=0)
-    created: str
-
-    @field_validator("created")
-    @classmethod
-    def _iso_date(cls, v: str) -> str:
-        try:
-            _dt.datetime.fromisoformat(v)
-        except ValueError:
-            raise ValueError(f"not an ISO date/datetime: {v!r}") from None
-        return v
+    created: IsoDate
 
     @model_validator(mode="after")
     def _operators_measured(self) -> LayerProfile:
@@ -127,16 +117,5 @@ class LayerProfile(BaseModel):
     def model_name(self) -> str:
         return self.model if isinstance(self.model, str) else self.model.name
 
-    @classmethod
-    def from_dict(cls, data: Any, source: str = "profile") -> LayerProfile:
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            raise ProfileError(f"{source}: invalid layer profile: {format_validation_error(e)}") from None
-
-    @classmethod
-    def load(cls, path: str | Path) -> LayerProfile:
-        return cls.from_dict(read_json(path, "layer profile", ProfileError), source=str(path))
-
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.model_dump_json() + "\n")
+        Path(path).write_text(self.model_dump_json() + "\n")  # not indented: tables of thousands of rows

@@ -12,9 +12,10 @@ import datetime as _dt
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from typing_extensions import Self
 
 from sim.hardware import ModelSpec
 from sim.network import LinkSpec
@@ -27,8 +28,40 @@ class ProfileError(ValueError):
     """A profile file that cannot be read or fails the schema; the message names the field."""
 
 
-class CostProfile(BaseModel):
+def _iso_date(v: str) -> str:
+    try:
+        _dt.datetime.fromisoformat(v)
+    except ValueError:
+        raise ValueError(f"not an ISO date/datetime: {v!r}") from None
+    return v
+
+
+IsoDate = Annotated[str, AfterValidator(_iso_date)]
+
+
+class ProfileFile(BaseModel):
+    """What every kind of profile file shares: strict validation, loading with errors that name
+    the file and the field, and saving. `what` names the kind in messages."""
+
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    what: ClassVar[str] = "cost profile"
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "profile") -> Self:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ProfileError(f"{source}: invalid {cls.what}: {format_validation_error(e)}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        return cls.from_dict(read_json(path, cls.what, ProfileError), source=str(path))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.model_dump_json(indent=2) + "\n")
+
+
+class CostProfile(ProfileFile):
 
     hardware: str = Field(description="device name, e.g. 'NVIDIA H100 80GB HBM3' or 'cpu: AMD EPYC ...'")
     model: str | ModelSpec = Field(description="preset name or full model spec")
@@ -47,8 +80,12 @@ class CostProfile(BaseModel):
         "(ClusterConfig.router_cpu_per_token_s; `calibrate fit --colocated-router`)"))
     fit_error: dict[str, float] = Field(default_factory=dict, description="feature/metric -> MAPE (0.05 = 5%)")
     sample_count: int = Field(ge=0)
-    created: str = Field(description="ISO date or datetime")
+    created: IsoDate = Field(description="ISO date or datetime")
     environment: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def model_name(self) -> str:
+        return self.model if isinstance(self.model, str) else self.model.name
 
     @field_validator("coefficients")
     @classmethod
@@ -62,32 +99,6 @@ class CostProfile(BaseModel):
             raise ValueError(f"coefficient(s) {', '.join(bad)} not finite")
         return v
 
-    @field_validator("created")
-    @classmethod
-    def _iso_date(cls, v: str) -> str:
-        try:
-            _dt.datetime.fromisoformat(v)
-        except ValueError:
-            raise ValueError(f"not an ISO date/datetime: {v!r}") from None
-        return v
-
-    @property
-    def model_name(self) -> str:
-        return self.model if isinstance(self.model, str) else self.model.name
-
-    @classmethod
-    def from_dict(cls, data: Any, source: str = "profile") -> CostProfile:
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            raise ProfileError(f"{source}: invalid cost profile: {format_validation_error(e)}") from None
-
-    @classmethod
-    def load(cls, path: str | Path) -> CostProfile:
-        return cls.from_dict(read_json(path, "cost profile", ProfileError), source=str(path))
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.model_dump_json(indent=2) + "\n")
 
 
 def read_json(path: str | Path, what: str, error: type[Exception]) -> Any:

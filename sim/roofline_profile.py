@@ -7,18 +7,17 @@ extrapolates to a TP degree or a model nobody profiled. Written by `calibrate ro
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from sim.cost_model import RooflineEfficiency
 from sim.layer_profile import ProfileSource
-from sim.profile import ProfileError, format_validation_error, read_json
+from sim.profile import IsoDate, ProfileFile
 
 
-class RooflineProfile(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class RooflineProfile(ProfileFile):
+    what: ClassVar[str] = "roofline profile"
 
     kind: Literal["roofline"] = "roofline"
     source: ProfileSource
@@ -27,18 +26,4 @@ class RooflineProfile(BaseModel):
     fit_error: dict[str, float] = Field(default_factory=dict, description=(
         "held-out error by check, e.g. 'tp_holdout.tp2' or 'gpu_holdout' (MAPE, 0.05 = 5%)"))
     sample_count: int = Field(ge=0)
-    created: str
-
-    @classmethod
-    def from_dict(cls, data: Any, source: str = "profile") -> RooflineProfile:
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            raise ProfileError(f"{source}: invalid roofline profile: {format_validation_error(e)}") from None
-
-    @classmethod
-    def load(cls, path: str | Path) -> RooflineProfile:
-        return cls.from_dict(read_json(path, "roofline profile", ProfileError), source=str(path))
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.model_dump_json(indent=2) + "\n")
+    created: IsoDate

@@ -152,7 +152,8 @@ def test_pd_over_nccl_between_two_gpus_is_exact():
 
 
 @pytest.mark.gpu
-def test_pd_on_one_gpu_through_pinned_staging_is_exact():
+@pytest.mark.parametrize("transport", ["zmq", "cuda_ipc"])  # pinned host staging; device to device
+def test_pd_on_one_gpu_is_exact(transport):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
 
@@ -160,24 +161,9 @@ def test_pd_on_one_gpu_through_pinned_staging_is_exact():
         async with cluster.session() as engines:
             return await serve_checked(engines.values(), requests("g", 11), "pd", {"prefill": ["e0"], "decode": ["e1"]})
 
-    with RealCluster.local(2, model="tiny", device="cuda:0", num_pages=256, transport="zmq") as c:
+    with RealCluster.local(2, model="tiny", device="cuda:0", num_pages=256, transport=transport) as c:
         result = run(go(c))
     want = reference(load_model("tiny", device="cuda:0"), requests("g", 11))
-    assert tokens_of(result) == want
-
-
-@pytest.mark.gpu
-def test_pd_on_one_gpu_through_cuda_ipc_is_exact_and_moves_device_to_device():
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-
-    async def go(cluster):
-        async with cluster.session() as engines:
-            return await serve_checked(engines.values(), requests("i", 11), "pd", {"prefill": ["e0"], "decode": ["e1"]})
-
-    with RealCluster.local(2, model="tiny", device="cuda:0", num_pages=256, transport="cuda_ipc") as c:
-        result = run(go(c))
-    want = reference(load_model("tiny", device="cuda:0"), requests("i", 11))
     assert tokens_of(result) == want
     assert result.engine_stats["e1"]["kv_bytes_received"] > 0
 
