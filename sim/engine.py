@@ -70,6 +70,7 @@ class SimEngine(HostEffects):
         self._run_end: simpy.Event | None = None  # set during a decode run
         self._run_times: list[float] = []
         self._run_cut: int | None = None  # steps of the run to apply, when cut short
+        self._run_batch = None  # the batch a decode run repeats
         self.steps = 0
         self.busy_s = 0.0
         # Apply runs of identical decode steps at once (exact same times; see decode_run_length).
@@ -83,7 +84,7 @@ class SimEngine(HostEffects):
     async def prep_recv(self, req: Request, end: int | None = None) -> tuple[KVAddr, int]:
         await self._hop(inbox=self.calls_between_steps)  # the call reaches the engine and is read
         seq = self.sched.add_receive(req, end, self.env.now)
-        if not self.sched.try_admit_receive(seq, self.env.now):
+        if not self._taking_pages(lambda: self.sched.try_admit_receive(seq, self.env.now)):
             self._poke()
             seq.handle = self.env.event()
             failure = await SimWait(seq.handle)
@@ -106,7 +107,7 @@ class SimEngine(HostEffects):
                 f"request {req.id}: remote_send range [{begin}, {end}) does not match the receiver's "
                 f"reservation [{kv_addr.begin}, {kv_addr.end})"
             )
-        seq = self.sched.add_send(req, begin, end)
+        seq = self._taking_pages(lambda: self.sched.add_send(req, begin, end))  # a cached range holds pages now
         seq.handle = send = _Send(self.env, receiver, begin)
         self._overhead += self.send_overhead_s
         if seq.status == "sent":  # served whole by the prefix cache: ship at once
@@ -138,12 +139,14 @@ class SimEngine(HostEffects):
     async def release(self, req_id: str) -> None:
         for seq in self.sched.release(req_id):
             self._notify_failure(seq, EngineCallError(f"request {req_id} released on engine {self.id}"))
+        self._pages_freed()
         self._poke()
 
     async def cached_prefix_len(self, req: Request) -> int:
         return self.sched.cached_prefix_len(req)
 
     def load(self) -> EngineLoad:
+        self._claim_run_pages()
         return self.sched.load(self.id)
 
     # -- the step loop --------------------------------------------------------------------
@@ -190,13 +193,13 @@ class SimEngine(HostEffects):
             times.append(t)
             context += f.decode_seqs
             longest += 1
-        self._run_times, self._run_cut = times, None
+        self._run_times, self._run_cut, self._run_batch = times, None, batch
         self._run_end = end = env.event()
         env.timeout(t - start).callbacks.append(lambda _ev: end.triggered or end.succeed())
         yield end
         if self._run_cut is not None:
             times = times[: self._run_cut]
-        self._run_end = None
+        self._run_end = self._run_batch = None
         self.steps += len(times)
         self.busy_s += times[-1] - start
         self._after_step(self.sched.apply_decode_run(batch, times), len(times))
@@ -259,14 +262,13 @@ class SimEngine(HostEffects):
                 send.dst.sched.complete_receive(seq.id, self.env.now)
             except KeyError as exc:
                 send.error = EngineCallError(str(exc.args[0]))
-            # A landed reservation is no new compute for the receiver: no wake-up needed.
+            send.dst._pages_freed()  # its reservation no longer counts against admissions
         self._when_read(lambda: self._send_over(seq))  # the acknowledgement reaches us
 
     def _send_over(self, seq: Sequence) -> None:
         send: _Send = seq.handle
         self.sched.finish_send(seq.id)
-        if self.sched.waiting:  # freed pages may admit queued work
-            self._poke()
+        self._pages_freed()
         if not send.done.triggered:
             send.done.succeed(send.error)
 
@@ -280,10 +282,49 @@ class SimEngine(HostEffects):
                 return  # _land finishes it once the bytes in flight are accounted
             event = handle.done
             self.sched.finish_send(seq.id)
+            self._pages_freed()
         else:
             event = handle
         if event is not None and not event.triggered:
             event.succeed(error)
+
+    def _pages_freed(self) -> None:
+        """Pages came free outside the step loop: queued work may now be admitted, which a real
+        engine does at its next scheduling decision (an idle one wakes on the message)."""
+        if self.sched.waiting:
+            self._poke()
+
+    def _taking_pages(self, call):
+        """Run a call that may take pages outside the step loop (a reservation admitted at once, a
+        send served from the cache) as it would run between two real steps. During a decode run
+        the run's sequences first get the pages stepping would have given them by now (each
+        step's pages are taken when it is scheduled); if the call then leaves too few for the rest
+        of the run, the run ends after the step in progress and stepping resumes, preempting
+        as a real engine would."""
+        batch = self._run_batch
+        if batch is None:
+            return call()
+        self._claim_run_pages()
+        result = call()
+        kv, steps = self.sched.kv, len(self._run_times)
+        rest = sum(max(0, kv.pages_for(s.num_computed + steps) - len(s.pages)) for s in batch.seqs)
+        if rest > kv.num_available:
+            self._poke()
+        return result
+
+    def _claim_run_pages(self) -> None:
+        """During a decode run, give its sequences the pages stepping would have given them by
+        now (each step takes its pages when it is scheduled), so that whatever looks at or takes
+        pages meanwhile sees what it would see between real steps."""
+        batch = self._run_batch
+        if batch is None:
+            return
+        kv, times = self.sched.kv, self._run_times
+        started = min(bisect_left(times, self.env.now) + 1, len(times))  # the step in progress included
+        for seq in batch.seqs:
+            need = kv.pages_for(seq.num_computed + started) - len(seq.pages)
+            if need > 0:
+                seq.pages += kv.allocate(need)
 
     def _poke(self) -> None:
         """New work arrived: wake an idle loop, or end a decode run after the step in progress."""
