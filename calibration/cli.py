@@ -213,6 +213,9 @@ def _validate(args) -> int:
         if not rates:
             cluster = sim_cluster_config(case, profile, real_engine_spec(case, profile))
             capacity = estimate_capacity(cluster, workload)
+            if not capacity > 0:
+                raise ValueError(f"{strategy}: the simulated capacity is 0 req/s (no request completed in the "
+                                 f"simulation of this workload), so --load has nothing to scale; give --rate instead")
             rates = [f * capacity for f in (args.load or [0.5, 1.5])]
             print(f"{strategy}: simulated capacity {capacity:.2f} req/s; rates {', '.join(f'{r:.2f}' for r in rates)}",
                   file=sys.stderr)

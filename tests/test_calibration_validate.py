@@ -167,3 +167,10 @@ def test_validation_says_when_not_to_trust_it(tmp_path):
     elsewhere = CostProfile.load(tiny_profile(tmp_path, environment={"boot_id": "another-boot"}))
     expected = "the profile was measured on another machine (or before a reboot)"
     assert untrusted_reasons(elsewhere, {}, None, calm) == [expected]
+
+
+def test_validate_with_no_simulated_capacity_says_so_instead_of_dividing_by_zero(capsys):
+    rc = main(["calibrate", "validate", "--profile", str(SHIPPED), "--num-requests", "5", "--load", "0.5",
+               "--prompt-len", "200:300", "--engine-opt", "max_model_len=64", "--no-interval"])
+    assert rc == 2
+    assert "simulated capacity is 0 req/s" in capsys.readouterr().err
