@@ -9,6 +9,24 @@
 Indices are Python style: end=-1 is all but the last prompt token, end=None the whole prompt.
 `release(req_id)` ends whatever the engine holds for a request (a reservation that will not be
 used, a migrated context, an abandoned stream); full pages already computed stay in the prefix cache.
+
+Reservations, precisely (one scheduler implements this for both backends):
+- What a reservation pins: from admission, pages for prompt[matched:end] and one of the engine's
+  `max_num_seqs` slots, until start_generate turns it into a running sequence, release ends it,
+  or it expires (`reservation_timeout_s` after admission, pushed out by every chunk that lands,
+  and again after the last one). An expired or released reservation fails the send that fills it.
+- Backpressure: reservations together hold at most `reservation_share` (default half) of the
+  pages and of the slots. A prep_recv beyond that, or for which pages are not free, waits until
+  it fits (its caller is answered then); it never blocks the engine's other work.
+- What a receiver may do with received KV: once the last page lands, the full pages join its
+  prefix cache. start_generate(begin <= end) generates on them; remote_send from that engine may
+  reuse them as a cached prefix (a relay); a strategy that will not generate there should release
+  the reservation, and the pages stay cached (evictable) rather than pinned.
+- Why no strategy can deadlock engines: a reservation is completed by another engine's send; a
+  send takes pages only from the share reservations cannot take, gets all of them when admitted
+  (so it never stalls half-computed) and finishes; generating sequences finish or are preempted.
+  Work that could never fit its share (a prep_recv larger than the reservation share, a send
+  larger than the rest) is refused at once with RequestRejected.
 """
 from __future__ import annotations
 

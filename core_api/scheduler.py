@@ -9,10 +9,19 @@ Policy (close to vLLM's v1 scheduler):
    rest of the token budget (chunked prefill). A sequence that needs a page when none is left
    preempts the most recently admitted generating sequence (recompute: its pages are released,
    computed prompt pages stay in the prefix cache, and it goes back to the head of the queue).
-2. Then waiting sequences, first come first served, while the token budget, `max_num_seqs` and
-   free pages (above a small watermark, so admissions do not thrash running work) allow. A
-   reservation for incoming KV (prep_recv) is admitted the same way but needs no compute: all its
-   pages are allocated at once and it waits for the transfer.
+2. Then reservations for incoming KV (prep_recv), first come first served in their own queue:
+   they need no compute, all their pages are allocated at once, and together they may hold at
+   most `reservation_share` of the pages. A reservation over that share waits (backpressure)
+   instead of pinning pages, and never blocks other work behind it.
+3. Then waiting sequences, first come first served, while the token budget, `max_num_seqs` and
+   free pages (above a small watermark, so admissions do not thrash running work) allow. A send
+   (remote_send) is admitted only with pages for its whole range, so it never stalls half-computed
+   holding pages; generating sequences take pages as they grow and are preempted when needed.
+
+Why this cannot deadlock, whatever the strategy: reservations are completed by other engines'
+sends; a send needs pages only from the share reservations cannot take, gets all of them at
+admission and then always finishes; generating sequences finish or are preempted. So every
+admitted send completes, which completes reservations, whose sequences then generate and finish.
 """
 from __future__ import annotations
 
@@ -46,7 +55,8 @@ class Scheduler(DecodeFastForward, SequenceEndings):
         self.config = config
         self.kv = BlockManager(config.num_pages, config.page_size)
         self.page_size = config.page_size
-        self.waiting: deque[Sequence] = deque()
+        self.waiting: deque[Sequence] = deque()  # generating and sending sequences not admitted yet
+        self.receive_queue: deque[Sequence] = deque()  # reservations (prep_recv) not admitted yet
         self.running: list[Sequence] = []
         self.receiving: dict[str, Sequence] = {}  # admitted reservations, by request id
         self.sending: dict[str, Sequence] = {}  # computed SEND sequences whose pages are in flight
@@ -54,6 +64,10 @@ class Scheduler(DecodeFastForward, SequenceEndings):
         self._send: dict[str, Sequence] = {}  # SEND sequence of each request id
         self.policy = config.policy
         self._watermark_pages = int(config.policy.watermark * config.num_pages)
+        share = config.policy.reservation_share
+        self._receive_cap = int(share * config.num_pages)  # pages reservations may hold
+        self._receive_slots = int(share * config.max_num_seqs)  # of max_num_seqs, likewise
+        self.reserved_pages = 0  # pages held by admitted reservations (until start_generate, release or expiry)
         self.queued_prefill_tokens = 0
         self.num_preemptions = 0
 
@@ -91,6 +105,7 @@ class Scheduler(DecodeFastForward, SequenceEndings):
             # reservation queued behind it can never block the sequence that would free memory.
             self.receiving.pop(req.id, None)
             self._unreserve(seq)
+            self.reserved_pages -= len(seq.pages)
             seq.kind, seq.target, seq.status = GENERATE, req.prompt_len, RUNNING
             seq.deadline = float("inf")
             self.running.append(seq)
@@ -111,6 +126,10 @@ class Scheduler(DecodeFastForward, SequenceEndings):
         if req.id in self._send:
             raise ValueError(f"request {req.id} is already sending from this engine")
         self._check_fits(req, end)
+        own = self.config.num_pages - self._receive_cap
+        if self.kv.pages_for(end) > own:
+            raise RequestRejected(f"request {req.id}: remote_send of {end} tokens needs {self.kv.pages_for(end)} KV "
+                                  f"pages, more than the {own} this engine keeps for its own work")
         seq = Sequence(req, SEND, target=end, begin=begin)
         self._send[req.id] = seq
         if end % self.page_size == 0 and self._send_from_cache(seq):
@@ -141,9 +160,15 @@ class Scheduler(DecodeFastForward, SequenceEndings):
         if req.id in self._gen:
             raise ValueError(f"request {req.id} already has a sequence on this engine")
         self._check_fits(req, req.prompt_len + req.sampling.max_tokens)
+        if not self._receive_slots:
+            raise RequestRejected(f"request {req.id}: prep_recv on an engine whose max_num_seqs "
+                                  f"({self.config.max_num_seqs}) leaves no slot for reservations")
+        if self.kv.pages_for(end) > self._receive_cap:
+            raise RequestRejected(f"request {req.id}: prep_recv of {end} tokens needs {self.kv.pages_for(end)} KV pages, "
+                                  f"more than reservations may hold on this engine ({self._receive_cap})")
         seq = Sequence(req, RECEIVE, target=end)
         self._gen[req.id] = seq
-        self.waiting.append(seq)
+        self.receive_queue.append(seq)
         return seq
 
     # -- the step -------------------------------------------------------------------------
@@ -201,22 +226,24 @@ class Scheduler(DecodeFastForward, SequenceEndings):
 
     def _admit(self, out: ScheduleOutput, budget: int, now: float) -> None:
         kv, waiting, cfg = self.kv, self.waiting, self.config
+        receives = self.receive_queue
+        while receives:
+            if not self._admit_receive(receives[0], now):
+                break
+            out.admitted_receives.append(receives.popleft())
         while waiting:
             seq = waiting[0]
-            if seq.kind == RECEIVE:
-                if len(self.running) + len(self.receiving) >= cfg.max_num_seqs or not self._admit_receive(seq, now):
-                    return
-                waiting.popleft()
-                out.admitted_receives.append(seq)
-                continue
             if budget <= 0 or len(self.running) + len(self.receiving) >= cfg.max_num_seqs:
                 return
             hit = self._match_prefix(seq) if not seq.pages else []
             held = len(seq.pages) + len(hit)
             computed = held * self.page_size if hit else seq.num_computed
             n = min(seq.known_len - computed, budget)
-            need = kv.pages_for(computed + n) - held
-            must_fit = kv.pages_for(seq.known_len) - held if self.policy.admit_whole_sequence else need
+            if seq.kind == SEND:  # all its pages now: a send never stalls half-computed (see above)
+                need = must_fit = kv.pages_for(seq.target) - held
+            else:
+                need = kv.pages_for(computed + n) - held
+                must_fit = kv.pages_for(seq.known_len) - held if self.policy.admit_whole_sequence else need
             room = kv.num_available - kv.count_unreferenced(hit) - must_fit
             if room < self._reserve_for_running():
                 if room < 0 and self._idle():
@@ -243,17 +270,21 @@ class Scheduler(DecodeFastForward, SequenceEndings):
             budget -= n
 
     def try_admit_receive(self, seq: Sequence, now: float) -> bool:
-        """Admit a reservation at once if it heads the queue and fits (saves a scheduling round)."""
-        if not self.waiting or self.waiting[0] is not seq or not self._admit_receive(seq, now):
+        """Admit a reservation at once if it heads its queue and fits (saves a scheduling round)."""
+        receives = self.receive_queue
+        if not receives or receives[0] is not seq or not self._admit_receive(seq, now):
             return False
-        self.waiting.popleft()
+        receives.popleft()
         return True
 
     def _admit_receive(self, seq: Sequence, now: float) -> bool:
         kv = self.kv
+        if len(self.receiving) >= self._receive_slots or len(self.running) + len(self.receiving) >= self.config.max_num_seqs:
+            return False
         hit = self._match_prefix(seq) if not seq.pages else []
         need = kv.pages_for(seq.target) - len(hit)
-        if kv.num_available - kv.count_unreferenced(hit) - need < self._reserve_for_running():
+        over_share = self.reserved_pages + len(hit) + need > self._receive_cap
+        if over_share or kv.num_available - kv.count_unreferenced(hit) - need < self._reserve_for_running():
             seq.matched = False  # match again next time: the cache may change meanwhile
             return False
         matched = len(hit) * self.page_size
@@ -267,6 +298,7 @@ class Scheduler(DecodeFastForward, SequenceEndings):
         seq.status = RECEIVING
         seq.deadline = now + self.config.reservation_timeout_s
         self.receiving[seq.id] = seq
+        self.reserved_pages += len(seq.pages)
         return True
 
     def _idle(self) -> bool:
@@ -331,7 +363,7 @@ class Scheduler(DecodeFastForward, SequenceEndings):
     # -- views ----------------------------------------------------------------------------
     @property
     def has_work(self) -> bool:
-        return bool(self.running or self.waiting)
+        return bool(self.running or self.waiting or self.receive_queue)
 
     def cached_prefix_len(self, req: Request) -> int:
         if not self.policy.prefix_caching:
@@ -341,6 +373,6 @@ class Scheduler(DecodeFastForward, SequenceEndings):
     def load(self, engine_id: str) -> EngineLoad:
         kv = self.kv
         return EngineLoad(
-            engine_id, len(self.waiting), len(self.running), len(self.receiving),
+            engine_id, len(self.waiting) + len(self.receive_queue), len(self.running), len(self.receiving),
             self.queued_prefill_tokens, kv.num_free, kv.num_cached, kv.num_pages, self.page_size,
         )

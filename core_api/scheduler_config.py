@@ -18,6 +18,9 @@ class SchedulingPolicy(BaseModel, extra="forbid", frozen=True):
         "admit a waiting sequence only if pages for all its known tokens are free, not only its first chunk's"))
     admit_after_preemption: bool = Field(True, description="admit waiting sequences in a step that preempted")
     prefix_caching: bool = Field(True, description="reuse cached KV pages of equal prompt prefixes")
+    reservation_share: float = Field(0.5, gt=0, lt=1, description=(
+        "most of the pages reservations (prep_recv) may hold; the rest is kept for the engine's own "
+        "running sequences and outgoing sends, so no pattern of calls can deadlock engines (see core_api.engine)"))
 
     @classmethod
     def vllm(cls, prefix_caching: bool = True) -> SchedulingPolicy:

@@ -81,10 +81,11 @@ class SequenceEndings:
         if seq.status == RUNNING:
             self.running.remove(seq)
         elif seq.status == WAITING:
-            self.waiting.remove(seq)
+            (self.receive_queue if seq.kind == RECEIVE else self.waiting).remove(seq)
         elif seq.status == RECEIVING:
             self.receiving.pop(seq.id, None)
             self._unreserve(seq)
+            self.reserved_pages -= len(seq.pages)
         elif seq.status == SENT:
             self.sending.pop(seq.id, None)
         if status == FINISHED:

@@ -84,7 +84,9 @@ class SimEngine(HostEffects):
     async def prep_recv(self, req: Request, end: int | None = None) -> tuple[KVAddr, int]:
         await self._hop(inbox=self.calls_between_steps)  # the call reaches the engine and is read
         seq = self.sched.add_receive(req, end, self.env.now)
-        if not self._taking_pages(lambda: self.sched.try_admit_receive(seq, self.env.now)):
+        if self._taking_pages(lambda: self.sched.try_admit_receive(seq, self.env.now)):
+            self._poke(at=seq.deadline)  # the loop must look at this reservation when it falls due
+        else:
             self._poke()
             seq.handle = self.env.event()
             failure = await SimWait(seq.handle)
@@ -165,7 +167,9 @@ class SimEngine(HostEffects):
             batch = out.batch
             if not batch:
                 self._wake = env.event()
-                yield self._wake
+                deadline = self._next_expiry()
+                # Reservations expire on time even on an engine with nothing else to do.
+                yield self._wake if deadline is None else self._wake | env.timeout(max(0.0, deadline - env.now))
                 continue
             run = sched.decode_run_length(batch, out) if self.fast_forward and not self._overhead else 1
             if run > 1:
@@ -187,7 +191,10 @@ class SimEngine(HostEffects):
         start, step_time, features = env.now, self.cost_model.step_time, StepFeatures(
             decode_seqs=f.decode_seqs, sampled=f.sampled)
         times, t, context, longest = [], start, f.decode_context, f.decode_max_context
+        deadline = self._next_expiry()
         for _ in range(run):
+            if deadline is not None and times and t >= deadline:
+                break  # a reservation expires: the loop must look at it before the next step
             features.decode_context, features.decode_max_context = context, longest
             t += step_time(features)
             times.append(t)
@@ -288,6 +295,11 @@ class SimEngine(HostEffects):
         if event is not None and not event.triggered:
             event.succeed(error)
 
+    def _next_expiry(self) -> float | None:
+        """When the first held reservation expires (None if none is held)."""
+        receiving = self.sched.receiving
+        return min(s.deadline for s in receiving.values()) if receiving else None
+
     def _pages_freed(self) -> None:
         """Pages came free outside the step loop: queued work may now be admitted, which a real
         engine does at its next scheduling decision (an idle one wakes on the message)."""
@@ -326,14 +338,17 @@ class SimEngine(HostEffects):
             if need > 0:
                 seq.pages += kv.allocate(need)
 
-    def _poke(self) -> None:
-        """New work arrived: wake an idle loop, or end a decode run after the step in progress."""
+    def _poke(self, at: float | None = None) -> None:
+        """New work arrived (or something is due `at` a later time): wake an idle loop, or end a
+        decode run after the step in progress at that time."""
+        now = self.env.now
+        at = now if at is None else at
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
-        elif self._run_end is not None and self._run_cut is None:
-            times, now = self._run_times, self.env.now
-            done = bisect_left(times, now)  # the step in progress (or ending right now)
-            self._run_cut = done + 1
-            if done + 1 < len(times):
+        elif self._run_end is not None:
+            times = self._run_times
+            done = bisect_left(times, at)  # the step in progress then (or ending right then)
+            if done + 1 < len(times) and (self._run_cut is None or done + 1 < self._run_cut):
+                self._run_cut = done + 1
                 end = self._run_end
                 self.env.timeout(times[done] - now).callbacks.append(lambda _ev: end.triggered or end.succeed())
