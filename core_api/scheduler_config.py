@@ -1,7 +1,9 @@
-"""Engine scheduling limits and the error for requests that can never run."""
+"""Engine scheduling limits and policy."""
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
+
+from core_api.errors import RequestRejected
 
 
 class SchedulingPolicy(BaseModel, extra="forbid", frozen=True):
@@ -39,5 +41,4 @@ class SchedulerConfig(BaseModel, extra="forbid"):
     eos_token_id: int | None = None
 
 
-class RequestRejected(ValueError):
-    """The request can never run on this engine (too long for its context or its KV memory)."""
+__all__ = ["RequestRejected", "SchedulerConfig", "SchedulingPolicy"]

@@ -27,6 +27,7 @@ import zmq
 import zmq.asyncio
 
 from core_api.engine import EngineLoad
+from core_api.errors import EngineCallError, EngineDown, error_of_kind
 from core_api.types import KVAddr, Request, TokenChunk
 from real import protocol as p
 from real.streams import StreamBuffer
@@ -34,14 +35,6 @@ from real.transfer import host_key
 
 log = logging.getLogger(__name__)
 DOWN_LOAD = 1 << 40
-
-
-class EngineCallError(RuntimeError):
-    """A sub-request failed on an engine (rejected, released, expired, or the engine is gone)."""
-
-
-class EngineDownError(EngineCallError):
-    """The engine process died or stopped answering."""
 
 
 class RealEngine:
@@ -86,7 +79,7 @@ class RealEngine:
             except asyncio.TimeoutError:
                 if time.monotonic() > deadline:
                     await self.close()
-                    raise EngineDownError(f"engine at {self.address} did not answer hello within {timeout_s:g} s")
+                    raise EngineDown(f"engine at {self.address} did not answer hello within {timeout_s:g} s")
         if self.id is not None and self.id != info["engine_id"]:
             await self.close()
             raise EngineCallError(f"engine at {self.address} is {info['engine_id']!r}, expected {self.id!r}")
@@ -102,7 +95,7 @@ class RealEngine:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        self._fail_all(EngineDownError(f"engine {self.id}: client closed"))
+        self._fail_all(EngineDown(f"engine {self.id}: client closed"))
         if self.sock is not None:
             self.sock.close(0)
             self.sock = None
@@ -112,7 +105,7 @@ class RealEngine:
         if self.down is None:
             self.down = reason
             log.warning("engine %s is down: %s", self.id, reason)
-        self._fail_all(EngineDownError(f"engine {self.id} ({self.address}) is down: {self.down}"))
+        self._fail_all(EngineDown(f"engine {self.id} ({self.address}) is down: {self.down}"))
 
     def _fail_all(self, exc: Exception) -> None:
         calls, self._calls = self._calls, {}
@@ -125,7 +118,7 @@ class RealEngine:
     # -- plumbing -------------------------------------------------------------------------
     def _post(self, msg) -> None:
         if self.down is not None:
-            raise EngineDownError(f"engine {self.id} ({self.address}) is down: {self.down}")
+            raise EngineDown(f"engine {self.id} ({self.address}) is down: {self.down}")
         if self.sock is None:
             raise EngineCallError(f"engine {self.id}: not connected")
         self.sock.send(p.encode(msg), flags=zmq.NOBLOCK)
@@ -163,7 +156,7 @@ class RealEngine:
             return
         buf = self._streams.get(msg.id)
         if buf is not None:  # a stream's failure
-            buf.fail(EngineCallError(msg.error) if isinstance(msg, p.Error) else
+            buf.fail(error_of_kind(msg.kind, msg.error) if isinstance(msg, p.Error) else
                      EngineCallError(f"engine {self.id}: unexpected {msg.op!r} on stream {msg.id}"))
             return
         fut = self._calls.get(msg.id)
@@ -172,7 +165,7 @@ class RealEngine:
                 log.warning("engine %s: %s", self.id, msg.error)
             return
         if isinstance(msg, p.Error):
-            fut.set_exception(EngineCallError(msg.error))
+            fut.set_exception(error_of_kind(msg.kind, msg.error))
         else:
             fut.set_result(msg.result)
 

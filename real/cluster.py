@@ -29,12 +29,13 @@ from typing import Any
 from typing_extensions import Self
 
 from core_api import strategy as registry
+from core_api.errors import EngineCallError
 from core_api.kv_cache import KVLeakError
 from core_api.metrics import summarize
 from core_api.runtime import AsyncioRuntime
 from core_api.types import Request, RequestRecord
 from core_api.workload import Workload
-from real.client import EngineCallError, RealEngine
+from real.client import RealEngine
 from real.config import EngineSpec, RealClusterConfig, StrategySpec
 from real.pacer import paced
 from real.transfer import unlink_pool

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from core_api.errors import TransferFailed
 from core_api.scheduler import Scheduler
 from core_api.sequence import Sequence
 from real.protocol import KVAck, KVChunk, encode
@@ -42,6 +43,7 @@ class OutgoingSend:
     last_sent: bool = False
     landed: bool = False
     error: str | None = None
+    error_kind: str = TransferFailed.kind
     last_activity: float = field(default_factory=time.monotonic)
     bytes_sent: int = 0
 
@@ -122,8 +124,11 @@ class KVSender:
             send.landed = True
         self._maybe_done(send)
 
-    def fail(self, send: OutgoingSend, reason: str, abandon: bool = False) -> None:
-        """Stop the transfer; with `abandon`, stop waiting for acknowledgements in flight too."""
+    def fail(self, send: OutgoingSend, reason: str, abandon: bool = False, kind: str = TransferFailed.kind) -> None:
+        """Stop the transfer; with `abandon`, stop waiting for acknowledgements in flight too.
+        `kind` names the error class the router raises (core_api.errors); the first failure wins."""
+        if send.error is None:
+            send.error_kind = kind
         send.error = send.error or reason
         if abandon:
             send.in_flight = 0

@@ -21,7 +21,14 @@ import time
 import torch
 import zmq
 
-from core_api.scheduler import RequestRejected, Scheduler, SchedulerConfig
+from core_api.errors import (
+    EngineCallError,
+    RequestFailed,
+    RequestRejected,
+    RequestReleased,
+    ReservationExpired,
+)
+from core_api.scheduler import Scheduler, SchedulerConfig
 from core_api.sequence import FAILED, SENT, Sequence
 from core_api.step import STEP_FEATURES
 from real import protocol as p
@@ -138,7 +145,7 @@ class EngineWorker:
         now = time.monotonic()
         if sched.receiving:
             for seq in sched.expire(now):
-                self._fail(seq, f"reservation for request {seq.id} on engine {self.id} expired")
+                self._fail(seq, f"reservation for request {seq.id} on engine {self.id} expired", ReservationExpired)
         self.sender.check_timeouts(now)
         out = sched.schedule(now)
         for seq in out.admitted_receives:
@@ -146,7 +153,7 @@ class EngineWorker:
                 self._answer_prep(seq.handle, seq)
                 seq.handle = None
         for seq in out.failed:
-            self._fail(seq, f"request {seq.id} failed on engine {self.id}: {seq.finish_reason}")
+            self._fail(seq, f"request {seq.id} failed on engine {self.id}: {seq.finish_reason}", RequestRejected)
         batch = out.batch
         if not batch:
             return False
@@ -157,7 +164,8 @@ class EngineWorker:
             log.exception("engine %s: forward failed", self.id)
             for seq in list(batch.seqs):
                 for dropped in sched.release(seq.id, FAILED):
-                    self._fail(dropped, f"forward pass failed on engine {self.id}: {type(exc).__name__}: {exc}")
+                    self._fail(dropped, f"forward pass failed on engine {self.id}: {type(exc).__name__}: {exc}",
+                               RequestFailed)
             return True
         self.busy_s += time.perf_counter() - t0
         self.steps += 1
@@ -200,8 +208,8 @@ class EngineWorker:
             return
         try:
             self._handlers[msg.op](ident, msg, frames[1:])
-        except (ValueError, KeyError, RequestRejected) as exc:
-            kind = type(exc).__name__
+        except (ValueError, KeyError) as exc:  # RequestRejected is a ValueError
+            kind = RequestRejected.kind if isinstance(exc, RequestRejected) else type(exc).__name__
             text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             self._send(ident, p.Error(op="error", id=msg.id, error=f"{msg.op} on engine {self.id}: {text}", kind=kind))
         except Exception as exc:  # a bug in one call must not take the engine down
@@ -226,27 +234,27 @@ class EngineWorker:
                             begin=seq.begin, end=seq.target)
         self._reply(caller.ident, caller.call_id, kv_addr=addr.model_dump(), matched=seq.begin)
 
-    def _fail(self, seq: Sequence, reason: str) -> None:
-        """Tell whoever waits on `seq` that it is over (released, expired, failed)."""
+    def _fail(self, seq: Sequence, reason: str, error: type[EngineCallError]) -> None:
+        """Tell whoever waits on `seq` that it is over (released, expired, failed), as `error`."""
         if self.stream_out.pending:
             self.stream_out.flush()  # tokens a stream produced go out before its error
         handle, seq.handle = seq.handle, None
         if isinstance(handle, OutgoingSend):
             seq.handle = handle
-            self.sender.fail(handle, reason)
+            self.sender.fail(handle, reason, kind=error.kind)
         elif isinstance(handle, Caller):
-            self._send(handle.ident, p.Error(op="error", id=handle.call_id, error=reason))
+            self._send(handle.ident, p.Error(op="error", id=handle.call_id, error=reason, kind=error.kind))
 
     def _send_over(self, send: OutgoingSend) -> None:
         if send.error is None:
             self._reply(send.ident, send.call_id, bytes=send.bytes_sent)
         else:
             self._send(send.ident, p.Error(op="error", id=send.call_id, error=f"remote_send of request "
-                                           f"{send.req_id} from {self.id} failed: {send.error}"))
+                                           f"{send.req_id} from {self.id} failed: {send.error}", kind=send.error_kind))
         if send.req_id in self._deferred_release:
             self._deferred_release.discard(send.req_id)
             for seq in self.sched.release(send.req_id):
-                self._fail(seq, f"request {send.req_id} released on engine {self.id}")
+                self._fail(seq, f"request {send.req_id} released on engine {self.id}", RequestReleased)
 
     # -- router calls -------------------------------------------------------------------------
     def _request(self, wire: p.WireRequest):
@@ -315,10 +323,10 @@ class EngineWorker:
             # Its pages may still be read by the receiver (shared memory): free them only after
             # the acknowledgements in flight are in (or the peer timeout), then release the rest.
             self._deferred_release.add(msg.req_id)
-            self.sender.fail(send, f"request {msg.req_id} released on engine {self.id}")
+            self.sender.fail(send, f"request {msg.req_id} released on engine {self.id}", kind=RequestReleased.kind)
         else:
             for seq in self.sched.release(msg.req_id):
-                self._fail(seq, f"request {msg.req_id} released on engine {self.id}")
+                self._fail(seq, f"request {msg.req_id} released on engine {self.id}", RequestReleased)
         self._reply(ident, msg.id)
 
     def _cached_prefix_len(self, ident, msg: p.CachedPrefixLen, frames) -> None:

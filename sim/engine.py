@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import simpy
 
 from core_api.engine import EngineLoad
+from core_api.errors import RequestRejected, RequestReleased, ReservationExpired, TransferFailed
 from core_api.scheduler import Scheduler, SchedulerConfig
 from core_api.sequence import Sequence
 from core_api.step import StepFeatures
@@ -27,10 +28,6 @@ from sim.runtime import SimWait
 if TYPE_CHECKING:
     from sim.cost_model import CostModel
     from sim.network import Network
-
-
-class EngineCallError(RuntimeError):
-    """A sub-request failed on an engine (aborted, expired reservation, rejected request)."""
 
 
 class _Stream:
@@ -140,7 +137,7 @@ class SimEngine(HostEffects):
 
     async def release(self, req_id: str) -> None:
         for seq in self.sched.release(req_id):
-            self._notify_failure(seq, EngineCallError(f"request {req_id} released on engine {self.id}"))
+            self._notify_failure(seq, RequestReleased(f"request {req_id} released on engine {self.id}"))
         self._pages_freed()
         self._poke()
 
@@ -157,7 +154,8 @@ class SimEngine(HostEffects):
         while True:
             if sched.receiving:
                 for seq in sched.expire(env.now):
-                    self._notify_failure(seq, EngineCallError(f"reservation for {seq.id} expired"))
+                    self._notify_failure(seq, ReservationExpired(
+                        f"reservation for request {seq.id} on engine {self.id} expired"))
             out = sched.schedule(env.now)
             if self.queue_trace is not None:
                 kv = sched.kv
@@ -216,7 +214,8 @@ class SimEngine(HostEffects):
             if seq.handle is not None:
                 seq.handle.succeed(None)
         for seq in out.failed:
-            self._notify_failure(seq, EngineCallError(f"request {seq.id} failed on {self.id}: {seq.finish_reason}"))
+            self._notify_failure(seq, RequestRejected(
+                f"request {seq.id} failed on engine {self.id}: {seq.finish_reason}"))
 
     def _after_step(self, result, steps: int) -> None:
         """Notify streams and ship KV after `steps` steps (one, or a decode run)."""
@@ -255,7 +254,7 @@ class SimEngine(HostEffects):
         send: _Send = seq.handle
         send.in_flight -= 1
         if send.error is None and not send.dst.sched.touch_receive(seq.id, self.env.now):
-            send.error = EngineCallError(
+            send.error = TransferFailed(
                 f"request {seq.id}: reservation on {send.dst.id} expired or was released during the transfer"
             )
         self._maybe_done(seq)
@@ -268,7 +267,7 @@ class SimEngine(HostEffects):
             try:
                 send.dst.sched.complete_receive(seq.id, self.env.now)
             except KeyError as exc:
-                send.error = EngineCallError(str(exc.args[0]))
+                send.error = TransferFailed(str(exc.args[0]))
             send.dst._pages_freed()  # its reservation no longer counts against admissions
         self._when_read(lambda: self._send_over(seq))  # the acknowledgement reaches us
 

@@ -15,9 +15,9 @@ import zmq
 import zmq.asyncio
 from real_helpers import run
 
+from core_api.errors import EngineCallError, EngineDown
 from core_api.types import Request, SamplingParams
 from core_api.workload import Workload
-from real.client import EngineCallError, EngineDownError
 from real.cluster import RealCluster, check_no_leaks, run_workload
 
 ENGINE = {"model": "tiny", "num_pages": 256, "page_size": 16, "max_num_batched_tokens": 64}
@@ -164,7 +164,7 @@ async def _frozen(cluster: RealCluster):
         os.kill(cluster.procs["e1"].pid, signal.SIGSTOP)
         try:
             t0 = time.monotonic()
-            with pytest.raises(EngineDownError, match="no answer"):
+            with pytest.raises(EngineDown, match="no answer"):
                 async for _ in e1.start_generate(req("frozen", 10)):
                     pass
             waited = time.monotonic() - t0

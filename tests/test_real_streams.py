@@ -6,9 +6,10 @@ import time
 
 import numpy as np
 
+from core_api.errors import EngineCallError
 from core_api.types import Request, SamplingParams
 from real import protocol as p
-from real.client import EngineCallError, RealEngine
+from real.client import RealEngine
 from real.pacer import paced
 
 

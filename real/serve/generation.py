@@ -17,7 +17,7 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from real.client import EngineDownError
+from core_api.errors import EngineDown
 from real.serve.detokenizer import TextStream
 from real.serve.errors import APIError, error_body
 from real.serve.responses import SSE_DONE, Shape, sse, usage
@@ -33,7 +33,7 @@ class ClientGone(Exception):
 def as_api_error(exc: BaseException) -> APIError:
     if isinstance(exc, APIError):
         return exc
-    if isinstance(exc, EngineDownError):
+    if isinstance(exc, EngineDown):
         return APIError(503, f"engine unavailable: {exc}", "service_unavailable", code="engine_down")
     return APIError(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error")
 
