@@ -81,6 +81,10 @@ class RecordingEngine:
     def load(self) -> EngineLoad:
         return self.inner.load()
 
+    @property
+    def healthy(self) -> bool:
+        return self.inner.healthy
+
 
 def wrap_all(engines: Iterable[Engine], clock: Callable[[], float] | None = None) -> list[RecordingEngine]:
     """Wrap each engine; all wrappers share one log (`wrappers[0].log`), so order across engines shows."""

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from core_api.engine import Engine
+from core_api.errors import EngineDown
 from core_api.runtime import Runtime
 from core_api.types import Request, TokenChunk
 
@@ -67,6 +68,35 @@ class Strategy:
         if not ids:
             raise StrategyError(f"strategy {self.name!r}: the {role} set is empty")
         return [self.engine(i) for i in ids]
+
+    def live(self, engines: Sequence[Engine] | None = None) -> list[Engine]:
+        """The engines (default: all of the strategy's) that accept calls now. Raises EngineDown
+        when none does, so a request fails with the reason instead of waiting on a dead engine."""
+        pool = self.engines if engines is None else engines
+        up = [e for e in pool if e.healthy]
+        if not up:
+            raise EngineDown(f"no live engine among {[e.id for e in pool]}")
+        return up
+
+    async def stream_with_retry(self, req: Request, pick, tried: list[str] | None = None):
+        """start_generate on `pick(live engines not tried yet)`; if that engine goes down before
+        the first token, the request is retried on another (no token was seen, so nothing is
+        repeated). Tags the request with its `engine` (and `retried_from`, the engines that failed)."""
+        tried = [] if tried is None else tried
+        while True:
+            engine = pick([e for e in self.live() if e.id not in tried] or self.live())
+            tried.append(engine.id)
+            self.tag(req, engine=engine.id, **({"retried_from": tried[:-1]} if len(tried) > 1 else {}))
+            started = False
+            try:
+                async for chunk in engine.start_generate(req):
+                    started = True
+                    yield chunk
+                return
+            except EngineDown:
+                if started or len(tried) >= len(self.engines):
+                    raise
+                await engine.release(req.id)
 
     def tag(self, req: Request, **info: Any) -> None:
         """Note how a request was routed; the run's RequestRecord carries it as `tags`."""

@@ -271,6 +271,10 @@ class RealEngine:
         result = await self._call(p.CachedPrefixLen(op="cached_prefix_len", id=0, req=p.WireRequest.of(req)))
         return int(result["tokens"])
 
+    @property
+    def healthy(self) -> bool:
+        return self.down is None
+
     def load(self) -> EngineLoad:
         """The latest snapshot. A dead engine looks infinitely busy and full, so load-aware
         strategies route around it (round robin does not look, and gets fast failures)."""

@@ -8,6 +8,7 @@ from typing import Any
 import simpy
 
 from core_api import strategy as strategy_registry
+from core_api.faults import FaultSchedule
 from core_api.metrics import summarize
 from core_api.scheduler import SchedulerConfig
 from core_api.types import Request, RequestRecord
@@ -122,10 +123,14 @@ class SimCluster:
             reservation_timeout_s=ec.reservation_timeout_s, policy=ec.policy,
         )
 
-    def run(self, workload: Workload, seed: int = 0, config_echo: dict | None = None) -> RunResult:
+    def run(self, workload: Workload, seed: int = 0, config_echo: dict | None = None,
+            faults: FaultSchedule | None = None) -> RunResult:
         wall0 = time.perf_counter()
         records = [RequestRecord(r.id, r.arrival_time, r.prompt_len, r.sampling.max_tokens) for r in workload]
         self.env.process(self._arrivals(workload, records))
+        if faults is not None and faults.faults:
+            faults.check_engines(list(self.engines))
+            self.env.process(self._faults(faults))
         self.env.run()
         self._fail_stalled(records)
         return RunResult(
@@ -145,6 +150,22 @@ class SimCluster:
             if req.arrival_time > env.now:
                 yield env.timeout(req.arrival_time - env.now)
             process(self._serve(req, record))
+
+    def _faults(self, schedule: FaultSchedule):
+        """Apply a fault schedule to the engines on the simulated clock (sim.engine_faults)."""
+        env = self.env
+        for fault in schedule.faults:
+            if fault.at > env.now:
+                yield env.timeout(fault.at - env.now)
+            engine = self.engines[fault.engine]
+            if fault.kind == "crash":
+                engine.crash()
+            elif fault.kind == "restart":
+                engine.restart()
+            elif fault.kind == "stall":
+                engine.stall(fault.duration, self.config.heartbeat_timeout_s)
+            else:
+                engine.slow(fault.factor, fault.duration)
 
     def _fail_stalled(self, records: list[RequestRecord]) -> None:
         """Requests still open when no event is left can never finish: say so, never report them ok."""
@@ -183,8 +204,10 @@ class SimCluster:
         }
 
     def check_no_leaks(self) -> None:
-        """Raise KVLeakError if any engine still holds used or reserved pages."""
+        """Raise KVLeakError if any live engine still holds used or reserved pages."""
         for engine in self.engines.values():
+            if engine.down is not None:
+                continue  # a dead engine holds nothing: its pages went with its process
             engine.sched.kv.check_no_leaks()
             if engine.sched.running or engine.sched.waiting or engine.sched.receiving or engine.sched.sending:
                 from core_api.kv_cache import KVLeakError
@@ -198,4 +221,4 @@ def simulate(config, workload: Workload | None = None) -> RunResult:
 
     workload = workload if workload is not None else generate(config.workload.model_copy(update={"seed": config.seed}))
     cluster = SimCluster(config.cluster)
-    return cluster.run(workload, seed=config.seed, config_echo=config.model_dump(mode="json"))
+    return cluster.run(workload, seed=config.seed, config_echo=config.model_dump(mode="json"), faults=config.faults)

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from core_api.faults import FaultSchedule
 from core_api.scheduler_config import SchedulingPolicy
 from core_api.workload import WorkloadSpec
 from sim.hardware import GPUSpec, ModelSpec
@@ -59,6 +60,8 @@ class ClusterConfig(_Strict):
     router_cpu_per_token_s: float = Field(0.0, ge=0, description=(
         "CPU a router sharing the engines' cores spends per streamed token, taken from the busy engines "
         "when no engine is idle (0: the router has cores of its own)"))
+    heartbeat_timeout_s: float = Field(30.0, gt=0, description=(
+        "a stalled engine silent this long is declared dead by the router, as on real engines (RealClusterConfig)"))
     calls_between_steps: bool = Field(False, description=(
         "engines answer prep_recv and take in KV chunks and acknowledgements only between steps, as a real "
         "engine loop does (sim.engine.SimEngine)"))
@@ -96,6 +99,7 @@ class SimConfig(_Strict):
     cluster: ClusterConfig
     workload: WorkloadSpec
     seed: int = Field(0, ge=0)
+    faults: FaultSchedule = FaultSchedule()  # what goes wrong during the run (core_api.faults)
 
 
 def default_config() -> SimConfig:

@@ -22,6 +22,7 @@ from core_api.scheduler import Scheduler, SchedulerConfig
 from core_api.sequence import Sequence
 from core_api.step import StepFeatures
 from core_api.types import KVAddr, Request, TokenChunk
+from sim.engine_faults import EngineFaults
 from sim.host import HostEffects
 from sim.runtime import SimWait
 
@@ -46,7 +47,7 @@ class _Send:
         self.computed, self.error = False, None
 
 
-class SimEngine(HostEffects):
+class SimEngine(HostEffects, EngineFaults):
 
     def __init__(self, env: simpy.Environment, engine_id: str, scheduler: SchedulerConfig,
                  cost_model: CostModel, network: Network, kv_bytes_per_token: float,
@@ -75,11 +76,13 @@ class SimEngine(HostEffects):
         # (time, running, waiting, share of pages in use) at every scheduling decision, when a
         # caller wants the queue over time (replay compares it with a real engine's log).
         self.queue_trace: list[tuple[float, int, int, float]] | None = None
+        self._init_faults()
         env.process(self._loop())
 
     # -- the microserving API -------------------------------------------------------------
     async def prep_recv(self, req: Request, end: int | None = None) -> tuple[KVAddr, int]:
         await self._hop(inbox=self.calls_between_steps)  # the call reaches the engine and is read
+        self._check_up()
         seq = self.sched.add_receive(req, end, self.env.now)
         if self._taking_pages(lambda: self.sched.try_admit_receive(seq, self.env.now)):
             self._poke(at=seq.deadline)  # the loop must look at this reservation when it falls due
@@ -97,6 +100,7 @@ class SimEngine(HostEffects):
     async def remote_send(self, req: Request, kv_addr: KVAddr, dst: str, begin: int,
                           end: int | None = None) -> None:
         await self._hop()
+        self._check_up()
         end = req.resolve(end)
         receiver = self.peers.get(dst)
         if receiver is None or kv_addr.engine_id != dst:
@@ -120,6 +124,7 @@ class SimEngine(HostEffects):
 
     async def start_generate(self, req: Request, begin: int = 0):
         await self._hop()
+        self._check_up()
         seq = self.sched.add_generate(req, begin)
         seq.handle = stream = _Stream(self.env)
         self._poke()
@@ -136,6 +141,8 @@ class SimEngine(HostEffects):
         yield TokenChunk(seq.output[1:], seq.token_times[1:], finished=True, finish_reason=seq.finish_reason)
 
     async def release(self, req_id: str) -> None:
+        if self.down is not None:
+            return  # nothing of it is left there
         for seq in self.sched.release(req_id):
             self._notify_failure(seq, RequestReleased(f"request {req_id} released on engine {self.id}"))
         self._pages_freed()
@@ -150,8 +157,16 @@ class SimEngine(HostEffects):
 
     # -- the step loop --------------------------------------------------------------------
     def _loop(self):
-        sched, env = self.sched, self.env
+        env = self.env
         while True:
+            if self.down is not None:
+                self._revived = env.event()
+                yield self._revived
+                continue
+            if env.now < self._frozen_until:  # stalled: the process does nothing until it resumes
+                yield env.timeout(self._frozen_until - env.now)
+                continue
+            sched, life = self.sched, self.incarnation
             if sched.receiving:
                 for seq in sched.expire(env.now):
                     self._notify_failure(seq, ReservationExpired(
@@ -171,18 +186,24 @@ class SimEngine(HostEffects):
                 continue
             run = sched.decode_run_length(batch, out) if self.fast_forward and not self._overhead else 1
             if run > 1:
-                yield from self._decode_run(batch, run)
+                yield from self._decode_run(batch, run, life)
                 continue
-            duration = self.cost_model.step_time(batch.features)
+            start = env.now
+            duration = self.cost_model.step_time(batch.features) * self._speed_factor(start)
             if self._overhead:
                 duration, self._overhead = duration + self._overhead, 0.0
-            self._step_end = env.now + duration
+            self._step_end = start + duration
             yield env.timeout(duration)
+            stretch = self._stall_extension(start, env.now)
+            if stretch:
+                yield env.timeout(stretch)
+            if life != self.incarnation:
+                continue  # the engine died during the step: its results died with it
             self.steps += 1
             self.busy_s += duration
             self._after_step(sched.update(batch, None, env.now), 1)
 
-    def _decode_run(self, batch, run: int):
+    def _decode_run(self, batch, run: int, life: int):
         """Up to `run` pure-decode steps as one timeout. A wake-up (new work) cuts the run short
         at the end of the step in progress, so nothing is scheduled later than it would be."""
         env, f = self.env, batch.features
@@ -194,7 +215,7 @@ class SimEngine(HostEffects):
             if deadline is not None and times and t >= deadline:
                 break  # a reservation expires: the loop must look at it before the next step
             features.decode_context, features.decode_max_context = context, longest
-            t += step_time(features)
+            t += step_time(features) * self._speed_factor(t)
             times.append(t)
             context += f.decode_seqs
             longest += 1
@@ -204,7 +225,13 @@ class SimEngine(HostEffects):
         yield end
         if self._run_cut is not None:
             times = times[: self._run_cut]
+        stretch = self._stall_extension(times[-2] if len(times) > 1 else start, times[-1])
+        if stretch:  # a stall during the last step applied (the run was cut there) stretches it
+            yield env.timeout(stretch)
+            times[-1] += stretch
         self._run_end = self._run_batch = None
+        if life != self.incarnation:
+            return  # the engine died during the run
         self.steps += len(times)
         self.busy_s += times[-1] - start
         self._after_step(self.sched.apply_decode_run(batch, times), len(times))

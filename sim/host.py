@@ -30,6 +30,8 @@ class HostEffects:
         reads its socket. Awaiting it costs no event when both are zero."""
         if self._half_rpc:
             await SimWait(self.env.timeout(self._half_rpc))
+        if self._frozen_until > self.env.now:  # a stalled engine reads nothing until it resumes
+            await SimWait(self.env.timeout(self._frozen_until - self.env.now))
         wait = self._inbox_wait() if inbox else 0.0
         if wait:
             await SimWait(self.env.timeout(wait))

@@ -1,0 +1,87 @@
+"""Faults of a simulated engine, applied to its clock: crash, restart, stall, slow-down.
+
+Mixed into SimEngine (like sim.host), which reads what these set:
+- `down`: why the engine is down (None while it serves). Calls to a down engine raise
+  EngineDown; a crash fails everything it held with EngineDown (a transfer it was sending or
+  receiving fails on the other side as the real one would) and its pages vanish with the process.
+- `incarnation`: bumped by every crash; the step loop drops the result of a step that was in
+  progress when the engine died.
+- stall windows: a frozen process (SIGSTOP): the step in progress ends that much later, nothing
+  is read or computed meanwhile. A stall longer than the router's heartbeat timeout is a false
+  death, as on real engines: the router declares the engine dead then (its requests fail), and
+  when it wakes it rejoins as a new incarnation whose earlier work is released.
+- slow windows: every step that starts inside one takes `factor` times as long.
+"""
+from __future__ import annotations
+
+from core_api.errors import EngineDown
+from core_api.scheduler import Scheduler
+
+
+class EngineFaults:
+    def _init_faults(self) -> None:
+        self.down: str | None = None
+        self.incarnation = 0
+        self._revived = None  # event the loop waits on while down
+        self._stalls: list[tuple[float, float]] = []  # (start, duration)
+        self._frozen_until = 0.0
+        self._slow: list[tuple[float, float, float]] = []  # (start, end, factor)
+
+    @property
+    def healthy(self) -> bool:
+        return self.down is None
+
+    # -- applied by the cluster's fault process -------------------------------------------
+    def crash(self, reason: str = "crashed") -> None:
+        if self.down is not None:
+            return
+        now = self.env.now
+        self.down = f"{reason} at {now:.3f} s"
+        self.incarnation += 1
+        old, self.sched = self.sched, Scheduler(self.sched.config)
+        self._run_batch = None  # a run in progress belongs to the dead incarnation
+        error = EngineDown(f"engine {self.id} is down: {self.down}")
+        held = [*old.running, *old.waiting, *old.receive_queue, *old.receiving.values(), *old.sending.values()]
+        for seq in held:
+            self._notify_failure(seq, error)
+        if self._wake is not None and not self._wake.triggered:
+            self._wake.succeed()
+
+    def restart(self) -> None:
+        if self.down is None:
+            return
+        self.down = None
+        if self._revived is not None and not self._revived.triggered:
+            self._revived.succeed()
+
+    def stall(self, duration: float, heartbeat_timeout_s: float | None = None) -> None:
+        now = self.env.now
+        self._stalls.append((now, duration))
+        self._frozen_until = max(self._frozen_until, now + duration)
+        self._poke(at=now)  # a decode run ends with the step in progress, which the stall stretches
+        if heartbeat_timeout_s is not None and duration > heartbeat_timeout_s:
+            self.env.timeout(heartbeat_timeout_s).callbacks.append(
+                lambda _ev: self.crash(f"declared dead: no heartbeat for {heartbeat_timeout_s:g} s"))
+            self.env.timeout(duration).callbacks.append(lambda _ev: self.restart())
+
+    def slow(self, factor: float, duration: float) -> None:
+        now = self.env.now
+        self._slow.append((now, now + duration, factor))
+        self._poke(at=now)  # steps from now on are priced at the new speed
+        self.env.timeout(duration).callbacks.append(lambda _ev: self._poke(at=self.env.now))
+
+    # -- read by the step loop and the calls ------------------------------------------------
+    def _speed_factor(self, t: float) -> float:
+        factor = 1.0
+        for start, end, f in self._slow:
+            if start <= t < end:
+                factor *= f
+        return factor
+
+    def _stall_extension(self, start: float, end: float) -> float:
+        """How much later a step [start, end) ends: the stalls that began during it."""
+        return sum(d for s, d in self._stalls if start <= s < end)
+
+    def _check_up(self) -> None:
+        if self.down is not None:
+            raise EngineDown(f"engine {self.id} is down: {self.down}")
