@@ -41,6 +41,8 @@ def add_parser(sub) -> None:
     g.add_argument("--rate", type=float, help="requests per second")
     g.add_argument("--seed", type=int)
     p.add_argument("--out", type=Path, help="write the run's JSON here")
+    p.add_argument("--faults", type=Path, help="fault schedule (YAML/JSON, core_api.faults) applied to the engine "
+                   "processes during the workload: crash, restart, stall, slow")
 
 
 def build_config(args: argparse.Namespace):
@@ -75,6 +77,12 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = build_config(args)
+        faults = None
+        if args.faults is not None:
+            from core_api.faults import load_faults
+
+            faults = load_faults(args.faults)
+            faults.check_engines([eid for eid, _ in config.cluster.expanded()])
     except (ValidationError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -90,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         with RealCluster(config.cluster) as cluster:
             if args.prompt is not None:
                 return asyncio.run(_prompt(cluster, args))
-            return asyncio.run(_workload(cluster, config, args))
+            return asyncio.run(_workload(cluster, config, args, faults))
     except (StrategyError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -132,7 +140,8 @@ async def _prompt(cluster, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _workload(cluster, config, args: argparse.Namespace) -> int:
+async def _workload(cluster, config, args: argparse.Namespace, faults=None) -> int:
+    from core_api.faults import failures_by_kind
     from core_api.metrics import format_table
     from core_api.workload import generate
     from real.cluster import run_workload
@@ -145,8 +154,15 @@ async def _workload(cluster, config, args: argparse.Namespace) -> int:
         spec = spec.model_copy(update={"seed": config.seed})
         workload = generate(spec)
         s = config.cluster.strategy
-        result = await run_workload(list(engines.values()), workload, s.name, s.params, config.seed,
-                                    config.model_dump(mode="json"))
+        run = run_workload(list(engines.values()), workload, s.name, s.params, config.seed,
+                           config.model_dump(mode="json"))
+        if faults is None:
+            result = await run
+        else:
+            from real.faults import apply_faults
+
+            injected, result = await asyncio.gather(apply_faults(cluster, faults, time.monotonic()), run)
+            print(f"faults applied: {injected}", file=sys.stderr)
     print(f"strategy {s.name} on {len(engines)} engines; {len(workload)} requests at {spec.arrival.rate:g} req/s "
           f"(seed {config.seed}); {result.wall_time_s:.2f} s wall")
     print(format_table(result.metrics()))
@@ -162,6 +178,9 @@ async def _workload(cluster, config, args: argparse.Namespace) -> int:
         args.out.write_text(result.to_json())
         print(f"wrote {args.out}")
     failed = [r for r in result.records if r.status != "ok"]
+    if failed:
+        print(f"{len(failed)} of {len(result.records)} requests failed: "
+              + ", ".join(f"{n} {kind}" for kind, n in failures_by_kind(result.records).items()), file=sys.stderr)
     for r in failed[:5]:
         print(f"  failed {r.request_id}: {r.reason}", file=sys.stderr)
     return 1 if failed else 0

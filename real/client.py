@@ -50,6 +50,7 @@ class RealEngine:
         self.host = ""
         self.time_origin = 0.0
         self.down: str | None = None
+        self.incarnation = 0  # bumped each time the engine is taken back after being down
         self._ids = itertools.count(1)
         self._calls: dict[int, asyncio.Future] = {}
         self._streams: dict[int, StreamBuffer] = {}
@@ -116,20 +117,20 @@ class RealEngine:
             buf.fail(exc)
 
     # -- plumbing -------------------------------------------------------------------------
-    def _post(self, msg) -> None:
-        if self.down is not None:
+    def _post(self, msg, force: bool = False) -> None:
+        if self.down is not None and not force:
             raise EngineDown(f"engine {self.id} ({self.address}) is down: {self.down}")
         if self.sock is None:
             raise EngineCallError(f"engine {self.id}: not connected")
         self.sock.send(p.encode(msg), flags=zmq.NOBLOCK)
 
-    async def _call(self, msg) -> dict:
+    async def _call(self, msg, force: bool = False) -> dict:
         if msg.id == 0:
             msg.id = next(self._ids)
         fut = asyncio.get_running_loop().create_future()
         self._calls[msg.id] = fut
         try:
-            self._post(msg)
+            self._post(msg, force)
             return await fut
         finally:
             self._calls.pop(msg.id, None)
@@ -184,15 +185,38 @@ class RealEngine:
                 buf.finished, buf.reason = True, reason
 
     async def _heartbeat(self) -> None:
+        rejoining: asyncio.Task | None = None
         while True:
             await asyncio.sleep(self.heartbeat_s)
             if self.down is not None:
-                return
+                # A dead engine may come back (a stall ends, a process is restarted on its
+                # address): keep knocking, and take it back as a new incarnation when it answers.
+                if rejoining is None or rejoining.done():
+                    rejoining = asyncio.ensure_future(self._rejoin())
+                continue
             silent = time.monotonic() - self._last_rx
             if silent > self.heartbeat_timeout_s:
                 self.mark_dead(f"no answer for {silent:.1f} s (heartbeat timeout {self.heartbeat_timeout_s:g} s)")
-                return
+                continue
             asyncio.ensure_future(self._ping())
+
+    async def _rejoin(self) -> None:
+        """Hello to a down engine; if it answers, fence off its earlier incarnation (reset: the
+        requests it held already failed here, so its work on them would be zombie work) and
+        serve again."""
+        try:
+            info = await asyncio.wait_for(self._call(p.Hello(op="hello", id=0), force=True), 2 * self.heartbeat_s)
+            if info["engine_id"] != self.id:
+                return
+            await asyncio.wait_for(self._call(p.Reset(op="reset", id=0, incarnation=self.incarnation + 1), force=True),
+                                   10.0)
+        except (asyncio.TimeoutError, EngineCallError):
+            return
+        self.info, self.incarnation = info, self.incarnation + 1
+        self._last_rx = time.monotonic()
+        self._announced = False
+        log.warning("engine %s rejoined as incarnation %d (was down: %s)", self.id, self.incarnation, self.down)
+        self.down = None
 
     async def _ping(self) -> None:
         t0 = time.monotonic()

@@ -76,6 +76,7 @@ class RealCluster:
         self._expected = {eid: None if e.address is not None and e.id is None else eid
                           for eid, e in config.expanded()}
         self.procs: dict[str, subprocess.Popen] = {}
+        self._launched: dict[str, Any] = {}  # the spec each local engine was started with (for restarts)
         self.shm_files: dict[str, str] = {}
         self._started = False
 
@@ -104,12 +105,8 @@ class RealCluster:
                 if nccl_port is not None:
                     spec = spec.model_copy(update={"nccl_init": f"tcp://127.0.0.1:{nccl_port}", "nccl_rank": rank,
                                                    "nccl_world": len(local)})
-                r, w = os.pipe()
-                self.procs[eid] = subprocess.Popen(
-                    [sys.executable, "-m", "real.engine_process", "--spec", spec.model_dump_json(), "--ready-fd",
-                     str(w)], pass_fds=(w,), env=_child_env())
-                os.close(w)
-                pipes[eid] = os.fdopen(r)
+                self._launched[eid] = spec
+                pipes[eid] = self._spawn(eid, spec)
             deadline = time.monotonic() + self.config.start_timeout_s
             for eid, pipe in pipes.items():
                 report = self._ready_report(eid, pipe, deadline)
@@ -123,6 +120,30 @@ class RealCluster:
             for pipe in pipes.values():
                 pipe.close()
         return self
+
+    def _spawn(self, eid: str, spec) -> Any:
+        """Start one engine process; returns the pipe its ready report comes on."""
+        r, w = os.pipe()
+        self.procs[eid] = subprocess.Popen(
+            [sys.executable, "-m", "real.engine_process", "--spec", spec.model_dump_json(), "--ready-fd", str(w)],
+            pass_fds=(w,), env=_child_env())
+        os.close(w)
+        return os.fdopen(r)
+
+    def restart(self, engine_id: str) -> None:
+        """Start a dead local engine again on its old address (fault injection: the restart after a
+        crash); the router's client takes it back as a new incarnation when it answers."""
+        proc = self.procs[engine_id]
+        if proc.poll() is None:
+            raise RuntimeError(f"engine {engine_id} is still running")
+        spec = self._launched[engine_id].model_copy(update={"listen": self.addresses[engine_id]})
+        old_pool = self.shm_files.pop(engine_id, None)
+        if old_pool:
+            unlink_pool(old_pool)
+        with self._spawn(engine_id, spec) as pipe:
+            report = self._ready_report(engine_id, pipe, time.monotonic() + self.config.start_timeout_s)
+        if report.get("shm"):
+            self.shm_files[engine_id] = report["shm"]
 
     def _ready_report(self, eid: str, pipe, deadline: float) -> dict:
         ready, _, _ = select.select([pipe], [], [], max(0.0, deadline - time.monotonic()))

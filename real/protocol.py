@@ -174,6 +174,15 @@ class Shutdown(_Msg):
     id: int
 
 
+class Reset(_Msg):
+    """The router declared this engine dead and now takes it back: end all its work (callers of
+    the earlier incarnation get an error) and start again empty, as incarnation `incarnation`."""
+
+    op: Literal["reset"]
+    id: int
+    incarnation: int = Field(ge=0)
+
+
 # -- engine -> engine ---------------------------------------------------------------------
 class KVChunk(_Msg):
     """KV of prompt tokens [token_begin, token_end) of `req_id`, for the receiver's `page_ids`.
@@ -245,7 +254,7 @@ class Error(_Msg):
 
 
 _ENGINE_TYPES = (Hello, PrepRecv, RemoteSend, StartGenerate, Release, CachedPrefixLen, Stats, Ping, PeerDown,
-                 Shutdown, KVChunk, KVAck)
+                 Shutdown, Reset, KVChunk, KVAck)
 _ENGINE = TypeAdapter(Annotated[reduce(operator.or_, _ENGINE_TYPES), Field(discriminator="op")])
 _CLIENT = TypeAdapter(Annotated[Reply | Chunks | Error, Field(discriminator="op")])
 ENGINE_OPS = frozenset(t.model_fields["op"].annotation.__args__[0] for t in _ENGINE_TYPES)

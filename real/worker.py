@@ -23,6 +23,7 @@ import zmq
 
 from core_api.errors import (
     EngineCallError,
+    EngineDown,
     RequestFailed,
     RequestRejected,
     RequestReleased,
@@ -103,6 +104,7 @@ class EngineWorker:
                                spec.peer_timeout_s, self._send_over)
         self.host = host_key()
         self.steps, self.busy_s = 0, 0.0
+        self.incarnation = 0
         # What calibration compares with a profile's prediction: the whole loop iteration of every
         # step (poll, schedule, forward, update, stream), as the profiler times it, and the summed
         # features of those steps (a fitted step model is linear in them).
@@ -116,6 +118,7 @@ class EngineWorker:
             "hello": self._hello, "ping": self._ping, "prep_recv": self._prep_recv, "remote_send": self._remote_send,
             "start_generate": self._start_generate, "release": self._release, "stats": self._stats,
             "cached_prefix_len": self._cached_prefix_len, "peer_down": self._peer_down, "shutdown": self._shutdown,
+            "reset": self._reset,
             "kv": self._kv, "kv_ack": self._kv_ack,
         }
 
@@ -338,6 +341,22 @@ class EngineWorker:
     def _peer_down(self, ident, msg: p.PeerDown, frames) -> None:
         self.sender.peer_down(msg.engine_id, msg.address)
         self._reply(ident, msg.id)
+
+    def _reset(self, ident, msg: p.Reset, frames) -> None:
+        """Fencing after a false death: work of the earlier incarnation would be zombie work (its
+        requests already failed at the router), so all of it ends and its pages are freed."""
+        sched = self.sched
+        held = {s.id for s in (*sched.running, *sched.waiting, *sched.receive_queue, *sched.receiving.values(),
+                               *sched.sending.values())} | set(self.sender.sends)
+        for req_id in held:
+            send = self.sender.sends.get(req_id)
+            if send is not None:
+                self.sender.fail(send, f"engine {self.id} was reset", abandon=True, kind=EngineDown.kind)
+            for seq in sched.release(req_id):
+                self._fail(seq, f"engine {self.id} was declared dead and reset", EngineDown)
+        self.incarnation = msg.incarnation
+        log.warning("engine %s reset to incarnation %d: %d requests dropped", self.id, msg.incarnation, len(held))
+        self._reply(ident, msg.id, dropped=len(held))
 
     def _shutdown(self, ident, msg: p.Shutdown, frames) -> None:
         self._reply(ident, msg.id)

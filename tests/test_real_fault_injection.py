@@ -1,0 +1,82 @@
+"""A fault schedule applied to real engine processes: failover when the only prefill engine dies,
+a false death (stall past the heartbeat timeout) fenced off and repaired, a crashed engine
+restarted on its address and taken back. Survivors hold no pages; new work is served."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+from real_helpers import run
+
+from core_api.faults import FaultSchedule, failures_by_kind
+from core_api.types import Request, SamplingParams
+from core_api.workload import Workload
+from real.cluster import RealCluster, check_no_leaks, run_workload
+from real.config import RealClusterConfig
+from real.faults import apply_faults
+
+ENGINE = {"model": "tiny", "num_pages": 512, "max_num_batched_tokens": 256}
+
+
+def steady(n: int, rate: float, max_tokens: int, seed: int = 0) -> list[Request]:
+    rng = np.random.default_rng(seed)
+    return [Request(f"q{i}", rng.integers(0, 256, int(rng.integers(40, 120)), dtype=np.int32),
+                    SamplingParams(max_tokens=max_tokens), arrival_time=i / rate) for i in range(n)]
+
+
+def faulted_run(engines: int, strategy: str, params: dict, faults: list[dict], reqs, heartbeat_timeout_s=30.0,
+                follow_up: list[Request] | None = None):
+    config = RealClusterConfig(engines=[{"count": engines, **ENGINE}], heartbeat_timeout_s=heartbeat_timeout_s,
+                               heartbeat_s=0.2)
+
+    async def go(cluster):
+        async with cluster.session() as conns:
+            engines_ = list(conns.values())
+            _, result = await asyncio.gather(apply_faults(cluster, FaultSchedule(faults=faults), time.monotonic()),
+                                             run_workload(engines_, Workload(reqs), strategy, params))
+            later = None
+            if follow_up is not None:
+                for _ in range(100):  # give a waking engine its heartbeat round to rejoin
+                    if all(e.healthy for e in engines_):
+                        break
+                    await asyncio.sleep(0.1)
+                later = await run_workload(engines_, Workload(follow_up), strategy, params)
+            stats = await check_no_leaks([e for e in engines_ if e.healthy])
+            return result, later, stats, {e.id: e.incarnation for e in engines_}
+
+    with RealCluster(config) as cluster:
+        return run(go(cluster))
+
+
+def test_pd_survives_the_death_of_its_only_prefill_engine():
+    reqs = steady(30, rate=15, max_tokens=8)
+    result, _, stats, _ = faulted_run(3, "pd", {"prefill": ["e0"], "decode": ["e1", "e2"]},
+                                      [{"at": 0.8, "kind": "crash", "engine": "e0"}], reqs)
+    assert all(r.status == "ok" for r in result.records), failures_by_kind(result.records)
+    assert any(r.tags.get("failover") == "local_prefill" or r.tags.get("prefill") is None for r in result.records)
+    assert set(stats) == {"e1", "e2"}
+
+
+def test_a_false_death_is_fenced_off_and_repaired():
+    reqs = steady(24, rate=12, max_tokens=30)
+    result, later, stats, incarnations = faulted_run(
+        2, "round_robin", {}, [{"at": 0.5, "kind": "stall", "engine": "e1", "duration": 2.5}], reqs,
+        heartbeat_timeout_s=1.0, follow_up=steady(6, rate=20, max_tokens=4, seed=1))
+    failed = [r for r in result.records if r.status != "ok"]
+    assert failed and failures_by_kind(result.records) == {"EngineDown": len(failed)}
+    assert all(r.tags["engine"] == "e1" for r in failed)
+    assert incarnations == {"e0": 0, "e1": 1}  # taken back as a new incarnation
+    assert stats["e1"]["pages"]["used"] == 0 and stats["e1"]["running"] == 0  # no zombie work left
+    assert all(r.status == "ok" for r in later.records)
+    assert {r.tags["engine"] for r in later.records} == {"e0", "e1"}
+
+
+def test_a_crashed_engine_restarted_on_its_address_serves_again():
+    reqs = steady(16, rate=10, max_tokens=20)
+    result, later, _, incarnations = faulted_run(
+        2, "round_robin", {}, [{"at": 0.4, "kind": "crash", "engine": "e1"}, {"at": 1.0, "kind": "restart", "engine": "e1"}],
+        reqs, follow_up=steady(6, rate=20, max_tokens=4, seed=2))
+    assert incarnations["e1"] == 1
+    assert all(r.status == "ok" for r in later.records) and "e1" in {r.tags["engine"] for r in later.records}
+    assert all(r.status == "ok" or r.reason.startswith("EngineDown") for r in result.records)
