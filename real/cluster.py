@@ -186,6 +186,12 @@ class RealCluster:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def heartbeat_timeout_for(self, engine_id: str) -> float:
+        """Silence after which the router declares an engine dead: shorter for engines reached by
+        address, whose death no process watchdog sees."""
+        launched = any(eid == engine_id and spec is not None for spec, _, eid in self.specs)
+        return self.config.heartbeat_timeout_s if launched else self.config.remote_heartbeat_timeout_s
+
     # -- sessions -----------------------------------------------------------------------------
     @asynccontextmanager
     async def session(self):
@@ -194,7 +200,7 @@ class RealCluster:
         directory: dict[str, RealEngine] = {}
         cfg = self.config
         slots = {eid: RealEngine(self.addresses[eid], self._expected[eid], directory, cfg.heartbeat_s,
-                                 cfg.heartbeat_timeout_s) for eid in self.engine_ids}
+                                 self.heartbeat_timeout_for(eid)) for eid in self.engine_ids}
         try:
             await asyncio.gather(*(e.connect(cfg.start_timeout_s) for e in slots.values()))
             for e in slots.values():

@@ -90,6 +90,9 @@ class RealClusterConfig(_Strict):
     # No answer at all this long: the engine is dead. Engines answer pings between steps, so this
     # must exceed the longest step (a big CPU prefill chunk); local process deaths are seen in 0.1 s.
     heartbeat_timeout_s: float = Field(30.0, gt=0)
+    # The same for engines reached by address (`--connect`): no process watchdog sees those die,
+    # so silence is the only sign, and GPU engines answer between steps of milliseconds.
+    remote_heartbeat_timeout_s: float = Field(5.0, gt=0)
     start_timeout_s: float = Field(120.0, gt=0)
 
     @model_validator(mode="after")

@@ -80,3 +80,10 @@ def test_a_crashed_engine_restarted_on_its_address_serves_again():
     assert incarnations["e1"] == 1
     assert all(r.status == "ok" for r in later.records) and "e1" in {r.tags["engine"] for r in later.records}
     assert all(r.status == "ok" or r.reason.startswith("EngineDown") for r in result.records)
+
+
+def test_engines_reached_by_address_are_declared_dead_sooner():
+    config = RealClusterConfig(engines=[{"id": "local", **ENGINE}, {"id": "far", "address": "tcp://127.0.0.1:1"}])
+    cluster = RealCluster(config)
+    assert cluster.heartbeat_timeout_for("local") == 30.0
+    assert cluster.heartbeat_timeout_for("far") == 5.0
