@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from core_api.engine import Engine
-from core_api.errors import EngineDown
+from core_api.errors import EngineCallError, EngineDown
 from core_api.runtime import Runtime
 from core_api.types import Request, TokenChunk
 
@@ -96,7 +96,10 @@ class Strategy:
             except EngineDown:
                 if started or len(tried) >= len(self.engines):
                     raise
-                await engine.release(req.id)
+                try:
+                    await engine.release(req.id)  # in case it is back already; a dead one holds nothing
+                except EngineCallError:
+                    pass
 
     def tag(self, req: Request, **info: Any) -> None:
         """Note how a request was routed; the run's RequestRecord carries it as `tags`."""

@@ -159,7 +159,7 @@ class SimCluster:
                 yield env.timeout(fault.at - env.now)
             engine = self.engines[fault.engine]
             if fault.kind == "crash":
-                engine.crash()
+                engine.crash(detect_s=self.config.crash_detect_s)
             elif fault.kind == "restart":
                 engine.restart()
             elif fault.kind == "stall":

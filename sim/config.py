@@ -60,6 +60,8 @@ class ClusterConfig(_Strict):
     router_cpu_per_token_s: float = Field(0.0, ge=0, description=(
         "CPU a router sharing the engines' cores spends per streamed token, taken from the busy engines "
         "when no engine is idle (0: the router has cores of its own)"))
+    crash_detect_s: float = Field(0.1, ge=0, description=(
+        "how long after an engine process dies the router notices (real: its process watchdog polls every 0.1 s)"))
     heartbeat_timeout_s: float = Field(30.0, gt=0, description=(
         "a stalled engine silent this long is declared dead by the router, as on real engines (RealClusterConfig)"))
     calls_between_steps: bool = Field(False, description=(

@@ -82,7 +82,7 @@ class SimEngine(HostEffects, EngineFaults):
     # -- the microserving API -------------------------------------------------------------
     async def prep_recv(self, req: Request, end: int | None = None) -> tuple[KVAddr, int]:
         await self._hop(inbox=self.calls_between_steps)  # the call reaches the engine and is read
-        self._check_up()
+        await self._check_up()
         seq = self.sched.add_receive(req, end, self.env.now)
         if self._taking_pages(lambda: self.sched.try_admit_receive(seq, self.env.now)):
             self._poke(at=seq.deadline)  # the loop must look at this reservation when it falls due
@@ -100,7 +100,7 @@ class SimEngine(HostEffects, EngineFaults):
     async def remote_send(self, req: Request, kv_addr: KVAddr, dst: str, begin: int,
                           end: int | None = None) -> None:
         await self._hop()
-        self._check_up()
+        await self._check_up()
         end = req.resolve(end)
         receiver = self.peers.get(dst)
         if receiver is None or kv_addr.engine_id != dst:
@@ -124,7 +124,7 @@ class SimEngine(HostEffects, EngineFaults):
 
     async def start_generate(self, req: Request, begin: int = 0):
         await self._hop()
-        self._check_up()
+        await self._check_up()
         seq = self.sched.add_generate(req, begin)
         seq.handle = stream = _Stream(self.env)
         self._poke()
@@ -159,7 +159,7 @@ class SimEngine(HostEffects, EngineFaults):
     def _loop(self):
         env = self.env
         while True:
-            if self.down is not None:
+            if self.down is not None or self._detected is not None:
                 self._revived = env.event()
                 yield self._revived
                 continue

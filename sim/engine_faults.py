@@ -1,9 +1,12 @@
 """Faults of a simulated engine, applied to its clock: crash, restart, stall, slow-down.
 
 Mixed into SimEngine (like sim.host), which reads what these set:
-- `down`: why the engine is down (None while it serves). Calls to a down engine raise
-  EngineDown; a crash fails everything it held with EngineDown (a transfer it was sending or
-  receiving fails on the other side as the real one would) and its pages vanish with the process.
+- `down`: why the engine is down, as the router knows it (None while it serves). A crash stops
+  the engine at once (its pages vanish with the process) but the router learns of it only
+  `detect_s` later, as real routers do from their process watchdog (0.1 s): then everything the
+  engine held fails with EngineDown (a transfer it was sending or receiving fails on the other
+  side as the real one would), and calls made meanwhile fail too. Calls to a down engine raise
+  EngineDown at once.
 - `incarnation`: bumped by every crash; the step loop drops the result of a step that was in
   progress when the engine died.
 - stall windows: a frozen process (SIGSTOP): the step in progress ends that much later, nothing
@@ -16,12 +19,14 @@ from __future__ import annotations
 
 from core_api.errors import EngineDown
 from core_api.scheduler import Scheduler
+from sim.runtime import SimWait
 
 
 class EngineFaults:
     def _init_faults(self) -> None:
         self.down: str | None = None
         self.incarnation = 0
+        self._detected = None  # event: the router has noticed the crash in progress
         self._revived = None  # event the loop waits on while down
         self._stalls: list[tuple[float, float]] = []  # (start, duration)
         self._frozen_until = 0.0
@@ -32,23 +37,35 @@ class EngineFaults:
         return self.down is None
 
     # -- applied by the cluster's fault process -------------------------------------------
-    def crash(self, reason: str = "crashed") -> None:
-        if self.down is not None:
+    def crash(self, reason: str = "crashed", detect_s: float = 0.0) -> None:
+        if self.down is not None or self._detected is not None:
             return
         now = self.env.now
-        self.down = f"{reason} at {now:.3f} s"
+        why = f"{reason} at {now:.3f} s"
         self.incarnation += 1
         old, self.sched = self.sched, Scheduler(self.sched.config)
         self._run_batch = None  # a run in progress belongs to the dead incarnation
-        error = EngineDown(f"engine {self.id} is down: {self.down}")
         held = [*old.running, *old.waiting, *old.receive_queue, *old.receiving.values(), *old.sending.values()]
-        for seq in held:
-            self._notify_failure(seq, error)
+        self._detected = self.env.event()
+
+        def detected(_ev=None):
+            self.down, detect, self._detected = why, self._detected, None
+            error = EngineDown(f"engine {self.id} is down: {why}")
+            for seq in held:
+                self._notify_failure(seq, error)
+            detect.succeed()
+
+        if detect_s > 0:
+            self.env.timeout(detect_s).callbacks.append(detected)
+        else:
+            detected()
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
 
     def restart(self) -> None:
-        if self.down is None:
+        if self.down is None:  # up, or dead but not noticed yet (restart then waits for detection)
+            if self._detected is not None:
+                self._detected.callbacks.append(lambda _ev: self.restart())
             return
         self.down = None
         if self._revived is not None and not self._revived.triggered:
@@ -82,6 +99,10 @@ class EngineFaults:
         """How much later a step [start, end) ends: the stalls that began during it."""
         return sum(d for s, d in self._stalls if start <= s < end)
 
-    def _check_up(self) -> None:
+    async def _check_up(self) -> None:
+        """Raise EngineDown if the engine is down; a call to an engine that died unnoticed gets
+        no answer until the router notices."""
+        if self._detected is not None:
+            await SimWait(self._detected)
         if self.down is not None:
             raise EngineDown(f"engine {self.id} is down: {self.down}")
