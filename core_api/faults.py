@@ -49,6 +49,12 @@ class FaultSchedule(BaseModel):
 
     faults: list[Fault] = Field(default_factory=list)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _a_list_is_the_faults(cls, data):
+        """`faults: [...]` in a config (or a file that is just the list) means the schedule."""
+        return {"faults": data} if isinstance(data, list) else data
+
     @model_validator(mode="after")
     def _ordered(self) -> FaultSchedule:
         self.faults.sort(key=lambda f: f.at)
@@ -83,7 +89,7 @@ def load_faults(path: str | Path) -> FaultSchedule:
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
     try:
-        return FaultSchedule.model_validate(data if isinstance(data, dict) else {"faults": data})
+        return FaultSchedule.model_validate(data)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise ValueError(f"{path}: {problems}") from None
