@@ -45,6 +45,7 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from core_api.faults import recovery
     from core_api.metrics import format_table
     from core_api.strategy import StrategyError, known_strategies
     from sim.cluster import simulate
@@ -63,6 +64,14 @@ def run(args: argparse.Namespace) -> int:
           f"{w.arrival.rate:g} req/s (seed {config.seed}); simulated {result.sim_time_s:.1f} s "
           f"in {result.wall_time_s:.2f} s wall")
     print(format_table(result.metrics()))
+    failed = result.failed_by_reason()
+    if failed:
+        print(f"{sum(failed.values())} of {len(result.records)} requests failed: "
+              + ", ".join(f"{n} {kind}" for kind, n in failed.items()), file=sys.stderr)
+    for fault in config.faults.faults:
+        rec = recovery(result.records, fault.at)
+        print(f"{fault.kind} of {fault.engine} at {fault.at:g} s: "
+              + ("no request arriving after it completed" if rec is None else f"recovered in {rec * 1000:.0f} ms"))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(result.to_json())

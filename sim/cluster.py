@@ -8,7 +8,7 @@ from typing import Any
 import simpy
 
 from core_api import strategy as strategy_registry
-from core_api.faults import FaultSchedule
+from core_api.faults import FaultSchedule, failures_by_kind
 from core_api.metrics import summarize
 from core_api.scheduler import SchedulerConfig
 from core_api.types import Request, RequestRecord
@@ -44,6 +44,9 @@ class RunResult:
     def metrics(self, slos: dict | None = None) -> dict[str, float]:
         return summarize(self.records, slos=slos)
 
+    def failed_by_reason(self) -> dict[str, int]:
+        return failures_by_kind(self.records)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "config": self.config,
@@ -51,6 +54,7 @@ class RunResult:
             "cost_models": self.cost_models,
             "sim_time_s": self.sim_time_s,
             "metrics": self.metrics(),
+            "failed_by_reason": self.failed_by_reason(),
             "engine_stats": self.engine_stats,
             "network_stats": self.network_stats,
             "records": [r.to_dict() for r in self.records],
