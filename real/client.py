@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -31,9 +32,24 @@ from core_api.errors import EngineCallError, EngineDown, error_of_kind
 from core_api.types import KVAddr, Request, TokenChunk
 from real import protocol as p
 from real.streams import StreamBuffer
-from real.transfer import host_key
+from real.transfer import host_key, unlink_pool
 
 log = logging.getLogger(__name__)
+
+
+def _process_alive(pid: int) -> bool:
+    """True unless the process is gone or a zombie (dead, waiting for its parent to reap it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process has that pid now: not ours to judge
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 DOWN_LOAD = 1 << 40
 
 
@@ -191,6 +207,7 @@ class RealEngine:
             if self.down is not None:
                 # A dead engine may come back (a stall ends, a process is restarted on its
                 # address): keep knocking, and take it back as a new incarnation when it answers.
+                self._remove_dead_pool()
                 if rejoining is None or rejoining.done():
                     rejoining = asyncio.ensure_future(self._rejoin())
                 continue
@@ -199,6 +216,18 @@ class RealEngine:
                 self.mark_dead(f"no answer for {silent:.1f} s (heartbeat timeout {self.heartbeat_timeout_s:g} s)")
                 continue
             asyncio.ensure_future(self._ping())
+
+    def _remove_dead_pool(self) -> None:
+        """An engine on this host whose process is gone cannot remove its shared-memory KV pool
+        file itself (killed, it ran no exit code): the router does, once the process is gone
+        (a stalled engine's process still exists, so its pool stays)."""
+        pool, pid = self.info.get("shm"), self.info.get("pid")
+        if not (pool and pid and self._same_host):
+            return
+        if _process_alive(pid):
+            return  # still there (stalled, or answering again soon)
+        unlink_pool(pool)
+        self.info = {**self.info, "shm": None}
 
     async def _rejoin(self) -> None:
         """Hello to a down engine; if it answers, fence off its earlier incarnation (reset: the

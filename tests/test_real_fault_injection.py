@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import numpy as np
+import pytest
 from real_helpers import run
 
 from core_api.faults import FaultSchedule, failures_by_kind
@@ -87,3 +88,41 @@ def test_engines_reached_by_address_are_declared_dead_sooner():
     cluster = RealCluster(config)
     assert cluster.heartbeat_timeout_for("local") == 30.0
     assert cluster.heartbeat_timeout_for("far") == 5.0
+
+
+@pytest.mark.slow
+def test_a_killed_engine_reached_by_address_is_declared_dead_in_5_s_and_leaves_no_pool_file():
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "engine", "--listen", f"tcp://127.0.0.1:{port}",
+                             "--id", "far"], stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    try:
+        assert "listening on" in proc.stdout.readline()
+        cluster = RealCluster(RealClusterConfig(engines=[{"id": "far", "address": f"tcp://127.0.0.1:{port}"}],
+                                                heartbeat_s=0.2))
+
+        async def go():
+            async with cluster.session() as engines:
+                far = engines["far"]
+                pool = far.info["shm"]
+                assert pool and os.path.exists(pool)
+                proc.kill()
+                t0 = time.monotonic()
+                while far.healthy and time.monotonic() - t0 < 10:
+                    await asyncio.sleep(0.1)
+                declared = time.monotonic() - t0
+                await asyncio.sleep(0.5)  # a heartbeat round after: the pool file goes
+                return declared, pool
+
+        declared, pool = run(go())
+        assert declared < 5.0 + 0.5
+        assert not os.path.exists(pool)
+    finally:
+        proc.kill()
+        proc.wait(10)
