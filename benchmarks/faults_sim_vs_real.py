@@ -39,6 +39,8 @@ SCENARIOS = [  # name, strategy, params, faults, fault time
     ("stall 2 s > heartbeat 1 s", "round_robin", {}, [{"at": 1.0, "kind": "stall", "engine": "e1", "duration": 2.0}]),
     ("crash, restart 1 s later", "round_robin", {}, [{"at": 1.0, "kind": "crash", "engine": "e1"},
                                                       {"at": 2.0, "kind": "restart", "engine": "e1"}]),
+    ("partition of the KV path e0 -> e1 for 1 s (PD)", "pd", PD,
+     [{"at": 1.0, "kind": "partition", "engine": "e0", "peer": "e1", "duration": 1.0}]),
 ]
 
 
@@ -50,7 +52,9 @@ def workload(seed: int = 0) -> list[Request]:
 
 def summary(records, fault_at: float) -> dict:
     failed = [r for r in records if r.status != "ok"]
+    ttft = [r.token_times[0] - r.arrival_time for r in records if r.status == "ok"]
     return {"ok": len(records) - len(failed), "failed": failures_by_kind(records),
+            "max_ttft_s": round(max(ttft), 3) if ttft else None,
             "failed_after_fault": sum(r.arrival_time >= fault_at for r in failed),
             "slowest_failure_s": round(max((r.finish_time - fault_at for r in failed), default=0.0), 3),
             "recovery_s": None if (rec := recovery(records, fault_at)) is None else round(rec, 3)}
@@ -85,8 +89,9 @@ def run_real(strategy: str, params: dict, faults: list[dict]) -> dict:
     async def go(cluster):
         async with cluster.session() as conns:
             engines = list(conns.values())
-            _, result = await asyncio.gather(apply_faults(cluster, FaultSchedule(faults=faults), time.monotonic()),
-                                             run_workload(engines, Workload(workload()), strategy, params))
+            _, result = await asyncio.gather(
+                apply_faults(cluster, FaultSchedule(faults=faults), time.monotonic(), dict(conns)),
+                run_workload(engines, Workload(workload()), strategy, params))
             for _ in range(50):  # a woken engine rejoins within a heartbeat or two
                 if all(e.healthy for e in engines) or any(f["kind"] == "crash" for f in faults[-1:]):
                     break
@@ -110,13 +115,14 @@ def main() -> int:
         real = run_real(strategy, params, faults)
         rows.append({"scenario": name, "sim": sim, "real": real})
         print(f"{name}\n  sim : {sim}\n  real: {real}", flush=True)
-    print("\n| scenario | ok sim / real | failed sim / real | failed after the fault | slowest failure (s) | recovery (s) |")
-    print("|---|---|---|---|---|---|")
+    print("\n| scenario | ok sim / real | failed sim / real | failed after the fault | slowest failure (s) | recovery (s) "
+          "| max TTFT (s) |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         s, q = r["sim"], r["real"]
         print(f"| {r['scenario']} | {s['ok']} / {q['ok']} | {s['failed'] or 0} / {q['failed'] or 0} | "
               f"{s['failed_after_fault']} / {q['failed_after_fault']} | {s['slowest_failure_s']} / {q['slowest_failure_s']} "
-              f"| {s['recovery_s']} / {q['recovery_s']} |")
+              f"| {s['recovery_s']} / {q['recovery_s']} | {s['max_ttft_s']} / {q['max_ttft_s']} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1) + "\n")

@@ -5,6 +5,8 @@
       - {at: 6.0, kind: restart, engine: e1}            # a new incarnation on the same address
       - {at: 3.0, kind: stall, engine: e0, duration: 1.5}   # frozen (real: SIGSTOP .. SIGCONT)
       - {at: 4.0, kind: slow, engine: e0, duration: 2.0, factor: 3}   # steps take 3x as long
+      - {at: 5.0, kind: partition, engine: e0, peer: e1, duration: 1.0}   # KV from e0 to e1 held
+      - {at: 7.0, kind: link_slow, engine: e0, peer: e1, duration: 2.0, factor: 4}   # ... 4x slower
 
 Times are seconds from the start of the run (the first arrival is at 0). The simulator applies
 the schedule to its clock (sim.faults); `microserving run --faults FILE` applies the same file
@@ -21,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from core_api.types import RequestRecord
 
-FaultKind = Literal["crash", "restart", "stall", "slow"]
+FaultKind = Literal["crash", "restart", "stall", "slow", "partition", "link_slow"]
+LINK_FAULTS = ("partition", "link_slow")  # on the KV path from `engine` to `peer`
 
 
 class Fault(BaseModel):
@@ -30,15 +33,20 @@ class Fault(BaseModel):
     at: float = Field(ge=0, description="seconds from the start of the run")
     kind: FaultKind
     engine: str
-    duration: float | None = Field(None, gt=0, description="stall and slow: how long")
-    factor: float | None = Field(None, gt=1, description="slow: how many times longer each step takes")
+    peer: str | None = Field(None, description="link faults: the engine the KV goes to")
+    duration: float | None = Field(None, gt=0, description="stall, slow and link faults: how long")
+    factor: float | None = Field(None, gt=1, description="slow, link_slow: how many times longer it takes")
 
     @model_validator(mode="after")
     def _fields_for_kind(self) -> Fault:
-        if self.kind in ("stall", "slow") and self.duration is None:
+        if self.kind in ("stall", "slow", *LINK_FAULTS) and self.duration is None:
             raise ValueError(f"a {self.kind} fault needs a duration")
-        if self.kind == "slow" and self.factor is None:
-            raise ValueError("a slow fault needs a factor > 1")
+        if self.kind in ("slow", "link_slow") and self.factor is None:
+            raise ValueError(f"a {self.kind} fault needs a factor > 1")
+        if (self.peer is None) == (self.kind in LINK_FAULTS):
+            raise ValueError(f"a {self.kind} fault {'needs' if self.kind in LINK_FAULTS else 'takes no'} peer")
+        if self.kind == "partition" and self.factor is not None:
+            raise ValueError("a partition takes no factor")
         if self.kind in ("crash", "restart") and (self.duration is not None or self.factor is not None):
             raise ValueError(f"a {self.kind} fault takes no duration or factor")
         return self
@@ -62,14 +70,14 @@ class FaultSchedule(BaseModel):
         for f in self.faults:
             if f.kind == "restart" and not down.get(f.engine):
                 raise ValueError(f"restart of {f.engine} at {f.at} s: it has not crashed")
-            if f.kind in ("stall", "slow", "crash") and down.get(f.engine):
+            if f.kind in ("stall", "slow", "crash", *LINK_FAULTS) and down.get(f.engine):
                 raise ValueError(f"{f.kind} of {f.engine} at {f.at} s: it is down (crashed, not restarted)")
             if f.kind in ("crash", "restart"):
                 down[f.engine] = f.kind == "crash"
         return self
 
     def check_engines(self, engine_ids: Sequence[str]) -> None:
-        unknown = sorted({f.engine for f in self.faults} - set(engine_ids))
+        unknown = sorted(({f.engine for f in self.faults} | {f.peer for f in self.faults if f.peer}) - set(engine_ids))
         if unknown:
             raise ValueError(f"faults name unknown engines {unknown}; engines are {sorted(engine_ids)}")
 

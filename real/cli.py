@@ -161,7 +161,7 @@ async def _workload(cluster, config, args: argparse.Namespace, faults=None) -> i
         else:
             from real.faults import apply_faults
 
-            injected, result = await asyncio.gather(apply_faults(cluster, faults, time.monotonic()), run)
+            injected, result = await asyncio.gather(apply_faults(cluster, faults, time.monotonic(), engines), run)
             print(f"faults applied: {injected}", file=sys.stderr)
     print(f"strategy {s.name} on {len(engines)} engines; {len(workload)} requests at {spec.arrival.rate:g} req/s "
           f"(seed {config.seed}); {result.wall_time_s:.2f} s wall")

@@ -352,6 +352,10 @@ class RealEngine:
     async def peer_down(self, engine_id: str, address: str = "") -> None:
         await self._call(p.PeerDown(op="peer_down", id=0, engine_id=engine_id, address=address))
 
+    async def link_fault(self, dst: str, duration: float, factor: float | None = None) -> None:
+        """Fault injection: hold (factor None) or slow down this engine's KV sends to `dst`."""
+        await self._call(p.LinkFault(op="link_fault", id=0, dst=dst, duration=duration, factor=factor))
+
     async def shutdown(self) -> None:
         await self._call(p.Shutdown(op="shutdown", id=0))
 

@@ -4,7 +4,9 @@ crash: SIGKILL; restart: the engine started again on its old address (RealCluste
 back by the router as a new incarnation; stall: SIGSTOP, SIGCONT `duration` later (past the
 heartbeat timeout the router declares the engine dead, and fences it off when it wakes); slow:
 the process runs 1/factor of each 20 ms (SIGSTOP / SIGCONT), so its steps take `factor` times as
-long. Times count from `origin` (time.monotonic() at the run's t = 0).
+long; partition / link_slow: the sending engine holds its KV chunks to the peer until the fault
+ends, or spaces them so that each takes `factor` times as long (real.kv_sender). Times count from
+`origin` (time.monotonic() at the run's t = 0).
 """
 from __future__ import annotations
 
@@ -13,13 +15,14 @@ import os
 import signal
 import time
 
-from core_api.faults import Fault, FaultSchedule
+from core_api.faults import LINK_FAULTS, Fault, FaultSchedule
 
 SLOW_PERIOD_S = 0.02
 
 
-async def apply_faults(cluster, schedule: FaultSchedule, origin: float) -> list[dict]:
-    """Apply every fault at its time; returns what was done when (for the run's record)."""
+async def apply_faults(cluster, schedule: FaultSchedule, origin: float, engines: dict | None = None) -> list[dict]:
+    """Apply every fault at its time; returns what was done when (for the run's record).
+    Link faults are told to the sending engine, so they need its client (`engines` by id)."""
     schedule.check_engines(cluster.engine_ids)
     done, tasks = [], []
     for fault in schedule.faults:
@@ -27,12 +30,17 @@ async def apply_faults(cluster, schedule: FaultSchedule, origin: float) -> list[
         if delay > 0:
             await asyncio.sleep(delay)
         done.append({"at": round(time.monotonic() - origin, 4), "kind": fault.kind, "engine": fault.engine})
-        tasks.append(asyncio.ensure_future(_apply(cluster, fault)))
+        tasks.append(asyncio.ensure_future(_apply(cluster, fault, engines or {})))
     await asyncio.gather(*tasks)
     return done
 
 
-async def _apply(cluster, fault: Fault) -> None:
+async def _apply(cluster, fault: Fault, engines: dict) -> None:
+    if fault.kind in LINK_FAULTS:
+        if fault.engine not in engines:
+            raise ValueError(f"link fault from {fault.engine}: its client is needed (pass the session's engines)")
+        await engines[fault.engine].link_fault(fault.peer, fault.duration, fault.factor)
+        return
     proc = cluster.procs.get(fault.engine)
     if proc is None:
         raise ValueError(f"fault on {fault.engine}: only engines this cluster started can be faulted")

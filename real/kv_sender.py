@@ -44,6 +44,7 @@ class OutgoingSend:
     landed: bool = False
     error: str | None = None
     error_kind: str = TransferFailed.kind
+    chunk_sent: dict[int, tuple[float, int]] = field(default_factory=dict)  # chunk id -> (sent at, bytes)
     last_activity: float = field(default_factory=time.monotonic)
     bytes_sent: int = 0
 
@@ -60,6 +61,13 @@ class KVSender:
         self._xfer = 0
         self.bytes_sent = 0
         self.chunks_sent = 0
+        # Link faults (fault injection): dst -> (until, factor or None for a partition), the
+        # sends held back by one (req id -> sequence), and per dst when the next chunk may go
+        # and the measured bandwidth that a slow-down divides.
+        self.link_faults: dict[str, tuple[float, float | None]] = {}
+        self.held: dict[str, Sequence] = {}
+        self._next_ok: dict[str, float] = {}
+        self._bw: dict[str, float] = {}
 
     # -- outgoing chunks --------------------------------------------------------------------
     def start(self, seq: Sequence, send: OutgoingSend) -> None:
@@ -71,6 +79,9 @@ class KVSender:
         """Send KV of [shipped, num_computed) to the receiver (the whole range once cached)."""
         send: OutgoingSend = seq.handle
         if send.error is not None or send.last_sent:
+            return
+        if self._gate(send.dst, time.monotonic()) > 0:
+            self.held[send.req_id] = seq  # a link fault holds it; retry_held sends it later
             return
         stop = min(seq.num_computed, send.end)
         done = stop >= send.end
@@ -93,6 +104,11 @@ class KVSender:
         if after is not None:  # NCCL: the data goes as a send matching the header
             after()
         nbytes = len(src) * self.pool[:, 0].numel() * self.pool.element_size()
+        send.chunk_sent[self._xfer] = (time.monotonic(), nbytes)
+        fault = self.link_faults.get(send.dst)
+        if fault is not None and fault[1] is not None and send.dst in self._bw:
+            # A slow link: the next chunk waits as long as this one would take (factor - 1) more.
+            self._next_ok[send.dst] = time.monotonic() + (fault[1] - 1) * nbytes / self._bw[send.dst]
         send.bytes_sent += nbytes
         self.bytes_sent += nbytes
         self.chunks_sent += 1
@@ -116,6 +132,9 @@ class KVSender:
         send = self.sends.get(ack.req_id)
         if send is None:  # a late answer to a transfer that already failed
             return
+        sent = send.chunk_sent.pop(ack.id, None)
+        if sent is not None and time.monotonic() > sent[0]:
+            self._bw[send.dst] = sent[1] / (time.monotonic() - sent[0])  # bytes per second, last chunk
         send.in_flight = max(0, send.in_flight - 1)
         send.last_activity = time.monotonic()
         if not ack.ok:
@@ -148,6 +167,37 @@ class KVSender:
             if send.in_flight and now - send.last_activity > self.peer_timeout_s:
                 self.fail(send, f"receiver {send.dst} at {send.dst_address} did not acknowledge KV pages "
                                 f"within {self.peer_timeout_s:g} s", abandon=True)
+
+    # -- link faults (fault injection) --------------------------------------------------------
+    def degrade(self, dst: str, until: float, factor: float | None) -> None:
+        self.link_faults[dst] = (until, factor)
+
+    def _gate(self, dst: str, now: float) -> float:
+        """Seconds until a chunk to `dst` may go (0: now)."""
+        fault = self.link_faults.get(dst)
+        if fault is None:
+            return 0.0
+        until, factor = fault
+        if now >= until:
+            del self.link_faults[dst]
+            self._next_ok.pop(dst, None)
+            return 0.0
+        if factor is None:
+            return until - now
+        return max(0.0, self._next_ok.get(dst, 0.0) - now)
+
+    def retry_held(self, now: float) -> int:
+        """Ship held sends whose link lets them go; returns ms until the next one may (for the poll)."""
+        wait = float("inf")
+        for req_id, seq in list(self.held.items()):
+            gate = self._gate(seq.handle.dst, now)
+            if gate > 0:
+                wait = min(wait, gate)
+                continue
+            del self.held[req_id]
+            if seq.handle is not None and req_id in self.sends:
+                self.ship(seq)
+        return 0 if wait == float("inf") else max(1, int(wait * 1000))
 
     def peer_down(self, engine_id: str, address: str) -> None:
         for send in list(self.sends.values()):

@@ -174,6 +174,17 @@ class Shutdown(_Msg):
     id: int
 
 
+class LinkFault(_Msg):
+    """Fault injection on this engine's KV path to `dst`: for `duration` seconds its chunks are
+    held (factor None: a partition) or sent `factor` times slower."""
+
+    op: Literal["link_fault"]
+    id: int
+    dst: str
+    duration: float = Field(gt=0)
+    factor: float | None = Field(None, gt=1)
+
+
 class Reset(_Msg):
     """The router declared this engine dead and now takes it back: end all its work (callers of
     the earlier incarnation get an error) and start again empty, as incarnation `incarnation`."""
@@ -254,7 +265,7 @@ class Error(_Msg):
 
 
 _ENGINE_TYPES = (Hello, PrepRecv, RemoteSend, StartGenerate, Release, CachedPrefixLen, Stats, Ping, PeerDown,
-                 Shutdown, Reset, KVChunk, KVAck)
+                 Shutdown, Reset, LinkFault, KVChunk, KVAck)
 _ENGINE = TypeAdapter(Annotated[reduce(operator.or_, _ENGINE_TYPES), Field(discriminator="op")])
 _CLIENT = TypeAdapter(Annotated[Reply | Chunks | Error, Field(discriminator="op")])
 ENGINE_OPS = frozenset(t.model_fields["op"].annotation.__args__[0] for t in _ENGINE_TYPES)

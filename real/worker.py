@@ -118,7 +118,7 @@ class EngineWorker:
             "hello": self._hello, "ping": self._ping, "prep_recv": self._prep_recv, "remote_send": self._remote_send,
             "start_generate": self._start_generate, "release": self._release, "stats": self._stats,
             "cached_prefix_len": self._cached_prefix_len, "peer_down": self._peer_down, "shutdown": self._shutdown,
-            "reset": self._reset,
+            "reset": self._reset, "link_fault": self._link_fault,
             "kv": self._kv, "kv_ack": self._kv_ack,
         }
 
@@ -136,6 +136,9 @@ class EngineWorker:
             if ran:
                 self.loop_s += time.perf_counter() - t0
             timeout = IDLE_POLL_MS if not ran else 0
+            if self.sender.held:  # chunks held by a link fault go out when it ends
+                wait = self.sender.retry_held(time.monotonic())
+                timeout = min(timeout, wait) if timeout else timeout
             if timeout and self.stream_out.pending:
                 self.stream_out.flush()  # idle: nothing will come to send them with
             if self.spec.exit_with_parent and os.getppid() != self._ppid:
@@ -340,6 +343,10 @@ class EngineWorker:
 
     def _peer_down(self, ident, msg: p.PeerDown, frames) -> None:
         self.sender.peer_down(msg.engine_id, msg.address)
+        self._reply(ident, msg.id)
+
+    def _link_fault(self, ident, msg: p.LinkFault, frames) -> None:
+        self.sender.degrade(msg.dst, time.monotonic() + msg.duration, msg.factor)
         self._reply(ident, msg.id)
 
     def _reset(self, ident, msg: p.Reset, frames) -> None:

@@ -176,8 +176,10 @@ class SimCluster:
                 engine.restart()
             elif fault.kind == "stall":
                 engine.stall(fault.duration, self.config.heartbeat_timeout_s)
-            else:
+            elif fault.kind == "slow":
                 engine.slow(fault.factor, fault.duration)
+            else:  # a link fault on the KV path engine -> peer
+                self.network.degrade(fault.engine, fault.peer, fault.duration, fault.factor)
 
     def _fail_stalled(self, records: list[RequestRecord]) -> None:
         """Requests still open when no event is left can never finish: say so, never report them ok."""

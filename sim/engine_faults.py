@@ -27,6 +27,7 @@ class EngineFaults:
         self.down: str | None = None
         self.incarnation = 0
         self._detected = None  # event: the router has noticed the crash in progress
+        self._died = self.env.event()  # fires when the router declares this incarnation dead
         self._revived = None  # event the loop waits on while down
         self._stalls: list[tuple[float, float]] = []  # (start, duration)
         self._frozen_until = 0.0
@@ -54,6 +55,8 @@ class EngineFaults:
             for seq in held:
                 self._notify_failure(seq, error)
             detect.succeed()
+            died, self._died = self._died, self.env.event()
+            died.succeed()  # calls still waiting to reach the engine fail now
 
         if detect_s > 0:
             self.env.timeout(detect_s).callbacks.append(detected)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
+from core_api.errors import EngineDown
 from sim.runtime import SimWait
 
 
@@ -31,7 +32,10 @@ class HostEffects:
         if self._half_rpc:
             await SimWait(self.env.timeout(self._half_rpc))
         if self._frozen_until > self.env.now:  # a stalled engine reads nothing until it resumes
-            await SimWait(self.env.timeout(self._frozen_until - self.env.now))
+            life = self.incarnation
+            await SimWait(self.env.timeout(self._frozen_until - self.env.now) | self._died)
+            if life != self.incarnation:  # declared dead meanwhile: the router fails the call then
+                raise EngineDown(f"engine {self.id} is down: {self.down}")
         wait = self._inbox_wait() if inbox else 0.0
         if wait:
             await SimWait(self.env.timeout(wait))

@@ -105,6 +105,8 @@ class _Link:
         if not self.heap:
             self.vtime = 0.0
             return
+        if self.bw <= 0:
+            return  # partitioned: no finish until the bandwidth comes back
         delay = max((self.heap[0][0] - self.vtime) * len(self.heap) / self.bw, 0.0)
         gen = self.gen
         self.env.timeout(delay).callbacks.append(lambda _ev: self._on_timer(gen))
@@ -121,6 +123,13 @@ class _Link:
         limit = tag + _REL_TOL * max(abs(tag), 1.0)
         while heap and heap[0][0] <= limit:
             heapq.heappop(heap)[2].succeed(now)
+        self._reschedule()
+
+    def set_bandwidth(self, bw: float) -> None:
+        """Change the bandwidth from now on (0: nothing flows, a partition); flows keep the
+        bytes they got so far."""
+        self._advance()
+        self.bw = bw
         self._reschedule()
 
     def stats(self) -> dict:
@@ -152,11 +161,22 @@ class Network:
         done = self.env.event()
         if src == dst:
             return done.succeed(self.env.now)
+        self._link(src, dst).start(nbytes, done)
+        return done
+
+    def _link(self, src: str, dst: str) -> _Link:
         link = self._links.get((src, dst))
         if link is None:
             link = self._links[(src, dst)] = _Link(self.env, self.spec(src, dst))
-        link.start(nbytes, done)
-        return done
+        return link
+
+    def degrade(self, src: str, dst: str, duration: float, factor: float | None = None) -> None:
+        """For `duration`, the link src -> dst carries 1/factor of its bandwidth, or nothing
+        (factor None: a partition; transfers resume where they stopped when it ends)."""
+        link = self._link(src, dst)
+        nominal = self.spec(src, dst).bandwidth_Bps
+        link.set_bandwidth(0.0 if factor is None else nominal / factor)
+        self.env.timeout(duration).callbacks.append(lambda _ev: link.set_bandwidth(nominal))
 
     def stats(self) -> dict[str, dict]:
         """Per used link "src->dst": bytes, transfers, busy_s (time with bytes flowing), max_concurrent."""

@@ -109,11 +109,36 @@ def test_a_slow_engine_takes_longer_per_step():
     assert all(r.status == "ok" for r in slow.records)
 
 
+def test_a_partition_holds_kv_transfers_until_it_ends_and_a_slow_link_stretches_them():
+    long_prompts = WorkloadSpec.model_validate({**WORKLOAD.model_dump(), "prompt_len": {"kind": "fixed", "value": 2000},
+                                                "output_len": {"kind": "fixed", "value": 10}})
+    roles = {"prefill": ["e0"], "decode": ["e1", "e2"]}
+
+    def mean_ttft(faults):
+        cluster = SimCluster(ClusterConfig(engines=[EngineConfig(count=3, num_pages=8000)],
+                                           strategy=StrategyConfig(name="pd", params=roles),
+                                           link={"latency_s": 1e-5, "bandwidth_Bps": 5e9}))
+        result = cluster.run(generate(long_prompts), faults=FaultSchedule(faults=faults))
+        cluster.check_no_leaks()
+        assert all(r.status == "ok" for r in result.records)
+        return {r.request_id: r.token_times[0] - r.arrival_time for r in result.records}
+
+    calm = mean_ttft([])
+    cut = mean_ttft([{"at": 2.0, "kind": "partition", "engine": "e0", "peer": "e1", "duration": 1.0}])
+    delayed = [k for k in cut if cut[k] - calm[k] > 0.5]
+    # Held for the partition, plus the backlog it built up on the link and the decode engines.
+    assert delayed and max(cut[k] - calm[k] for k in cut) < 1.0 + 0.5
+    slow = mean_ttft([{"at": 0.0, "kind": "link_slow", "engine": "e0", "peer": "e2", "duration": 100, "factor": 50}])
+    assert sum(slow.values()) > sum(calm.values())
+
+
 def test_fault_schedules_are_checked(tmp_path):
     with pytest.raises(ValueError, match="has not crashed"):
         FaultSchedule(faults=[{"at": 1, "kind": "restart", "engine": "e0"}])
     with pytest.raises(ValueError, match="needs a duration"):
         Fault(at=1, kind="stall", engine="e0")
+    with pytest.raises(ValueError, match="needs peer"):
+        Fault(at=1, kind="partition", engine="e0", duration=1)
     with pytest.raises(ValueError, match="unknown engines \\['e9'\\]"):
         FaultSchedule(faults=[{"at": 1, "kind": "crash", "engine": "e9"}]).check_engines(["e0", "e1"])
     (tmp_path / "f.yaml").write_text("- {at: 1, kind: crash, engine: e0}\n- {at: 0.5, kind: slow, engine: e1}\n")
