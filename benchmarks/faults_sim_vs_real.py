@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -79,24 +78,19 @@ def run_sim(profile_path: Path, strategy: str, params: dict, faults: list[dict])
 
 
 def run_real(strategy: str, params: dict, faults: list[dict]) -> dict:
-    from real.cluster import RealCluster, check_no_leaks, run_workload
+    from real.cluster import RealCluster, check_no_leaks
     from real.config import RealClusterConfig
-    from real.faults import apply_faults
+    from real.faults import run_with_faults
 
     config = RealClusterConfig(engines=[{"count": 3, "model": "tiny", **ENGINE}], heartbeat_timeout_s=HEARTBEAT_S,
                                heartbeat_s=0.2)
+    settle = 0.0 if faults[-1]["kind"] == "crash" else 5.0  # a woken engine rejoins within a heartbeat or two
 
     async def go(cluster):
         async with cluster.session() as conns:
-            engines = list(conns.values())
-            _, result = await asyncio.gather(
-                apply_faults(cluster, FaultSchedule(faults=faults), time.monotonic(), dict(conns)),
-                run_workload(engines, Workload(workload()), strategy, params))
-            for _ in range(50):  # a woken engine rejoins within a heartbeat or two
-                if all(e.healthy for e in engines) or any(f["kind"] == "crash" for f in faults[-1:]):
-                    break
-                await asyncio.sleep(0.1)
-            await check_no_leaks([e for e in engines if e.healthy])
+            result = await run_with_faults(cluster, dict(conns), Workload(workload()), strategy, params,
+                                           FaultSchedule(faults=faults), settle)
+            await check_no_leaks([e for e in conns.values() if e.healthy])
             return result
 
     with RealCluster(config) as cluster:

@@ -154,15 +154,15 @@ async def _workload(cluster, config, args: argparse.Namespace, faults=None) -> i
         spec = spec.model_copy(update={"seed": config.seed})
         workload = generate(spec)
         s = config.cluster.strategy
-        run = run_workload(list(engines.values()), workload, s.name, s.params, config.seed,
-                           config.model_dump(mode="json"))
+        echo = config.model_dump(mode="json")
         if faults is None:
-            result = await run
+            result = await run_workload(list(engines.values()), workload, s.name, s.params, config.seed, echo)
         else:
-            from real.faults import apply_faults
+            from real.faults import run_with_faults
 
-            injected, result = await asyncio.gather(apply_faults(cluster, faults, time.monotonic(), engines), run)
-            print(f"faults applied: {injected}", file=sys.stderr)
+            result = await run_with_faults(cluster, dict(engines), workload, s.name, s.params, faults,
+                                           seed=config.seed, config_echo=echo)
+            print(f"faults applied: {[f.model_dump(exclude_none=True) for f in faults.faults]}", file=sys.stderr)
     print(f"strategy {s.name} on {len(engines)} engines; {len(workload)} requests at {spec.arrival.rate:g} req/s "
           f"(seed {config.seed}); {result.wall_time_s:.2f} s wall")
     print(format_table(result.metrics()))

@@ -66,3 +66,18 @@ async def _apply(cluster, fault: Fault, engines: dict) -> None:
         finally:
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGCONT)
+
+
+async def run_with_faults(cluster, engines: dict, workload, strategy: str, params: dict, schedule: FaultSchedule,
+                          settle_s: float = 0.0, **run_args):
+    """Serve `workload` through `strategy` on a session's `engines` while `schedule` is applied to
+    `cluster`'s processes (both from now); then wait up to `settle_s` for engines that woke up to
+    be taken back. Returns the run's RealRunResult (`run_args`: run_workload's seed, config_echo)."""
+    from real.cluster import run_workload
+
+    _, result = await asyncio.gather(apply_faults(cluster, schedule, time.monotonic(), engines),
+                                     run_workload(list(engines.values()), workload, strategy, params, **run_args))
+    deadline = time.monotonic() + settle_s
+    while time.monotonic() < deadline and not all(e.healthy for e in engines.values()):
+        await asyncio.sleep(0.1)
+    return result

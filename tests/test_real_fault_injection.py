@@ -15,7 +15,7 @@ from core_api.types import Request, SamplingParams
 from core_api.workload import Workload
 from real.cluster import RealCluster, check_no_leaks, run_workload
 from real.config import RealClusterConfig
-from real.faults import apply_faults
+from real.faults import run_with_faults
 
 ENGINE = {"model": "tiny", "num_pages": 512, "max_num_batched_tokens": 256}
 
@@ -34,15 +34,10 @@ def faulted_run(engines: int, strategy: str, params: dict, faults: list[dict], r
     async def go(cluster):
         async with cluster.session() as conns:
             engines_ = list(conns.values())
-            _, result = await asyncio.gather(
-                apply_faults(cluster, FaultSchedule(faults=faults), time.monotonic(), dict(conns)),
-                run_workload(engines_, Workload(reqs), strategy, params))
+            result = await run_with_faults(cluster, dict(conns), Workload(reqs), strategy, params,
+                                           FaultSchedule(faults=faults), settle_s=10.0 if follow_up else 0.0)
             later = None
             if follow_up is not None:
-                for _ in range(100):  # give a waking engine its heartbeat round to rejoin
-                    if all(e.healthy for e in engines_):
-                        break
-                    await asyncio.sleep(0.1)
                 later = await run_workload(engines_, Workload(follow_up), strategy, params)
             stats = await check_no_leaks([e for e in engines_ if e.healthy])
             return result, later, stats, {e.id: e.incarnation for e in engines_}
