@@ -57,7 +57,7 @@ def build_config(args: argparse.Namespace):
     strategy = data["cluster"]["strategy"]
     if args.strategy:
         strategy.update(name=args.strategy, params={})
-    strategy["params"].update(params_from_cli(args.param))
+    strategy.setdefault("params", {}).update(params_from_cli(args.param))
     if not data.get("workload"):
         data["workload"] = default_workload().model_dump(mode="json")
     workload = data["workload"]

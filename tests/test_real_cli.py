@@ -56,3 +56,8 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_run_without_a_strategy_uses_the_default_pd(capsys):
+    assert main(["run", "--model", "tiny", "--prompt", "hi", "--max-tokens", "3"]) == 0
+    assert "3 generated" in capsys.readouterr().err
