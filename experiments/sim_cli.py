@@ -76,4 +76,7 @@ def run(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(result.to_json())
         print(f"wrote {args.out}")
+    if result.records and not any(r.status == "ok" for r in result.records):
+        print("error: no request completed", file=sys.stderr)
+        return 1
     return 0

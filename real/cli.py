@@ -72,6 +72,7 @@ def build_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from core_api import strategy as registry
+    from core_api.kv_cache import KVLeakError
     from core_api.strategy import StrategyError
     from real.cluster import RealCluster
 
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             if args.prompt is not None:
                 return asyncio.run(_prompt(cluster, args))
             return asyncio.run(_workload(cluster, config, args, faults))
-    except (StrategyError, RuntimeError, ValueError) as exc:
+    except (StrategyError, RuntimeError, ValueError, KVLeakError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -163,6 +164,9 @@ async def _workload(cluster, config, args: argparse.Namespace, faults=None) -> i
             result = await run_with_faults(cluster, dict(engines), workload, s.name, s.params, faults,
                                            seed=config.seed, config_echo=echo)
             print(f"faults applied: {[f.model_dump(exclude_none=True) for f in faults.faults]}", file=sys.stderr)
+        from real.cluster import check_no_leaks
+
+        await check_no_leaks([e for e in engines.values() if e.healthy])  # raises KVLeakError naming the engine
     print(f"strategy {s.name} on {len(engines)} engines; {len(workload)} requests at {spec.arrival.rate:g} req/s "
           f"(seed {config.seed}); {result.wall_time_s:.2f} s wall")
     print(format_table(result.metrics()))

@@ -238,4 +238,6 @@ def simulate(config, workload: Workload | None = None) -> RunResult:
 
     workload = workload if workload is not None else generate(config.workload.model_copy(update={"seed": config.seed}))
     cluster = SimCluster(config.cluster)
-    return cluster.run(workload, seed=config.seed, config_echo=config.model_dump(mode="json"), faults=config.faults)
+    result = cluster.run(workload, seed=config.seed, config_echo=config.model_dump(mode="json"), faults=config.faults)
+    cluster.check_no_leaks()  # every page of every live engine free or cached: raises KVLeakError if not
+    return result

@@ -220,3 +220,13 @@ def test_pages_taken_during_a_decode_run_neither_crash_nor_leak():
     for a, b in zip(fast.records, slow.records):
         assert (a.request_id, a.output_len) == (b.request_id, b.output_len)
         assert a.token_times == pytest.approx(b.token_times, rel=0, abs=0.01)
+
+
+def test_sim_command_says_why_requests_failed_and_fails_when_none_completed(tmp_path, capsys):
+    from experiments.cli import main
+
+    (tmp_path / "c.yaml").write_text("cluster:\n  engines: [{count: 1, max_model_len: 100}]\n"
+                                     "workload: {num_requests: 5, prompt_len: {kind: fixed, value: 500}}\n")
+    assert main(["sim", "--config", str(tmp_path / "c.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert "5 of 5 requests failed: 5 RequestRejected" in err and "no request completed" in err
