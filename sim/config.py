@@ -131,4 +131,20 @@ def load_config(path: str | Path) -> SimConfig:
         data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ValueError(f"{path}: not valid {'JSON' if str(path).endswith('.json') else 'YAML'}: {exc}") from None
-    return SimConfig.model_validate(data)
+    return SimConfig.model_validate(resolve_paths(data, Path(path).resolve().parent))
+
+
+def resolve_paths(data, base: Path):
+    """Relative file paths in a config mean relative to the config file, wherever the command
+    runs: the cost profile, and a model given as a config.json path or model directory."""
+    cluster = data.get("cluster") if isinstance(data, dict) else None
+    if not isinstance(cluster, dict):
+        return data
+    cost = cluster.get("cost_model")
+    if isinstance(cost, str) and cost != "roofline" and not Path(cost).is_absolute():
+        cluster["cost_model"] = str(base / cost)
+    for engine in cluster.get("engines") or []:
+        model = engine.get("model") if isinstance(engine, dict) else None
+        if isinstance(model, str) and not Path(model).is_absolute() and (base / model).exists():
+            engine["model"] = str(base / model)
+    return data

@@ -230,3 +230,28 @@ def test_sim_command_says_why_requests_failed_and_fails_when_none_completed(tmp_
     assert main(["sim", "--config", str(tmp_path / "c.yaml")]) == 1
     err = capsys.readouterr().err
     assert "5 of 5 requests failed: 5 RequestRejected" in err and "no request completed" in err
+
+
+def test_relative_paths_in_a_config_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    import json as _json
+    import shutil
+    from pathlib import Path
+
+    from sim.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "conf" / "profiles").mkdir(parents=True)
+    shutil.copy(root / "calibration/profiles/cpu-tiny.json", tmp_path / "conf/profiles/p.json")
+    (tmp_path / "conf/hf").mkdir()
+    (tmp_path / "conf/hf/config.json").write_text(_json.dumps(
+        {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 256}))
+    (tmp_path / "conf/c.yaml").write_text(
+        "cluster:\n  engines: [{count: 1, model: hf, num_pages: 256}]\n  cost_model: profiles/p.json\n"
+        "workload: {num_requests: 3, vocab_size: 256, prompt_len: {kind: fixed, value: 20}}\n")
+    monkeypatch.chdir(tmp_path)  # somewhere else than the config
+    config = load_config("conf/c.yaml")
+    assert config.cluster.cost_model == str(tmp_path / "conf/profiles/p.json")
+    assert config.cluster.engines[0].model == str(tmp_path / "conf/hf")
+    result = SimCluster(config.cluster).run(generate(config.workload))
+    assert all(r.status == "ok" for r in result.records)
