@@ -53,7 +53,7 @@ def build_config(args: argparse.Namespace):
         data = load_run_config(args.config).model_dump(mode="json")
     else:
         engines = engines_from_args(args)
-        data = {"cluster": {"engines": engines, "strategy": {"name": "pd"}}}
+        data = {"cluster": {"engines": engines, "strategy": {"name": "pd"}, "start_timeout_s": args.connect_timeout}}
     strategy = data["cluster"]["strategy"]
     if args.strategy:
         strategy.update(name=args.strategy, params={})
@@ -93,8 +93,11 @@ def run(args: argparse.Namespace) -> int:
     except (StrategyError, ValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    n = len(config.cluster.expanded())
-    print(f"starting {n} engine(s); strategy {config.cluster.strategy.name}", file=sys.stderr)
+    entries = [e for _, e in config.cluster.expanded()]
+    local, remote = sum(e.address is None for e in entries), sum(e.address is not None for e in entries)
+    what = ", ".join(x for x in (f"starting {local} engine(s)" if local else "",
+                                 f"connecting to {remote} engine(s)" if remote else "") if x)
+    print(f"{what}; strategy {config.cluster.strategy.name}", file=sys.stderr)
     try:
         with RealCluster(config.cluster) as cluster:
             if args.prompt is not None:

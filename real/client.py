@@ -37,6 +37,23 @@ from real.transfer import host_key, unlink_pool
 log = logging.getLogger(__name__)
 
 
+def _refused(address: str) -> str | None:
+    """Why a tcp:// address refuses connections right now (None: it accepts, or cannot be told).
+    zmq itself retries a refused connection for ever, which would make a typo wait for minutes."""
+    import socket
+
+    if not address.startswith("tcp://"):
+        return None
+    host, _, port = address[len("tcp://"):].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=2.0):
+            return None
+    except ConnectionRefusedError as exc:
+        return exc.strerror or "connection refused"
+    except (OSError, ValueError):
+        return None  # unreachable for now or unparsable: the hello retries and times out
+
+
 def _process_alive(pid: int) -> bool:
     """True unless the process is gone or a zombie (dead, waiting for its parent to reap it)."""
     try:
@@ -85,6 +102,9 @@ class RealEngine:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
+        refused = _refused(self.address)
+        if refused:
+            raise EngineDown(f"nothing listens at {self.address} ({refused}): is the engine started?")
         self.sock.connect(self.address)
         self._tasks.append(asyncio.ensure_future(self._reader()))
         deadline = time.monotonic() + timeout_s

@@ -7,6 +7,8 @@ import argparse
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("engines")
     g.add_argument("--engines", type=int, help="engine processes to start on this host (default 2)")
+    g.add_argument("--connect-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="how long to wait for engines to start or answer (default 120)")
     g.add_argument("--connect", action="append", default=[], metavar="ADDRESS",
                    help="address of an engine started with `microserving engine`, e.g. tcp://host:5555 (repeatable)")
     g.add_argument("--model", default="tiny", help="tiny | smollm2 | HF checkpoint dir | .gguf file")

@@ -52,7 +52,8 @@ def build_configs(args: argparse.Namespace):
         data, serve_data = cluster.model_dump(mode="json"), serve.model_dump()
     else:
         engines = engines_from_args(args)
-        data, serve_data = {"engines": engines, "strategy": {"name": "least_loaded"}}, {}
+        data, serve_data = {"engines": engines, "strategy": {"name": "least_loaded"},
+                            "start_timeout_s": args.connect_timeout}, {}
     if args.strategy:
         data["strategy"] = {"name": args.strategy, "params": {}}
     data["strategy"].setdefault("params", {}).update(params_from_cli(args.param))

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from experiments.cli import main
 
@@ -61,3 +62,13 @@ def _free_port() -> int:
 def test_run_without_a_strategy_uses_the_default_pd(capsys):
     assert main(["run", "--model", "tiny", "--prompt", "hi", "--max-tokens", "3"]) == 0
     assert "3 generated" in capsys.readouterr().err
+
+
+def test_connecting_to_an_address_where_nothing_listens_fails_at_once(capsys):
+    port = _free_port()
+    t0 = time.monotonic()
+    assert main(["run", "--connect", f"tcp://127.0.0.1:{port}", "--prompt", "hi"]) == 2
+    assert time.monotonic() - t0 < 10
+    err = capsys.readouterr().err
+    assert "connecting to 1 engine(s)" in err and "starting" not in err
+    assert f"nothing listens at tcp://127.0.0.1:{port}" in err
