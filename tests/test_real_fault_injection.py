@@ -17,6 +17,8 @@ from real.cluster import RealCluster, check_no_leaks, run_workload
 from real.config import RealClusterConfig
 from real.faults import run_with_faults
 
+# Processes, signals and heartbeats over tens of seconds: the slow suite (`pytest -m slow`).
+pytestmark = pytest.mark.slow
 ENGINE = {"model": "tiny", "num_pages": 512, "max_num_batched_tokens": 256}
 
 
@@ -104,7 +106,6 @@ def test_engines_reached_by_address_are_declared_dead_sooner():
     assert cluster.heartbeat_timeout_for("far") == 5.0
 
 
-@pytest.mark.slow
 def test_a_killed_engine_reached_by_address_is_declared_dead_in_5_s_and_leaves_no_pool_file():
     import os
     import socket
