@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from calibration.real_run import RealRun, RunDirError
+from core_api.metrics import latency_stats
 from core_api.scheduler_config import SchedulingPolicy
 from core_api.types import Request, SamplingParams
 from core_api.workload import Workload
@@ -29,9 +30,9 @@ _DTYPES = {"bfloat16": "bf16", "bf16": "bf16", "float16": "bf16", "half": "bf16"
 
 
 def summary(values_s: np.ndarray) -> dict[str, float]:
-    ms = np.asarray(values_s, float) * 1000.0
-    return {"mean": float(ms.mean()), "median": float(np.median(ms)),
-            **{f"p{p}": float(np.percentile(ms, p)) for p in (90, 95, 99)}}
+    """mean, median, p90, p95, p99 in ms (core_api.metrics' definitions)."""
+    stats = latency_stats("x", np.asarray(values_s, float), (90, 95, 99))
+    return {stat: stats[f"{stat}_x_ms"] for stat in STATS}
 
 
 def compare(real: dict[str, np.ndarray], sim: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:

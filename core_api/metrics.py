@@ -35,7 +35,7 @@ def _p_name(p: float) -> str:
     return f"p{int(p)}" if float(p) == int(p) else f"p{p}"
 
 
-def _stats(name: str, values_s: np.ndarray, percentiles: Sequence[float]) -> dict[str, float]:
+def latency_stats(name: str, values_s: np.ndarray, percentiles: Sequence[float]) -> dict[str, float]:
     ms = values_s * 1000.0
     out: dict[str, float] = {}
     if ms.size == 0:
@@ -147,7 +147,7 @@ def summarize(
     itl = _pooled_itl([r.token_times for r in ok_recs])
     for name, values in (("ttft", ttft[~np.isnan(ttft)]), ("tpot", tpot), ("itl", itl),
                          ("e2el", e2el[~np.isnan(e2el)])):
-        result.update(_stats(name, values, pcts))
+        result.update(latency_stats(name, values, pcts))
     return result
 
 

@@ -365,6 +365,15 @@ class Scheduler(DecodeFastForward, SequenceEndings):
     def has_work(self) -> bool:
         return bool(self.running or self.waiting or self.receive_queue)
 
+    def sequences(self) -> list[Sequence]:
+        """Every sequence this engine holds, in whatever state."""
+        return [*self.running, *self.waiting, *self.receive_queue, *self.receiving.values(), *self.sending.values()]
+
+    @property
+    def holds_sequences(self) -> bool:
+        """Anything at all for any request: queued, running, reserved or sending."""
+        return bool(self.running or self.waiting or self.receive_queue or self.receiving or self.sending)
+
     def cached_prefix_len(self, req: Request) -> int:
         if not self.policy.prefix_caching:
             return 0

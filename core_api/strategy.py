@@ -78,11 +78,11 @@ class Strategy:
             raise EngineDown(f"no live engine among {[e.id for e in pool]}")
         return up
 
-    async def stream_with_retry(self, req: Request, pick, tried: list[str] | None = None):
+    async def stream_with_retry(self, req: Request, pick):
         """start_generate on `pick(live engines not tried yet)`; if that engine goes down before
         the first token, the request is retried on another (no token was seen, so nothing is
         repeated). Tags the request with its `engine` (and `retried_from`, the engines that failed)."""
-        tried = [] if tried is None else tried
+        tried: list[str] = []
         while True:
             engine = pick([e for e in self.live() if e.id not in tried] or self.live())
             tried.append(engine.id)

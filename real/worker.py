@@ -31,9 +31,9 @@ from core_api.errors import (
 )
 from core_api.scheduler import Scheduler, SchedulerConfig
 from core_api.sequence import FAILED, SENT, Sequence
-from core_api.step import STEP_FEATURES
 from real import protocol as p
 from real.config import EngineSpec
+from real.engine_stats import add_features, engine_stats, feature_totals
 from real.kv_receiver import KVReceiver
 from real.kv_sender import KVSender, OutgoingSend
 from real.loading import load_model
@@ -109,7 +109,7 @@ class EngineWorker:
         # step (poll, schedule, forward, update, stream), as the profiler times it, and the summed
         # features of those steps (a fitted step model is linear in them).
         self.loop_s = 0.0
-        self.feature_totals = dict.fromkeys(STEP_FEATURES, 0.0)
+        self.feature_totals = feature_totals()
         self.running = True
         self._deferred_release: set[str] = set()
         self.stream_out = StreamOut(spec.stream_interval_s, self._send)
@@ -175,9 +175,7 @@ class EngineWorker:
             return True
         self.busy_s += time.perf_counter() - t0
         self.steps += 1
-        totals, f = self.feature_totals, batch.features
-        for name in STEP_FEATURES:
-            totals[name] += getattr(f, name)
+        add_features(self.feature_totals, batch.features)
         result = sched.update(batch, tokens, time.monotonic())
         if result.sampled:
             self.stream_out.add(result.sampled, result.finished)
@@ -353,8 +351,7 @@ class EngineWorker:
         """Fencing after a false death: work of the earlier incarnation would be zombie work (its
         requests already failed at the router), so all of it ends and its pages are freed."""
         sched = self.sched
-        held = {s.id for s in (*sched.running, *sched.waiting, *sched.receive_queue, *sched.receiving.values(),
-                               *sched.sending.values())} | set(self.sender.sends)
+        held = {s.id for s in sched.sequences()} | set(self.sender.sends)
         for req_id in held:
             send = self.sender.sends.get(req_id)
             if send is not None:
@@ -378,26 +375,7 @@ class EngineWorker:
 
     # -- views --------------------------------------------------------------------------------
     def stats(self) -> dict:
-        sched, kv = self.sched, self.sched.kv
-        st = kv.stats()
-        idle = not (sched.running or sched.waiting or sched.receiving or sched.sending or self.sender.sends)
-        try:
-            kv.check_no_leaks() if idle else kv.check_consistent()
-            leak = None
-        except AssertionError as exc:
-            leak = str(exc)
-        return {"engine_id": self.id, "steps": self.steps, "busy_s": self.busy_s, "loop_s": self.loop_s,
-                "step_features": dict(self.feature_totals),
-                "cpu_s": time.process_time(), "loop_cpu_s": time.thread_time(),
-                "forward_tokens": self.runner.forward_tokens, "preemptions": sched.num_preemptions,
-                "prefix_hit_tokens": kv.hits, "evictions": kv.evictions,
-                "pages": {"total": st.total, "free": st.free, "used": st.used, "cached": st.cached,
-                          "reserved": st.reserved},
-                "idle": idle, "leak": leak, "running": len(sched.running), "waiting": len(sched.waiting),
-                "receiving": len(sched.receiving), "sending": len(self.sender.sends),
-                "kv_bytes_sent": self.sender.bytes_sent, "kv_bytes_received": self.receiver.bytes_received,
-                "kv_land_s": self.receiver.land_s,
-                "kv_chunks_sent": self.sender.chunks_sent}
+        return engine_stats(self)
 
     def close(self) -> None:
         self.sender.close()

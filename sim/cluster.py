@@ -226,7 +226,7 @@ class SimCluster:
             if engine.down is not None:
                 continue  # a dead engine holds nothing: its pages went with its process
             engine.sched.kv.check_no_leaks()
-            if engine.sched.running or engine.sched.waiting or engine.sched.receiving or engine.sched.sending:
+            if engine.sched.holds_sequences:
                 from core_api.kv_cache import KVLeakError
 
                 raise KVLeakError(f"engine {engine.id} still has sequences after the run")

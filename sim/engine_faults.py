@@ -46,7 +46,7 @@ class EngineFaults:
         self.incarnation += 1
         old, self.sched = self.sched, Scheduler(self.sched.config)
         self._run_batch = None  # a run in progress belongs to the dead incarnation
-        held = [*old.running, *old.waiting, *old.receive_queue, *old.receiving.values(), *old.sending.values()]
+        held = old.sequences()
         self._detected = self.env.event()
 
         def detected(_ev=None):

@@ -1,0 +1,40 @@
+"""What an engine process reports about itself (the `stats` call): its steps, as calibration
+compares them with a profile, its pages with a leak check, and its KV traffic."""
+from __future__ import annotations
+
+import time
+
+from core_api.step import STEP_FEATURES, StepFeatures
+
+
+def feature_totals() -> dict[str, float]:
+    return dict.fromkeys(STEP_FEATURES, 0.0)
+
+
+def add_features(totals: dict[str, float], f: StepFeatures) -> None:
+    """Sum one step's features (a fitted step model is linear in them, so sums predict totals)."""
+    for name in STEP_FEATURES:
+        totals[name] += getattr(f, name)
+
+
+def engine_stats(worker) -> dict:
+    sched, kv = worker.sched, worker.sched.kv
+    st = kv.stats()
+    idle = not (sched.holds_sequences or worker.sender.sends)
+    try:
+        kv.check_no_leaks() if idle else kv.check_consistent()
+        leak = None
+    except AssertionError as exc:
+        leak = str(exc)
+    return {"engine_id": worker.id, "steps": worker.steps, "busy_s": worker.busy_s, "loop_s": worker.loop_s,
+            "step_features": dict(worker.feature_totals),
+            "cpu_s": time.process_time(), "loop_cpu_s": time.thread_time(),
+            "forward_tokens": worker.runner.forward_tokens, "preemptions": sched.num_preemptions,
+            "prefix_hit_tokens": kv.hits, "evictions": kv.evictions,
+            "pages": {"total": st.total, "free": st.free, "used": st.used, "cached": st.cached,
+                      "reserved": st.reserved},
+            "idle": idle, "leak": leak, "running": len(sched.running),
+            "waiting": len(sched.waiting) + len(sched.receive_queue),
+            "receiving": len(sched.receiving), "sending": len(worker.sender.sends),
+            "kv_bytes_sent": worker.sender.bytes_sent, "kv_bytes_received": worker.receiver.bytes_received,
+            "kv_land_s": worker.receiver.land_s, "kv_chunks_sent": worker.sender.chunks_sent}
