@@ -42,7 +42,7 @@ class _RecordingRunner:
         self.inner = inner
         self.last: Batch | None = None
 
-    def execute(self, batch: Batch) -> list[int]:
+    def execute(self, batch: Batch):
         self.last = batch
         return self.inner.execute(batch)
 

@@ -1,56 +1,46 @@
-"""Chained page hashes of a prompt, for the prefix cache.
+"""Chained page keys of a prompt, for the prefix cache.
 
 Page i's key identifies the whole prefix prompt[:(i+1)*page_size] (so equal keys mean equal
-prefixes, not just equal pages). Keys are polynomial hashes modulo two 31-bit primes, computed
-with numpy in a handful of vector ops: the simulator hashes every prompt of a 100k-request
-workload, so a per-page Python loop would dominate its run time. Prime moduli (not 2**64) keep
-the hash free of the Thue-Morse collisions that break polynomial hashing modulo powers of two.
-Keys are cached on the Request per page size, so all engines share one computation.
+prefixes, not just equal pages): key_i = SHA-256(key_{i-1} || tokens of page i), truncated to 128
+bits, as vLLM does. A cryptographic hash because the keys are attacker-facing: any HTTP client
+chooses its prompt's tokens, and a key collision would serve one tenant's cached KV to another's
+prompt (with a polynomial hash such a collision is a lattice reduction away, see
+docs/security.md). 128 bits keep a second preimage out of reach while halving the memory of the
+cached keys; SHA-256 is the fastest strong hash here (CPU SHA instructions).
+
+Tokens are hashed as little-endian int64, so the keys are the same on every platform and no id
+wraps into another. Keys are cached on the Request per page size: the simulator hashes every
+prompt of a 100k-request workload once, and all engines share that one computation.
 """
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 
 from core_api.types import Request
 
-_P1, _B1 = 2_147_483_647, 1_000_003
-_P2, _B2 = 2_147_483_629, 911_382_323
-_powers: list[np.ndarray] = [np.ones(1, np.int64), np.ones(1, np.int64)]
+KEY_BYTES = 16
+TOKEN_BYTES = 8
 
 
-def _power_table(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """B**k mod P for k < n, grown geometrically and kept for the process."""
-    if _powers[0].shape[0] < n:
-        size = max(n, 2 * _powers[0].shape[0], 4096)
-        for i, (p, b) in enumerate(((_P1, _B1), (_P2, _B2))):
-            table = np.empty(size, np.int64)
-            table[0] = 1
-            # Blocked doubling keeps this vectorised: table[k:2k] = table[:k] * B**k.
-            k = 1
-            while k < size:
-                step = min(k, size - k)
-                bk = pow(b, k, p)
-                table[k : k + step] = table[:step] * bk % p
-                k += step
-            _powers[i] = table
-    return _powers[0][:n], _powers[1][:n]
-
-
-def prefix_keys(tokens: np.ndarray, page_size: int) -> list[int]:
+def prefix_keys(tokens: np.ndarray, page_size: int) -> list[bytes]:
     """Keys of every full page of `tokens` (the partial tail page has none)."""
     n_pages = tokens.shape[0] // page_size
     if n_pages == 0:
         return []
-    n = n_pages * page_size
-    pw1, pw2 = _power_table(n)
-    t = tokens[:n].astype(np.int64) + 1  # +1: token 0 must still move the hash
-    ends = np.arange(page_size - 1, n, page_size)
-    h1 = np.cumsum(t * pw1 % _P1)[ends] % _P1
-    h2 = np.cumsum(t * pw2 % _P2)[ends] % _P2
-    return (h1 << 31 | h2).tolist()
+    data = np.ascontiguousarray(tokens[: n_pages * page_size], dtype="<i8").tobytes()
+    step = page_size * TOKEN_BYTES
+    sha256 = hashlib.sha256
+    keys: list[bytes] = []
+    parent = b""
+    for off in range(0, len(data), step):
+        parent = sha256(parent + data[off : off + step]).digest()[:KEY_BYTES]
+        keys.append(parent)
+    return keys
 
 
-def request_page_keys(req: Request, page_size: int) -> list[int]:
+def request_page_keys(req: Request, page_size: int) -> list[bytes]:
     """prefix_keys of the request's prompt, computed once per page size."""
     keys = req._page_hashes.get(page_size)
     if keys is None:

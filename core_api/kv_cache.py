@@ -38,7 +38,7 @@ class BlockManager:
         self.page_size = page_size
         self._free = list(range(num_pages - 1, -1, -1))  # pop() hands out page 0 first
         self._ref = [0] * num_pages
-        self._key_of: list[int | None] = [None] * num_pages
+        self._key_of: list[bytes | None] = [None] * num_pages
         self._page_of: dict[int, int] = {}
         # Insertion order = LRU order. OrderedDict pops its oldest in O(1); a plain dict's
         # next(iter()) degrades to O(deleted entries) once many were removed from its front.
@@ -115,7 +115,7 @@ class BlockManager:
                     self._evictable[page] = None
 
     # -- prefix cache ---------------------------------------------------------------------
-    def match(self, keys: list[int]) -> list[int]:
+    def match(self, keys: list[bytes]) -> list[int]:
         """Pages holding the longest cached prefix with these chained page keys (no ref taken)."""
         pages = []
         page_of = self._page_of
@@ -126,7 +126,7 @@ class BlockManager:
             pages.append(page)
         return pages
 
-    def register(self, page: int, key: int) -> bool:
+    def register(self, page: int, key: bytes) -> bool:
         """Publish a full, computed page under its prefix key; False if the key is already cached."""
         if key in self._page_of or self._key_of[page] is not None:
             return False
@@ -134,7 +134,7 @@ class BlockManager:
         self._key_of[page] = key
         return True
 
-    def register_all(self, pages: list[int], keys: list[int]) -> None:
+    def register_all(self, pages: list[int], keys: list[bytes]) -> None:
         """register() each (page, key) pair; one call per sequence step on the hot path."""
         page_of, key_of = self._page_of, self._key_of
         for page, key in zip(pages, keys):

@@ -11,9 +11,15 @@ from typing import Literal
 import numpy as np
 
 
+# Below this temperature sampling is greedy: dividing logits by a tiny temperature overflows
+# them to inf and the softmax to NaN (vLLM uses the same floor).
+MIN_TEMPERATURE = 1e-5
+
+
 @dataclass(slots=True)
 class SamplingParams:
-    """How tokens are drawn. temperature == 0 means greedy (the default, and what tests use)."""
+    """How tokens are drawn. temperature below MIN_TEMPERATURE (0, the default, and what tests
+    use) means greedy."""
 
     max_tokens: int = 16
     temperature: float = 0.0
@@ -26,14 +32,14 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.temperature < float("inf"):  # also refuses NaN
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < MIN_TEMPERATURE
 
 
 @dataclass(slots=True, eq=False)

@@ -41,6 +41,8 @@ class _Msg(BaseModel):
 
 # -- value types ------------------------------------------------------------------------
 class WireSampling(_Msg):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
     max_tokens: int = Field(16, ge=1)
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)

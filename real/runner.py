@@ -8,10 +8,18 @@ whole range the prefix cache already held) have nothing to compute and are skipp
 Sampling is reproducible per request, not per batch: greedy is an argmax; with a temperature,
 each token draws from a torch.Generator seeded by (request seed, token index), so the same
 request gives the same tokens on any engine, in any batch, after any preemption.
+
+One sequence never fails its batch-mates: a row with non-finite logits or a failing draw fails
+that sequence alone (`StepTokens.failed`), and a forward pass that raises is run again one
+sequence at a time to find which sequences raise. Re-running is safe: a sequence's rows write the
+same KV positions with the same values whichever batch they run in (bit-identical values in
+batch-invariant mode), so the batch-mates' tokens are unchanged.
 """
 from __future__ import annotations
 
+import logging
 import zlib
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,6 +29,17 @@ from core_api.sequence import Sequence
 from real.attention import SeqSpec, build_metadata
 from real.model import LlamaModel
 
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class StepTokens:
+    """One id per sampling row of the batch (0 in the rows of failed sequences, never read), and
+    the sequences that failed in this step with the reason."""
+
+    tokens: list[int] = field(default_factory=list)
+    failed: list[tuple[Sequence, str]] = field(default_factory=list)
+
 
 class ModelRunner:
     def __init__(self, model: LlamaModel, kv_pool: torch.Tensor, page_size: int) -> None:
@@ -29,11 +48,30 @@ class ModelRunner:
         self.forward_tokens = 0
 
     @torch.inference_mode()
-    def execute(self, batch: Batch) -> list[int]:
+    def execute(self, batch: Batch) -> StepTokens:
+        rows = list(zip(batch.seqs, batch.starts, batch.num_new, batch.sample))
+        try:
+            return self._run(rows)
+        except Exception as exc:  # noqa: BLE001 - whatever one sequence raises must not fail the others
+            if len(rows) == 1:
+                return StepTokens([0] if rows[0][3] else [], [(rows[0][0], _forward_failure(exc))])
+            log.warning("forward pass of %d sequences failed (%s: %s); running them one by one",
+                        len(rows), type(exc).__name__, exc)
+        out = StepTokens()
+        for row in rows:
+            try:
+                one = self._run([row])
+            except Exception as exc:  # noqa: BLE001 - this sequence is the one that fails
+                one = StepTokens([0] if row[3] else [], [(row[0], _forward_failure(exc))])
+            out.tokens += one.tokens
+            out.failed += one.failed
+        return out
+
+    def _run(self, rows: list[tuple[Sequence, int, int, bool]]) -> StepTokens:
         specs: list[SeqSpec] = []
         ids: list[np.ndarray] = []
         sampled: list[Sequence] = []
-        for seq, start, n, sample in zip(batch.seqs, batch.starts, batch.num_new, batch.sample):
+        for seq, start, n, sample in rows:
             if n == 0:
                 continue
             ids.append(seq.token_ids(start, start + n))
@@ -41,7 +79,7 @@ class ModelRunner:
             if sample:
                 sampled.append(seq)
         if not specs:
-            return []
+            return StepTokens()
         meta = build_metadata(specs, self.page_size, self.device)
         input_ids = torch.from_numpy(np.concatenate(ids).astype(np.int64)).to(self.device)
         self.forward_tokens += meta.num_tokens
@@ -56,14 +94,28 @@ class ModelRunner:
         self.model(torch.zeros(2, dtype=torch.int64, device=self.device), meta.positions, meta, self.kv_pool)
 
 
-def sample_tokens(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
-    """One id per row: argmax for greedy rows, a seeded draw for the others."""
+def _forward_failure(exc: Exception) -> str:
+    return f"forward pass failed: {type(exc).__name__}: {exc}"
+
+
+def sample_tokens(logits: torch.Tensor, seqs: list[Sequence]) -> StepTokens:
+    """One id per row: argmax for greedy rows, a seeded draw for the others; a row whose logits
+    are not all finite, or whose draw fails, fails its sequence alone."""
+    finite = torch.isfinite(logits).all(dim=-1).tolist()
     greedy = logits.argmax(dim=-1).tolist()
-    out = []
-    for row, (seq, token) in enumerate(zip(seqs, greedy)):
+    out = StepTokens()
+    for row, (seq, token, ok) in enumerate(zip(seqs, greedy, finite)):
         sp = seq.req.sampling
-        out.append(token if sp.greedy else _draw(logits[row], sp.temperature, sp.top_p,
-                                                 _seed(seq.req.id, sp.seed, len(seq.output))))
+        if not ok:
+            out.failed.append((seq, "the model produced non-finite logits (inf or NaN) for this sequence"))
+            token = 0
+        elif not sp.greedy:
+            try:
+                token = _draw(logits[row], sp.temperature, sp.top_p, _seed(seq.req.id, sp.seed, len(seq.output)))
+            except (RuntimeError, ValueError) as exc:  # e.g. probabilities that do not sum to a number
+                out.failed.append((seq, f"sampling failed: {exc}"))
+                token = 0
+        out.tokens.append(token)
     return out
 
 

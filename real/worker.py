@@ -164,19 +164,15 @@ class EngineWorker:
         if not batch:
             return False
         t0 = time.perf_counter()
-        try:
-            tokens = self.runner.execute(batch)
-        except Exception as exc:  # a failing forward fails its requests, not the engine
-            log.exception("engine %s: forward failed", self.id)
-            for seq in list(batch.seqs):
-                for dropped in sched.release(seq.id, FAILED):
-                    self._fail(dropped, f"forward pass failed on engine {self.id}: {type(exc).__name__}: {exc}",
-                               RequestFailed)
-            return True
+        step = self.runner.execute(batch)  # never raises: what fails, fails per sequence
         self.busy_s += time.perf_counter() - t0
         self.steps += 1
         add_features(self.feature_totals, batch.features)
-        result = sched.update(batch, tokens, time.monotonic())
+        for seq, reason in step.failed:  # released before update, which then skips them
+            log.warning("engine %s: request %s failed: %s", self.id, seq.id, reason)
+            for dropped in sched.release(seq.id, FAILED):
+                self._fail(dropped, f"request {seq.id} failed on engine {self.id}: {reason}", RequestFailed)
+        result = sched.update(batch, step.tokens, time.monotonic())
         if result.sampled:
             self.stream_out.add(result.sampled, result.finished)
         for seq, _start, _stop in result.sends:
