@@ -10,7 +10,6 @@ from typing import Literal
 
 import numpy as np
 
-
 # Below this temperature sampling is greedy: dividing logits by a tiny temperature overflows
 # them to inf and the softmax to NaN (vLLM uses the same floor).
 MIN_TEMPERATURE = 1e-5
