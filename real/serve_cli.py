@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
     g.add_argument("--max-concurrent", type=int, help="requests in flight before 429 (default 256)")
     g.add_argument("--served-model-name", help="the model id clients send (default: the model's name)")
     g.add_argument("--default-max-tokens", type=int, help="chat max_tokens when the client gives none (default 512)")
+    g.add_argument("--max-body-bytes", type=int, help="larger request bodies get 413 before parsing (default 4 MiB)")
+    g.add_argument("--allow-strategy-module", action="append", default=[], metavar="MODULE",
+                   help="a module whose strategies (MODULE:Class) /admin/strategy may switch to (repeatable)")
     g.add_argument("--log-level", help="uvicorn log level (default warning)")
 
 
@@ -59,7 +62,8 @@ def build_configs(args: argparse.Namespace):
     data["strategy"].setdefault("params", {}).update(params_from_cli(args.param))
     flags = {"host": args.host, "port": args.port, "admin_token": args.admin_token,
              "max_concurrent": args.max_concurrent, "served_model_name": args.served_model_name,
-             "default_max_tokens": args.default_max_tokens, "log_level": args.log_level}
+             "default_max_tokens": args.default_max_tokens, "log_level": args.log_level,
+             "max_body_bytes": args.max_body_bytes, "strategy_modules": args.allow_strategy_module or None}
     serve_data.update({k: v for k, v in flags.items() if v is not None})
     if not serve_data.get("admin_token") and os.environ.get(ADMIN_TOKEN_ENV):
         serve_data["admin_token"] = os.environ[ADMIN_TOKEN_ENV]

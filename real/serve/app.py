@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from core_api.strategy import StrategyError, known_strategies
 from real.serve import errors
+from real.serve.body_limit import BodyLimit
 from real.serve.config import ServeConfig
 from real.serve.detokenizer import TextStream
 from real.serve.errors import APIError
@@ -34,7 +35,21 @@ class ServeState:
     frontend: Frontend
     config: ServeConfig
     metrics: ServeMetrics = field(default_factory=ServeMetrics)
+    started_strategy: str = ""  # the operator's choice at start-up, always allowed back
     started: int = field(default_factory=lambda: int(time.time()))
+
+
+def check_strategy_allowed(name: str | None, modules: list[str], started: str) -> None:
+    """Registered strategies, the one the server started with, and `module:Class` of a module on
+    the operator's allowlist pass; any other `module:Class` is refused (403) before it is
+    imported: naming a module runs its code."""
+    if name is None or ":" not in name or name == started:
+        return
+    module = name.partition(":")[0]
+    if module not in modules:
+        raise APIError(403, f"strategy {name!r} is not registered and module {module!r} is not on this server's "
+                       "allowlist (start it with --allow-strategy-module MODULE)", param="name",
+                       code="strategy_not_allowed")
 
 
 def endpoint_of(path: str) -> str:
@@ -43,6 +58,7 @@ def endpoint_of(path: str) -> str:
 
 def create_app(state: ServeState) -> FastAPI:
     app = FastAPI(title="microserving", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimit, max_bytes=state.config.max_body_bytes)
     errors.install(app, on_error=lambda path, status: state.metrics.reject(endpoint_of(path), status)
                    if path.startswith("/v1/") else None)
     router, frontend, metrics = state.router, state.frontend, state.metrics
@@ -126,6 +142,7 @@ def create_app(state: ServeState) -> FastAPI:
             change = StrategyChange.model_validate_json(await http.body())
         except ValidationError as exc:
             raise errors.validation_error(RequestValidationError(exc.errors(include_url=False))) from None
+        check_strategy_allowed(change.name, state.config.strategy_modules, state.started_strategy)
         try:
             old, new = router.switch(change.name, change.params)
         except StrategyError as exc:

@@ -26,6 +26,12 @@ class ServeConfig(BaseModel):
     served_model_name: str | None = None  # default: the engines' model name
     # Chat requests without max_tokens get at most this many (and never more than fits the context).
     default_max_tokens: int = Field(512, ge=1)
+    # Bodies above this many bytes get 413 before anything parses them (a chat prompt of the
+    # longest context, JSON-escaped, fits in a few MiB).
+    max_body_bytes: int = Field(4 * 2**20, ge=1024)
+    # Modules whose strategies (`module:Class`) the admin route may switch to, besides the
+    # registered ones: naming a module imports it, so only the operator may widen this.
+    strategy_modules: list[str] = []
     graceful_shutdown_s: float = Field(5.0, ge=0)  # open streams get this long at shutdown
     log_level: str = "warning"
 

@@ -7,9 +7,13 @@ silent change of meaning. Unknown extra fields are ignored, as most OpenAI-compa
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+# What the engines can represent: seeds are 64-bit signed as in the OpenAI API, token ids 31-bit.
+INT64 = 2**63
+TokenId = Annotated[int, Field(ge=0, lt=2**31)]
 
 
 class StreamOptions(BaseModel):
@@ -17,16 +21,37 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+def unrepresentable_text(value: Any, where: str = "") -> str | None:
+    """Where in a parsed JSON value a string holds a lone surrogate (valid JSON, `"\\ud800"`, but
+    not Unicode text: no tokenizer can encode it), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "body"
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            found = unrepresentable_text(k, where) or unrepresentable_text(v, f"{where}.{k}" if where else str(k))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = unrepresentable_text(v, f"{where}.{i}" if where else str(i))
+            if found:
+                return found
+    return None
+
+
 class SamplingFields(BaseModel):
     """What completion and chat requests share."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str
     max_tokens: int | None = None
     temperature: float | None = Field(None, ge=0, le=2)  # OpenAI's default is 1
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-INT64, lt=INT64)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -36,7 +61,15 @@ class SamplingFields(BaseModel):
     logit_bias: dict[str, float] | None = None
     user: str | None = None
     ignore_eos: bool = False
-    stop_token_ids: list[int] = []
+    stop_token_ids: list[TokenId] = Field(default=[], max_length=1024)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode_text(cls, data: Any) -> Any:
+        where = unrepresentable_text(data)
+        if where:
+            raise ValueError(f"{where} holds a lone surrogate (\\ud800-\\udfff), which is not valid Unicode text")
+        return data
 
     @field_validator("max_tokens")
     @classmethod
@@ -66,7 +99,7 @@ class SamplingFields(BaseModel):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[int] | list[str] | list[list[int]]
+    prompt: str | list[TokenId] | list[str] | list[list[TokenId]]
     echo: bool = False
     logprobs: int | None = None
     best_of: int | None = None

@@ -59,7 +59,7 @@ def build_state(engines: list, cluster: RealCluster, config: ServeConfig) -> Ser
                         vocab_size=engines[0].info.get("vocab_size"))
     strategy = cluster.config.strategy
     router = Router(engines, strategy.name, strategy.params, config.max_concurrent)
-    return ServeState(router=router, frontend=frontend, config=config)
+    return ServeState(router=router, frontend=frontend, config=config, started_strategy=strategy.name)
 
 
 def _aliases() -> dict[str, str]:
