@@ -15,7 +15,7 @@ import pytest
 from sympy.polys.domains import ZZ
 from sympy.polys.matrices import DomainMatrix
 
-import core_api.hashing as hashing
+from core_api import hashing
 from core_api.scheduler import Scheduler, SchedulerConfig
 from core_api.types import Request, SamplingParams
 
