@@ -369,6 +369,10 @@ class Scheduler(DecodeFastForward, SequenceEndings):
         """Every sequence this engine holds, in whatever state."""
         return [*self.running, *self.waiting, *self.receive_queue, *self.receiving.values(), *self.sending.values()]
 
+    def sequences_of(self, req_id: str) -> list[Sequence]:
+        """What this engine holds for one request: its generating/receiving and its sending sequence."""
+        return [s for s in (self._gen.get(req_id), self._send.get(req_id)) if s is not None]
+
     @property
     def holds_sequences(self) -> bool:
         """Anything at all for any request: queued, running, reserved or sending."""

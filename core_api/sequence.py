@@ -36,6 +36,11 @@ class Sequence:
     reserved: int = 0  # RECEIVE: pages still counted as reserved (awaiting incoming KV)
     matched: bool = False  # prefix cache consulted (once, at first admission)
     handle: object = None  # the backend's notification object (stream, transfer)
+    # Real engines: the connection that created the sequence (only it may continue or release the
+    # request), and for a reservation the unguessable capability a sender must present to write
+    # KV into it (issued by the receiver with its KVAddr). The simulator leaves both unset.
+    owner: object = None
+    kv_token: str = ""
 
     @property
     def id(self) -> str:

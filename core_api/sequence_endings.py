@@ -55,7 +55,7 @@ class SequenceEndings:
 
     def release(self, req_id: str, status: str = ABORTED) -> list[Sequence]:
         """Drop whatever this engine holds for the request; computed full pages stay cached."""
-        dropped = [s for s in (self._gen.get(req_id), self._send.get(req_id)) if s is not None]
+        dropped = self.sequences_of(req_id)
         for seq in dropped:
             seq.finish_reason = seq.finish_reason or "abort"
             self._finish(seq, status)

@@ -91,6 +91,9 @@ class KVAddr:
     page_size: int
     begin: int
     end: int
+    # The receiver's capability for this reservation: KV writes without it are refused (real
+    # engines; the simulator leaves it empty). Opaque to routers and strategies, which pass it on.
+    token: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         need = -(-(self.end - self.begin) // self.page_size) if self.end > self.begin else 0

@@ -73,8 +73,9 @@ DOWN_LOAD = 1 << 40
 class RealEngine:
     def __init__(self, address: str, engine_id: str | None = None, directory: dict[str, RealEngine] | None = None,
                  heartbeat_s: float = 0.5, heartbeat_timeout_s: float = 30.0,
-                 ctx: zmq.asyncio.Context | None = None) -> None:
+                 ctx: zmq.asyncio.Context | None = None, keys=None) -> None:
         self.address = address
+        self.keys = keys  # real.keys.CurveKeys: talk CURVE to an engine started with keys
         self.id: str | None = engine_id  # None: adopt the engine's own id at hello
         self.directory = directory if directory is not None else {}
         self.heartbeat_s, self.heartbeat_timeout_s = heartbeat_s, heartbeat_timeout_s
@@ -105,6 +106,8 @@ class RealEngine:
         refused = _refused(self.address)
         if refused:
             raise EngineDown(f"nothing listens at {self.address} ({refused}): is the engine started?")
+        if self.keys is not None:
+            self.keys.client(self.sock)
         self.sock.connect(self.address)
         self._tasks.append(asyncio.ensure_future(self._reader()))
         deadline = time.monotonic() + timeout_s
@@ -116,7 +119,10 @@ class RealEngine:
             except asyncio.TimeoutError:
                 if time.monotonic() > deadline:
                     await self.close()
-                    raise EngineDown(f"engine at {self.address} did not answer hello within {timeout_s:g} s")
+                    keys = f"the keys in {self.keys.directory}" if self.keys else "no keys"
+                    raise EngineDown(f"engine at {self.address} did not answer hello within {timeout_s:g} s (this "
+                                     f"router uses {keys}; an engine started with --keys answers only clients "
+                                     "holding that directory's keys)")
         if self.id is not None and self.id != info["engine_id"]:
             await self.close()
             raise EngineCallError(f"engine at {self.address} is {info['engine_id']!r}, expected {self.id!r}")

@@ -37,6 +37,7 @@ from core_api.types import Request, RequestRecord
 from core_api.workload import Workload
 from real.client import RealEngine
 from real.config import EngineSpec, RealClusterConfig, StrategySpec
+from real.keys import ROUTER, load_keys, remove_keys, temporary_keys
 from real.pacer import paced
 from real.transfer import unlink_pool
 
@@ -78,6 +79,8 @@ class RealCluster:
         self.procs: dict[str, subprocess.Popen] = {}
         self._launched: dict[str, Any] = {}  # the spec each local engine was started with (for restarts)
         self.shm_files: dict[str, str] = {}
+        self.keys_dir: str | None = config.keys
+        self._temporary_keys = False
         self._started = False
 
     @classmethod
@@ -100,8 +103,12 @@ class RealCluster:
         nccl_port = _free_port() if any(s.transport == "nccl" for s, _ in local) else None
         pipes = {}
         try:
+            if local and self.keys_dir is None and self.config.auth:
+                self.keys_dir, self._temporary_keys = str(temporary_keys()), True
             for rank, (spec, eid) in enumerate(local):
                 spec = spec.model_copy(update={"exit_with_parent": True})
+                if self.keys_dir is not None and self.config.auth and spec.keys is None:
+                    spec = spec.model_copy(update={"keys": self.keys_dir})
                 if nccl_port is not None:
                     spec = spec.model_copy(update={"nccl_init": f"tcp://127.0.0.1:{nccl_port}", "nccl_rank": rank,
                                                    "nccl_world": len(local)})
@@ -173,6 +180,9 @@ class RealCluster:
         for path in self.shm_files.values():
             unlink_pool(path)
         self.shm_files.clear()
+        if self._temporary_keys and self.keys_dir is not None:
+            remove_keys(self.keys_dir)
+            self.keys_dir, self._temporary_keys = None, False
         atexit.unregister(self.close)
 
     def kill(self, engine_id: str) -> None:
@@ -200,7 +210,8 @@ class RealCluster:
         directory: dict[str, RealEngine] = {}
         cfg = self.config
         slots = {eid: RealEngine(self.addresses[eid], self._expected[eid], directory, cfg.heartbeat_s,
-                                 self.heartbeat_timeout_for(eid)) for eid in self.engine_ids}
+                                 self.heartbeat_timeout_for(eid), keys=self._router_keys(eid))
+                 for eid in self.engine_ids}
         try:
             await asyncio.gather(*(e.connect(cfg.start_timeout_s) for e in slots.values()))
             for e in slots.values():
@@ -215,6 +226,15 @@ class RealCluster:
                 await asyncio.gather(watchdog, return_exceptions=True)
         finally:
             await asyncio.gather(*(e.close() for e in slots.values()), return_exceptions=True)
+
+    def _router_keys(self, engine_id: str):
+        """The router's CURVE keys toward one engine: the cluster's, except for an engine reached by
+        address when the keys were made here (it cannot hold them)."""
+        if self.keys_dir is None or not self.config.auth:
+            return None
+        if self._temporary_keys and engine_id not in self.procs:
+            return None
+        return load_keys(self.keys_dir, ROUTER)
 
     async def _watchdog(self, engines: dict[str, RealEngine]) -> None:
         while True:

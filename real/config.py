@@ -47,6 +47,9 @@ class EngineSpec(_Strict):
     # takes from engines on a shared host) several-fold. Token times are stamped per step either way.
     stream_interval_s: float = Field(0.0, ge=0)
     listen: str = "tcp://127.0.0.1:0"  # port 0: pick a free one (reported when ready)
+    # CurveZMQ key directory (real.keys): only holders of its keys may talk to this engine.
+    # Required to listen beyond loopback.
+    keys: str | None = None
     exit_with_parent: bool = False  # set by RealCluster: an engine never outlives its launcher
     # NCCL process group of the cluster's engines (transport "nccl"; filled in by RealCluster).
     nccl_init: str | None = None
@@ -56,6 +59,15 @@ class EngineSpec(_Strict):
     @property
     def model_name(self) -> str:
         return MODEL_ALIASES.get(self.model, self.model)
+
+    @model_validator(mode="after")
+    def _keys_beyond_loopback(self) -> EngineSpec:
+        from real.keys import is_loopback
+
+        if self.keys is None and not is_loopback(self.listen):
+            raise ValueError(f"an engine listening on {self.listen} (beyond loopback) needs keys: make a key "
+                             "directory with `microserving keys DIR` and pass it with --keys DIR")
+        return self
 
     @model_validator(mode="after")
     def _transport_fits_device(self) -> EngineSpec:
@@ -94,6 +106,12 @@ class RealClusterConfig(_Strict):
     # so silence is the only sign, and GPU engines answer between steps of milliseconds.
     remote_heartbeat_timeout_s: float = Field(5.0, gt=0)
     start_timeout_s: float = Field(120.0, gt=0)
+    # CurveZMQ key directory (real.keys) of the router and of the engines it starts; without one a
+    # fresh directory is made for the engines started here (engines reached by address are then
+    # spoken to in the clear, so they must run without keys, on loopback).
+    keys: str | None = None
+    # False: no CURVE for the engines started here either (loopback only: benchmarks, debugging).
+    auth: bool = True
 
     @model_validator(mode="after")
     def _unique_ids(self) -> RealClusterConfig:

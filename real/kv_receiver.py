@@ -4,18 +4,30 @@ A chunk is accepted only while its reservation is open (prep_recv admitted it an
 expired nor been released): the check, the page write and the completion all happen here, in the
 engine's own loop, so a page that went back to the free list can never be written by a late
 transfer. The receiver maps the chunk's token range onto its own page table and refuses page ids
-that disagree with it. Each chunk pushes the reservation's deadline out (touch_receive); the
+that disagree with it, and refuses (and logs) any chunk without the reservation's capability: the
+unguessable token it issued with the KVAddr, which only the router that asked and the sender it
+told hold. Each chunk pushes the reservation's deadline out (touch_receive); the
 chunk marked `last` completes it (complete_receive), after which its pages hold KV of
 [0, end) and wait for start_generate or release. Every chunk is answered with a KVAck.
 """
 from __future__ import annotations
 
+import hmac
+import logging
+import secrets
 import time
 
 from core_api.scheduler import Scheduler
 from core_api.sequence import RECEIVE
 from real.protocol import KVAck, KVChunk
 from real.transfer import PageReceiver
+
+log = logging.getLogger(__name__)
+
+
+def issue_token() -> str:
+    """A reservation's capability: 128 random bits, so no peer can guess one it was not given."""
+    return secrets.token_urlsafe(16)
 
 
 class KVReceiver:
@@ -44,7 +56,14 @@ class KVReceiver:
         """The reservation's pages for the chunk's tokens; ValueError if it is gone or they differ."""
         sched = self.sched
         seq = sched.receiving.get(msg.req_id)
-        if seq is None or seq.kind != RECEIVE or not sched.touch_receive(msg.req_id, time.monotonic()):
+        if seq is None or seq.kind != RECEIVE:
+            raise ValueError(f"no open reservation for request {msg.req_id} on engine {self.engine_id} "
+                             "(expired or released)")
+        if not (seq.kv_token and hmac.compare_digest(msg.token.encode(), seq.kv_token.encode())):
+            log.warning("engine %s: refused KV for request %s: wrong capability", self.engine_id, msg.req_id)
+            raise ValueError(f"KV for request {msg.req_id} refused: not the capability this engine issued "
+                             "for the reservation")
+        if not sched.touch_receive(msg.req_id, time.monotonic()):
             raise ValueError(f"no open reservation for request {msg.req_id} on engine {self.engine_id} "
                              "(expired or released)")
         ps = sched.page_size

@@ -35,6 +35,7 @@ class OutgoingSend:
     dst: str
     dst_address: str
     page_ids: tuple[int, ...]  # receiver pages for [begin, end)
+    token: str  # the receiver's capability for them
     begin: int
     end: int
     transport: object
@@ -51,11 +52,12 @@ class OutgoingSend:
 
 class KVSender:
     def __init__(self, ctx: zmq.Context, poller: zmq.Poller, sched: Scheduler, engine_id: str, page_size: int,
-                 pool, peer_timeout_s: float, answer: Callable[[OutgoingSend], None]) -> None:
+                 pool, peer_timeout_s: float, answer: Callable[[OutgoingSend], None], keys=None) -> None:
         self.ctx, self.poller, self.sched = ctx, poller, sched
         self.engine_id, self.page_size, self.pool = engine_id, page_size, pool
         self.peer_timeout_s = peer_timeout_s
         self.answer = answer  # replies to the router once a send is over (ok or error)
+        self.keys = keys  # CurveKeys: peers are CURVE servers, this engine connects as a client
         self.sends: dict[str, OutgoingSend] = {}
         self.peers: dict[str, zmq.Socket] = {}
         self._xfer = 0
@@ -94,7 +96,7 @@ class KVSender:
         header, frames = send.transport.pack(self.pool, src)
         self._xfer += 1
         msg = KVChunk(op="kv", id=self._xfer, req_id=send.req_id, token_begin=send.shipped, token_end=stop,
-                      page_ids=list(send.page_ids[first:last]), last=done, **header)
+                      page_ids=list(send.page_ids[first:last]), last=done, token=send.token, **header)
         try:
             self._peer(send.dst_address).send_multipart([encode(msg), *frames], copy=False, flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:
@@ -122,6 +124,8 @@ class KVSender:
             sock = self.ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, 100_000)
+            if self.keys is not None:
+                self.keys.client(sock)
             sock.connect(address)
             self.poller.register(sock, zmq.POLLIN)
             self.peers[address] = sock

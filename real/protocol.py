@@ -86,13 +86,15 @@ class WireKVAddr(_Msg):
     page_size: int = Field(ge=1)
     begin: int = Field(ge=0)
     end: int = Field(ge=0)
+    token: str = Field("", max_length=128)  # the receiver's capability for this reservation
 
     @classmethod
     def of(cls, a: KVAddr) -> WireKVAddr:
-        return cls(engine_id=a.engine_id, page_ids=list(a.page_ids), page_size=a.page_size, begin=a.begin, end=a.end)
+        return cls(engine_id=a.engine_id, page_ids=list(a.page_ids), page_size=a.page_size, begin=a.begin, end=a.end,
+                   token=a.token)
 
     def to_kv_addr(self) -> KVAddr:
-        return KVAddr(self.engine_id, tuple(self.page_ids), self.page_size, self.begin, self.end)
+        return KVAddr(self.engine_id, tuple(self.page_ids), self.page_size, self.begin, self.end, self.token)
 
 
 LOAD_FIELDS = ("num_waiting", "num_running", "num_receiving", "queued_prefill_tokens", "free_pages",
@@ -198,7 +200,8 @@ class Reset(_Msg):
 
 # -- engine -> engine ---------------------------------------------------------------------
 class KVChunk(_Msg):
-    """KV of prompt tokens [token_begin, token_end) of `req_id`, for the receiver's `page_ids`.
+    """KV of prompt tokens [token_begin, token_end) of `req_id`, for the receiver's `page_ids`,
+    written only if `token` is the capability the receiver issued for that reservation.
 
     `mode` says where the bytes are: "zmq" in the frames after this header ([layers, pages, 2,
     page_size, kv_heads, head_dim] of `dtype`), "shm" in the sender's shared pool segment
@@ -214,6 +217,7 @@ class KVChunk(_Msg):
     token_end: int = Field(ge=0)
     page_ids: list[int]
     last: bool
+    token: str = Field("", max_length=128)  # the reservation's capability, from the receiver's KVAddr
     mode: Literal["zmq", "shm", "nccl", "cuda_ipc"]
     shape: list[int] = []
     dtype: str = "float32"

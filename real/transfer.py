@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
+import secrets
 import socket
+import stat
 import time
-import uuid
 
 import torch
 
@@ -33,6 +35,9 @@ from real.protocol import KVChunk
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "microserving-kv-"
+# 128 random bits: no other user can predict a pool's name, so none can pre-create it (or a
+# symlink under it) before the engine does.
+_POOL_PATH = re.compile(re.escape(f"{SHM_DIR}/{SHM_PREFIX}") + r"[0-9a-f]{32}")
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -76,20 +81,27 @@ def copy_pages(dst: torch.Tensor, dst_ids: list[int], src: torch.Tensor, src_ids
 class SharedPool:
     """A KV pool tensor backed by a file in /dev/shm that other processes on this host can map.
 
-    The creating engine unlinks the file when it closes; RealCluster also unlinks the files of
-    engines it launched, so a killed engine leaves nothing behind.
+    The file is created exclusively, mode 0600, under an unpredictable name; it is opened without
+    following symlinks, and a pool is attached only if it is a regular file of this user with no
+    access for anyone else and exactly the expected size: a symlink or a file planted under a pool's
+    name can never make an engine read or write another file. The creating engine unlinks the
+    file when it exits (also when its launcher died, see EngineSpec.exit_with_parent); RealCluster
+    also unlinks the files of engines it launched, so a killed engine leaves nothing behind.
     """
 
     def __init__(self, path: str, shape: tuple[int, ...], dtype: torch.dtype, create: bool) -> None:
         self.path, self.shape, self.dtype, self.owner = path, tuple(shape), dtype, create
         nbytes = max(1, torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size())
-        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
-        fd = os.open(path, flags, 0o600)
+        flags = os.O_RDWR | os.O_NOFOLLOW | (os.O_CREAT | os.O_EXCL if create else 0)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            raise ValueError(f"cannot open shared pool {path}: {exc.strerror}") from None
         try:
             if create:
                 os.ftruncate(fd, nbytes)  # a fresh tmpfs file reads as zeros
-            elif os.fstat(fd).st_size < nbytes:
-                raise ValueError(f"shared pool {path} holds {os.fstat(fd).st_size} bytes, expected {nbytes}")
+            else:
+                _check_pool_file(path, os.fstat(fd), nbytes)
             # MAP_POPULATE: map the (already allocated) pages now, not one fault per 4 KiB in the
             # first transfer that reads them.
             self._map = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
@@ -99,17 +111,28 @@ class SharedPool:
 
     @classmethod
     def create(cls, shape: tuple[int, ...], dtype: torch.dtype) -> SharedPool:
-        return cls(os.path.join(SHM_DIR, f"{SHM_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"), shape, dtype, True)
+        return cls(f"{SHM_DIR}/{SHM_PREFIX}{secrets.token_hex(16)}", shape, dtype, True)
 
     @classmethod
     def attach(cls, path: str, shape: tuple[int, ...], dtype: torch.dtype) -> SharedPool:
-        if not (os.path.dirname(path) == SHM_DIR and os.path.basename(path).startswith(SHM_PREFIX)):
+        if not _POOL_PATH.fullmatch(path):
             raise ValueError(f"refusing to map {path!r}: not a microserving KV pool")
         return cls(path, shape, dtype, False)
 
     def unlink(self) -> None:
         if self.owner:
             unlink_pool(self.path)
+
+
+def _check_pool_file(path: str, st: os.stat_result, nbytes: int) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"refusing to map {path}: not a regular file")
+    if st.st_uid != os.getuid():
+        raise ValueError(f"refusing to map {path}: owned by uid {st.st_uid}, not by this engine's user")
+    if st.st_mode & 0o077:
+        raise ValueError(f"refusing to map {path}: mode {stat.S_IMODE(st.st_mode):o} lets other users in")
+    if st.st_size != nbytes:
+        raise ValueError(f"refusing to map {path}: it holds {st.st_size} bytes, a pool of this shape {nbytes}")
 
 
 def unlink_pool(path: str) -> None:
@@ -167,9 +190,10 @@ class ShmTransport:
 class PageReceiver:
     """Writes the pages of a KVChunk into this engine's pool, whatever the mode."""
 
-    def __init__(self, pool: torch.Tensor, nccl=None) -> None:
+    def __init__(self, pool: torch.Tensor, nccl=None, own_path: str | None = None) -> None:
         self.pool = pool
         self.nccl = nccl
+        self.own_path = own_path  # this engine's own shared pool: never a source of incoming KV
         self._peers: dict[str, SharedPool] = {}
         self.ipc = None  # CUDA IPC peers, opened on the first cuda_ipc chunk
         self.bytes_received = 0
@@ -200,8 +224,9 @@ class PageReceiver:
             self.bytes_received += self.ipc.land(pool, msg.ipc, msg.src_pages, dst_ids)
         elif msg.mode == "shm":
             src = self._attach(msg).tensor
-            if len(msg.src_pages) != len(dst_ids) or max(msg.src_pages) >= src.shape[1]:
-                raise ValueError(f"{len(msg.src_pages)} source pages for {len(dst_ids)} destination pages")
+            if len(msg.src_pages) != len(dst_ids) or not 0 <= min(msg.src_pages) <= max(msg.src_pages) < src.shape[1]:
+                raise ValueError(f"source pages {msg.src_pages[:8]} do not fit {len(dst_ids)} destination pages "
+                                 f"and a pool of {src.shape[1]}")
             copy_pages(pool, dst_ids, src, msg.src_pages)
             self.bytes_received += len(dst_ids) * pool[:, 0].numel() * pool.element_size()
         elif self.nccl is not None:
@@ -222,6 +247,8 @@ class PageReceiver:
         return data.view(want)
 
     def _attach(self, msg: KVChunk) -> SharedPool:
+        if msg.shm_name == self.own_path:  # copying from ourselves would hand one request's KV to another
+            raise ValueError("refusing a KV chunk that names this engine's own pool as its source")
         peer = self._peers.get(msg.shm_name)
         if peer is None or list(peer.shape) != msg.pool_shape:
             peer = SharedPool.attach(msg.shm_name, tuple(msg.pool_shape), DTYPES[msg.dtype])

@@ -34,7 +34,8 @@ from core_api.sequence import FAILED, SENT, Sequence
 from real import protocol as p
 from real.config import EngineSpec
 from real.engine_stats import add_features, engine_stats, feature_totals
-from real.kv_receiver import KVReceiver
+from real.kv_receiver import KVReceiver, issue_token
+from real.keys import ENGINE, load_keys, start_authenticator
 from real.kv_sender import KVSender, OutgoingSend
 from real.loading import load_model
 from real.runner import ModelRunner
@@ -80,7 +81,7 @@ class EngineWorker:
             from real.nccl_transfer import NcclTransport
 
             self.nccl = NcclTransport(spec.nccl_init, spec.nccl_rank, spec.nccl_world, self.model.device)
-        self.receiver = PageReceiver(self.pool, self.nccl)
+        self.receiver = PageReceiver(self.pool, self.nccl, self.shared.path if self.shared else None)
         self.kv_in = KVReceiver(self.sched, self.id, self.receiver, self.nccl)
         self.zmq_transport = ZmqTransport()
         self.shm_transport = ShmTransport(self.shared) if self.shared is not None else None
@@ -89,8 +90,14 @@ class EngineWorker:
             from real.cuda_ipc import CudaIpcTransport
 
             self.ipc_transport = CudaIpcTransport(self.pool)
-        self.ctx = ctx or zmq.Context.instance()
+        # A context of its own unless given one: its ZAP handler then serves this engine alone.
+        self._own_ctx = ctx is None
+        self.ctx = ctx or zmq.Context()
+        self.keys = load_keys(spec.keys, ENGINE) if spec.keys else None
+        self.authenticator = start_authenticator(self.ctx, self.keys) if self.keys else None
         self.sock = self.ctx.socket(zmq.ROUTER)
+        if self.keys:
+            self.keys.server(self.sock)  # CURVE: only clients with a key in spec.keys get through
         self.sock.setsockopt(zmq.LINGER, 0)
         # No high-water marks: a ROUTER silently drops what exceeds one, and a dropped chunk
         # would leave a stream waiting forever. Memory is the limit instead.
@@ -101,7 +108,7 @@ class EngineWorker:
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
         self.sender = KVSender(self.ctx, self.poller, self.sched, self.id, spec.page_size, self.pool,
-                               spec.peer_timeout_s, self._send_over)
+                               spec.peer_timeout_s, self._send_over, self.keys)
         self.host = host_key()
         self.steps, self.busy_s = 0, 0.0
         self.incarnation = 0
@@ -112,6 +119,9 @@ class EngineWorker:
         self.feature_totals = feature_totals()
         self.running = True
         self._deferred_release: set[str] = set()
+        # Who sent the message being handled: the client's CURVE public key when authenticated
+        # (so a router that reconnects with its keys still owns its requests), else its connection.
+        self._principal: object = None
         self.stream_out = StreamOut(spec.stream_interval_s, self._send)
         self._ppid = os.getppid()
         self._handlers = {
@@ -206,6 +216,7 @@ class EngineWorker:
         except p.ProtocolError as exc:
             self._send(ident, p.Error(op="error", id=exc.call_id, error=str(exc), kind="ProtocolError"))
             return
+        self._principal = _user_id(frames[0]) or ident
         try:
             self._handlers[msg.op](ident, msg, frames[1:])
         except (ValueError, KeyError) as exc:  # RequestRejected is a ValueError
@@ -230,8 +241,9 @@ class EngineWorker:
 
     def _answer_prep(self, caller: Caller, seq: Sequence) -> None:
         ps = self.sched.page_size
+        seq.kv_token = issue_token()
         addr = p.WireKVAddr(engine_id=self.id, page_ids=seq.pages[seq.begin // ps:], page_size=ps,
-                            begin=seq.begin, end=seq.target)
+                            begin=seq.begin, end=seq.target, token=seq.kv_token)
         self._reply(caller.ident, caller.call_id, kv_addr=addr.model_dump(), matched=seq.begin)
 
     def _fail(self, seq: Sequence, reason: str, error: type[EngineCallError]) -> None:
@@ -257,6 +269,13 @@ class EngineWorker:
                 self._fail(seq, f"request {send.req_id} released on engine {self.id}", RequestReleased)
 
     # -- router calls -------------------------------------------------------------------------
+    def _check_owner(self, req_id: str) -> None:
+        """Only the client that created a request here may continue, release or abort it."""
+        for seq in self.sched.sequences_of(req_id):
+            if seq.owner is not None and seq.owner != self._principal:
+                log.warning("engine %s: a connection that does not own request %s tried to use it", self.id, req_id)
+                raise ValueError(f"request {req_id} belongs to another connection")
+
     def _request(self, wire: p.WireRequest):
         """The Request, refused here (not in a batch with others) if a token id is out of vocabulary."""
         req = wire.to_request()
@@ -280,7 +299,9 @@ class EngineWorker:
 
     def _prep_recv(self, ident, msg: p.PrepRecv, frames) -> None:
         now = time.monotonic()
+        self._check_owner(msg.req.id)
         seq = self.sched.add_receive(self._request(msg.req), msg.end, now)
+        seq.owner = self._principal
         if self.sched.try_admit_receive(seq, now):
             self._answer_prep(Caller(ident, msg.id), seq)
         else:
@@ -297,9 +318,11 @@ class EngineWorker:
         kv.to_kv_addr()  # validates page count and alignment
         if kv.page_size != self.sched.page_size:
             raise ValueError(f"receiver page size {kv.page_size} differs from this engine's {self.sched.page_size}")
+        self._check_owner(req.id)
         seq = self.sched.add_send(req, msg.begin, end)
+        seq.owner = self._principal
         self.sender.start(seq, OutgoingSend(ident, msg.id, req.id, msg.dst, msg.dst_address, tuple(kv.page_ids),
-                                            msg.begin, end, self._transport_to(msg)))
+                                            kv.token, msg.begin, end, self._transport_to(msg)))
         if seq.status == SENT:  # the prefix cache held the whole range: ship it now
             self.sender.ship(seq)
 
@@ -314,10 +337,12 @@ class EngineWorker:
         return self.zmq_transport
 
     def _start_generate(self, ident, msg: p.StartGenerate, frames) -> None:
+        self._check_owner(msg.req.id)
         seq = self.sched.add_generate(self._request(msg.req), msg.begin)
-        seq.handle = Stream(ident, msg.id)
+        seq.owner, seq.handle = self._principal, Stream(ident, msg.id)
 
     def _release(self, ident, msg: p.Release, frames) -> None:
+        self._check_owner(msg.req_id)
         send = self.sender.sends.get(msg.req_id)
         if send is not None and send.in_flight:
             # Its pages may still be read by the receiver (shared memory): free them only after
@@ -376,8 +401,20 @@ class EngineWorker:
     def close(self) -> None:
         self.sender.close()
         self.sock.close(0)
+        if self.authenticator is not None:
+            self.authenticator.stop()
+        if self._own_ctx:
+            self.ctx.destroy(linger=0)
         self.close_pool()
 
     def close_pool(self) -> None:
         if self.shared is not None:
             self.shared.unlink()
+
+
+def _user_id(frame) -> str | None:
+    """The CURVE public key (z85) ZAP authenticated the frame's sender with; None without CURVE."""
+    try:
+        return frame.get("User-Id")
+    except (zmq.ZMQError, AttributeError):
+        return None

@@ -19,6 +19,7 @@ from core_api.errors import EngineCallError, EngineDown
 from core_api.types import Request, SamplingParams
 from core_api.workload import Workload
 from real.cluster import RealCluster, check_no_leaks, run_workload
+from real.keys import ROUTER, load_keys
 
 ENGINE = {"model": "tiny", "num_pages": 256, "page_size": 16, "max_num_batched_tokens": 64}
 
@@ -43,7 +44,10 @@ async def _killed_decode(cluster: RealCluster):
         reqs = [req(f"k{i}", 20 + 7 * i, max_tokens=150, seed=i, arrival=0.05 * i) for i in range(12)]
         started = time.monotonic()
         task = asyncio.ensure_future(run_workload(live, Workload(reqs), "pd", params))
-        await asyncio.sleep(0.35)
+        # Kill e1 while it is decoding (a fixed delay raced the generations on a fast machine).
+        deadline = time.monotonic() + 20
+        while (await engines["e1"].stats())["running"] < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
         cluster.kill("e1")
         killed_at = time.monotonic() - started  # on the run's clock (it starts with the task)
         result = await asyncio.wait_for(task, 60)
@@ -96,6 +100,7 @@ async def _raw_calls(cluster: RealCluster):
     ctx = zmq.asyncio.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    load_keys(cluster.keys_dir, ROUTER).client(sock)  # an authenticated client that sends garbage
     sock.connect(cluster.addresses["e0"])
     sent = [
         [b"\x00not msgpack\xff"],

@@ -1,0 +1,122 @@
+"""CurveZMQ keys of a cluster: who may talk to an engine, and how each side proves it.
+
+Engine sockets use CURVE (elliptic-curve encryption and authentication built into ZeroMQ, RFC 26)
+with a ZAP authenticator, rather than anything home-made. A cluster's keys live in one directory:
+
+    engine.key / engine.key_secret   the engines' keypair: each engine's server key, and its client
+                                     key when it ships KV to a peer engine
+    router.key / router.key_secret   the router's keypair (its client key)
+    *.key                            every public key in the directory may connect to the engines
+
+An engine serves only clients whose public key is in its directory; an unauthenticated peer
+completes no handshake and gets nothing, not even `hello`. `microserving keys DIR` makes such a
+directory (mode 0700, secrets 0600); copy it to every host, or only the public files plus each
+party's own secret. Rotation: make a new directory, restart engines and routers with it.
+RealCluster makes a fresh directory for the engines it starts when none is given, so local
+clusters are authenticated too (any local user can reach a loopback port).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.auth
+
+ENGINE, ROUTER = "engine", "router"
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """One party's keypair, the engines' public key (the server key to connect to) and the
+    directory of public keys an engine admits."""
+
+    public: bytes
+    secret: bytes
+    server_public: bytes
+    directory: str
+
+    def client(self, sock: zmq.Socket) -> None:
+        """Make `sock` a CURVE client of the cluster's engines (before connect)."""
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = self.public, self.secret, self.server_public
+
+    def server(self, sock: zmq.Socket) -> None:
+        """Make `sock` a CURVE server (before bind): ZAP then decides who may connect."""
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_server = self.public, self.secret, True
+
+
+def generate_keys(directory: str | Path) -> Path:
+    """A new key directory; refuses to overwrite an existing keypair."""
+    d = Path(directory)
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    for name in (ENGINE, ROUTER):
+        if (d / f"{name}.key_secret").exists():
+            raise FileExistsError(f"{d / name}.key_secret exists: keys are never overwritten, use a new directory")
+        _, secret = zmq.auth.create_certificates(d, name)
+        os.chmod(secret, 0o600)
+    return d
+
+
+def temporary_keys() -> Path:
+    """A fresh key directory for one local cluster (remove with remove_keys)."""
+    return generate_keys(tempfile.mkdtemp(prefix="microserving-keys-"))
+
+
+def remove_keys(directory: str | Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def load_keys(directory: str | Path, role: str) -> CurveKeys:
+    """The keys of `role` (engine or router) from a key directory, with errors that name the file."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise ValueError(f"key directory {d} does not exist (make one with `microserving keys {d}`)")
+    secret_file = d / f"{role}.key_secret"
+    if not secret_file.is_file():
+        raise ValueError(f"{secret_file} is missing: {d} is not a key directory made by `microserving keys`")
+    mode = stat.S_IMODE(secret_file.stat().st_mode)
+    if mode & 0o077:
+        raise ValueError(f"{secret_file} is readable by other users (mode {mode:o}); chmod 600 it")
+    try:
+        public, secret = zmq.auth.load_certificate(secret_file)
+        server_public, _ = zmq.auth.load_certificate(d / f"{ENGINE}.key")
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the keys in {d}: {exc}") from None
+    if not secret:
+        raise ValueError(f"{secret_file} holds no secret key")
+    return CurveKeys(public, secret, server_public, str(d))
+
+
+def start_authenticator(ctx: zmq.Context, keys: CurveKeys):
+    """The ZAP handler of `ctx` (a thread): admits clients whose public key is in the directory."""
+    from zmq.auth.thread import ThreadAuthenticator
+
+    auth = ThreadAuthenticator(ctx, log=_quiet_log())
+    auth.start()
+    auth.configure_curve(domain="*", location=keys.directory)
+    return auth
+
+
+def _quiet_log():
+    """pyzmq logs every refused handshake at DEBUG; refusals are counted by the engine instead."""
+    import logging
+
+    return logging.getLogger("microserving.zap")
+
+
+LOOPBACK_HOSTS = ("127.", "localhost", "[::1]", "::1")
+
+
+def is_loopback(address: str) -> bool:
+    """True for tcp:// on a loopback host and for inproc://; ipc:// and every other host is not."""
+    if address.startswith("inproc://"):
+        return True
+    if not address.startswith("tcp://"):
+        return False
+    host = address[len("tcp://"):].rpartition(":")[0]
+    return host.startswith(LOOPBACK_HOSTS)
