@@ -34,8 +34,8 @@ from core_api.sequence import FAILED, SENT, Sequence
 from real import protocol as p
 from real.config import EngineSpec
 from real.engine_stats import add_features, engine_stats, feature_totals
-from real.kv_receiver import KVReceiver, issue_token
 from real.keys import ENGINE, load_keys, start_authenticator
+from real.kv_receiver import KVReceiver, issue_token
 from real.kv_sender import KVSender, OutgoingSend
 from real.loading import load_model
 from real.runner import ModelRunner
