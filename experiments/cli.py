@@ -23,6 +23,7 @@ def _optional(name: str, module: str) -> None:
 for _name, _module in (
     ("run", "real.cli"),
     ("engine", "real.engine_cli"),
+    ("keys", "real.keys_cli"),
     ("serve", "real.serve_cli"),
     ("calibrate", "calibration.cli"),
     ("replay", "calibration.replay_cli"),

@@ -54,6 +54,8 @@ def build_config(args: argparse.Namespace):
     else:
         engines = engines_from_args(args)
         data = {"cluster": {"engines": engines, "strategy": {"name": "pd"}, "start_timeout_s": args.connect_timeout}}
+    if args.keys:
+        data["cluster"]["keys"] = str(Path(args.keys).resolve())
     strategy = data["cluster"]["strategy"]
     if args.strategy:
         strategy.update(name=args.strategy, params={})

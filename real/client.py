@@ -116,10 +116,11 @@ class RealEngine:
             try:
                 info = await asyncio.wait_for(self._call(p.Hello(op="hello", id=0)), min(2.0, timeout_s))
                 break
-            except asyncio.TimeoutError:
+            except (asyncio.TimeoutError, EngineDown):
+                await asyncio.sleep(0.05)
                 if time.monotonic() > deadline:
                     await self.close()
-                    keys = f"the keys in {self.keys.directory}" if self.keys else "no keys"
+                    keys = f"CURVE keys ({self.keys.directory})" if self.keys else "no keys"
                     raise EngineDown(f"engine at {self.address} did not answer hello within {timeout_s:g} s (this "
                                      f"router uses {keys}; an engine started with --keys answers only clients "
                                      "holding that directory's keys)")
@@ -164,7 +165,10 @@ class RealEngine:
             raise EngineDown(f"engine {self.id} ({self.address}) is down: {self.down}")
         if self.sock is None:
             raise EngineCallError(f"engine {self.id}: not connected")
-        self.sock.send(p.encode(msg), flags=zmq.NOBLOCK)
+        sent = self.sock.send(p.encode(msg), flags=zmq.NOBLOCK)  # a NOBLOCK send's future is done at once
+        if sent.done() and sent.exception() is not None:
+            # zmq.Again: no connection took it (not up yet, or the CURVE handshake was refused).
+            raise EngineDown(f"engine {self.id or self.address}: cannot send ({sent.exception()})")
 
     async def _call(self, msg, force: bool = False) -> dict:
         if msg.id == 0:

@@ -22,7 +22,7 @@ import select
 import subprocess
 import sys
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ from core_api.types import Request, RequestRecord
 from core_api.workload import Workload
 from real.client import RealEngine
 from real.config import EngineSpec, RealClusterConfig, StrategySpec
-from real.keys import ROUTER, load_keys, remove_keys, temporary_keys
+from real.keys import ROUTER, EphemeralKeys, load_keys
 from real.pacer import paced
 from real.transfer import unlink_pool
 
@@ -79,8 +79,10 @@ class RealCluster:
         self.procs: dict[str, subprocess.Popen] = {}
         self._launched: dict[str, Any] = {}  # the spec each local engine was started with (for restarts)
         self.shm_files: dict[str, str] = {}
-        self.keys_dir: str | None = config.keys
-        self._temporary_keys = False
+        # The router's CURVE keys: the configured directory's, or made here for the engines started
+        # here (`ephemeral`, on disk only while they start).
+        self.router_keys = load_keys(config.keys, ROUTER) if config.keys and config.auth else None
+        self.ephemeral: EphemeralKeys | None = None
         self._started = False
 
     @classmethod
@@ -103,23 +105,22 @@ class RealCluster:
         nccl_port = _free_port() if any(s.transport == "nccl" for s, _ in local) else None
         pipes = {}
         try:
-            if local and self.keys_dir is None and self.config.auth:
-                self.keys_dir, self._temporary_keys = str(temporary_keys()), True
-            for rank, (spec, eid) in enumerate(local):
-                spec = spec.model_copy(update={"exit_with_parent": True})
-                if self.keys_dir is not None and self.config.auth and spec.keys is None:
-                    spec = spec.model_copy(update={"keys": self.keys_dir})
-                if nccl_port is not None:
-                    spec = spec.model_copy(update={"nccl_init": f"tcp://127.0.0.1:{nccl_port}", "nccl_rank": rank,
-                                                   "nccl_world": len(local)})
-                self._launched[eid] = spec
-                pipes[eid] = self._spawn(eid, spec)
-            deadline = time.monotonic() + self.config.start_timeout_s
-            for eid, pipe in pipes.items():
-                report = self._ready_report(eid, pipe, deadline)
-                self.addresses[eid] = report["address"]
-                if report.get("shm"):
-                    self.shm_files[eid] = report["shm"]
+            if local and self.config.auth and self.config.keys is None:
+                self.ephemeral = EphemeralKeys()
+            with self._key_directory() as keys:
+                for rank, (spec, eid) in enumerate(local):
+                    spec = spec.model_copy(update={"exit_with_parent": True})
+                    if nccl_port is not None:
+                        spec = spec.model_copy(update={"nccl_init": f"tcp://127.0.0.1:{nccl_port}",
+                                                       "nccl_rank": rank, "nccl_world": len(local)})
+                    self._launched[eid] = spec
+                    pipes[eid] = self._spawn(eid, self._with_keys(spec, keys))
+                deadline = time.monotonic() + self.config.start_timeout_s
+                for eid, pipe in pipes.items():
+                    report = self._ready_report(eid, pipe, deadline)
+                    self.addresses[eid] = report["address"]
+                    if report.get("shm"):
+                        self.shm_files[eid] = report["shm"]
         except BaseException:
             self.close()
             raise
@@ -127,6 +128,22 @@ class RealCluster:
             for pipe in pipes.values():
                 pipe.close()
         return self
+
+    @contextmanager
+    def _key_directory(self):
+        """The key directory engines started now read (None: no CURVE); an ephemeral one exists
+        only for the block."""
+        if not self.config.auth:
+            yield None
+        elif self.ephemeral is not None:
+            with self.ephemeral.directory() as path:
+                yield path
+        else:
+            yield self.config.keys
+
+    @staticmethod
+    def _with_keys(spec: EngineSpec, keys: str | None) -> EngineSpec:
+        return spec.model_copy(update={"keys": keys}) if keys is not None and spec.keys is None else spec
 
     def _spawn(self, eid: str, spec) -> Any:
         """Start one engine process; returns the pipe its ready report comes on."""
@@ -147,7 +164,7 @@ class RealCluster:
         old_pool = self.shm_files.pop(engine_id, None)
         if old_pool:
             unlink_pool(old_pool)
-        with self._spawn(engine_id, spec) as pipe:
+        with self._key_directory() as keys, self._spawn(engine_id, self._with_keys(spec, keys)) as pipe:
             report = self._ready_report(engine_id, pipe, time.monotonic() + self.config.start_timeout_s)
         if report.get("shm"):
             self.shm_files[engine_id] = report["shm"]
@@ -180,9 +197,6 @@ class RealCluster:
         for path in self.shm_files.values():
             unlink_pool(path)
         self.shm_files.clear()
-        if self._temporary_keys and self.keys_dir is not None:
-            remove_keys(self.keys_dir)
-            self.keys_dir, self._temporary_keys = None, False
         atexit.unregister(self.close)
 
     def kill(self, engine_id: str) -> None:
@@ -228,13 +242,13 @@ class RealCluster:
             await asyncio.gather(*(e.close() for e in slots.values()), return_exceptions=True)
 
     def _router_keys(self, engine_id: str):
-        """The router's CURVE keys toward one engine: the cluster's, except for an engine reached by
-        address when the keys were made here (it cannot hold them)."""
-        if self.keys_dir is None or not self.config.auth:
-            return None
-        if self._temporary_keys and engine_id not in self.procs:
-            return None
-        return load_keys(self.keys_dir, ROUTER)
+        """The router's CURVE keys toward one engine: the configured ones, or those made here for the
+        engines started here (an engine reached by address cannot hold those: it gets none)."""
+        if self.router_keys is not None:
+            return self.router_keys
+        if self.ephemeral is not None and engine_id in self.procs:
+            return self.ephemeral.router
+        return None
 
     async def _watchdog(self, engines: dict[str, RealEngine]) -> None:
         while True:

@@ -175,4 +175,16 @@ def load_run_config(path: str | Path) -> RealRunConfig:
         data = json.loads(text)
     if isinstance(data, dict) and "engines" in data:
         data = {"cluster": data}
+    if isinstance(data, dict):
+        resolve_key_paths(data.get("cluster"), Path(path).resolve().parent)
     return RealRunConfig.model_validate(data)
+
+
+def resolve_key_paths(cluster, base: Path) -> None:
+    """Key directories in a cluster file are relative to the file, wherever the command runs."""
+    if not isinstance(cluster, dict):
+        return
+    for entry in [cluster, *(e for e in cluster.get("engines") or [] if isinstance(e, dict))]:
+        keys = entry.get("keys")
+        if isinstance(keys, str) and not Path(keys).is_absolute():
+            entry["keys"] = str(base / keys)

@@ -11,6 +11,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                    help="how long to wait for engines to start or answer (default 120)")
     g.add_argument("--connect", action="append", default=[], metavar="ADDRESS",
                    help="address of an engine started with `microserving engine`, e.g. tcp://host:5555 (repeatable)")
+    g.add_argument("--keys", metavar="DIR", help="CurveZMQ key directory shared with --connect engines "
+                   "(`microserving keys DIR`); default: fresh keys for the engines started here")
     g.add_argument("--model", default="tiny", help="tiny | smollm2 | HF checkpoint dir | .gguf file")
     g.add_argument("--device", default="cpu", help="device, or one per engine: cuda:0,cuda:1")
     g.add_argument("--threads", type=int, default=1, help="torch threads per engine process")

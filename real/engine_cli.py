@@ -1,10 +1,12 @@
 """`microserving engine`: run one engine in the foreground, for routers on other hosts.
 
-    microserving engine --listen tcp://0.0.0.0:5555 --device cuda:0 --model smollm2 --id d0
+    microserving keys ./cluster-keys    # once; copy the directory to every host
+    microserving engine --listen tcp://0.0.0.0:5555 --keys ./cluster-keys --device cuda:0 --model smollm2 --id d0
 
-A router reaches it with `microserving run --connect tcp://HOST:5555` (or an `address:` entry in
-a cluster config). The socket binds to loopback unless an address is given. Ctrl-C stops it and
-removes its shared KV pool file.
+A router reaches it with `microserving run --connect tcp://HOST:5555 --keys ./cluster-keys` (or an
+`address:` entry and `keys:` in a cluster config). The socket binds to loopback unless an address
+is given; beyond loopback the engine refuses to start without --keys, and with keys it answers
+only clients holding them. Ctrl-C stops it and removes its shared KV pool file.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("engine", help="run one engine process in the foreground (multi-host serving)",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--listen", default="tcp://127.0.0.1:5555", help="zmq address to bind (default loopback)")
+    p.add_argument("--keys", help="CurveZMQ key directory (`microserving keys DIR`); required beyond loopback")
     p.add_argument("--id", default="e0", help="engine id (unique in the cluster)")
     p.add_argument("--model", default="tiny", help="tiny | smollm2 | HF checkpoint dir | .gguf file")
     p.add_argument("--model-seed", type=int, default=0, help="seed of random weights (tiny)")
@@ -39,15 +42,19 @@ def run(args: argparse.Namespace) -> int:
         spec = EngineSpec(id=args.id, model=args.model, model_seed=args.model_seed, device=args.device,
                           dtype=args.dtype, threads=args.threads, num_pages=args.num_pages, page_size=args.page_size,
                           max_num_batched_tokens=args.max_num_batched_tokens, transport=args.transport,
-                          batch_invariant=not args.fast, listen=args.listen)
+                          batch_invariant=not args.fast, listen=args.listen, keys=args.keys)
     except ValidationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from sim.profile import format_validation_error
+
+        print(f"error: {format_validation_error(exc)}", file=sys.stderr)
         return 2
 
     def report(info: dict) -> None:
         if "error" in info:
             print(f"error: {info['error']}", file=sys.stderr)
         else:
-            print(f"engine {spec.id} ({spec.model_name} on {spec.device}) listening on {info['address']}", flush=True)
+            auth = f"CURVE keys from {spec.keys}" if spec.keys else "NO authentication (loopback only)"
+            print(f"engine {spec.id} ({spec.model_name} on {spec.device}) listening on {info['address']}, {auth}",
+                  flush=True)
 
     return engine_main(spec, report)

@@ -12,8 +12,8 @@ An engine serves only clients whose public key is in its directory; an unauthent
 completes no handshake and gets nothing, not even `hello`. `microserving keys DIR` makes such a
 directory (mode 0700, secrets 0600); copy it to every host, or only the public files plus each
 party's own secret. Rotation: make a new directory, restart engines and routers with it.
-RealCluster makes a fresh directory for the engines it starts when none is given, so local
-clusters are authenticated too (any local user can reach a loopback port).
+RealCluster makes fresh keys for the engines it starts when none are given (EphemeralKeys), so
+local clusters are authenticated too: any local user can reach a loopback port.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import os
 import shutil
 import stat
 import tempfile
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import zmq
@@ -62,13 +63,35 @@ def generate_keys(directory: str | Path) -> Path:
     return d
 
 
-def temporary_keys() -> Path:
-    """A fresh key directory for one local cluster (remove with remove_keys)."""
-    return generate_keys(tempfile.mkdtemp(prefix="microserving-keys-"))
+class EphemeralKeys:
+    """Keys made for one local cluster, on disk only while engines start.
 
+    An engine reads its keys once, at start-up; the router keeps its own in memory. So the secret
+    files exist only between `directory()` and the end of that block (written 0600 into a 0700
+    temporary directory), and a router killed with SIGKILL leaves no key behind.
+    """
 
-def remove_keys(directory: str | Path) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
+    def __init__(self) -> None:
+        tmp = tempfile.mkdtemp(prefix="microserving-keys-")
+        try:
+            generate_keys(tmp)
+            self._files = {f.name: f.read_bytes() for f in Path(tmp).iterdir()}
+            self.router = replace(load_keys(tmp, ROUTER), directory="keys made for this cluster")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @contextmanager
+    def directory(self):
+        """A key directory holding these keys, removed when the block ends."""
+        tmp = Path(tempfile.mkdtemp(prefix="microserving-keys-"))
+        try:
+            for name, data in self._files.items():
+                fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            yield str(tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_keys(directory: str | Path, role: str) -> CurveKeys:

@@ -57,6 +57,8 @@ def build_configs(args: argparse.Namespace):
         engines = engines_from_args(args)
         data, serve_data = {"engines": engines, "strategy": {"name": "least_loaded"},
                             "start_timeout_s": args.connect_timeout}, {}
+    if args.keys:
+        data["keys"] = str(Path(args.keys).resolve())
     if args.strategy:
         data["strategy"] = {"name": args.strategy, "params": {}}
     data["strategy"].setdefault("params", {}).update(params_from_cli(args.param))

@@ -117,8 +117,9 @@ def format_validation_error(e: ValidationError) -> str:
     """One line per problem, each starting with the dotted field path."""
     parts = []
     for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        parts.append(f"{loc}: {err['msg']}")
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")  # pydantic's wrapper of a validator's own words
+        parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
 
 

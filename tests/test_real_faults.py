@@ -19,7 +19,6 @@ from core_api.errors import EngineCallError, EngineDown
 from core_api.types import Request, SamplingParams
 from core_api.workload import Workload
 from real.cluster import RealCluster, check_no_leaks, run_workload
-from real.keys import ROUTER, load_keys
 
 ENGINE = {"model": "tiny", "num_pages": 256, "page_size": 16, "max_num_batched_tokens": 64}
 
@@ -100,7 +99,7 @@ async def _raw_calls(cluster: RealCluster):
     ctx = zmq.asyncio.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    load_keys(cluster.keys_dir, ROUTER).client(sock)  # an authenticated client that sends garbage
+    cluster.ephemeral.router.client(sock)  # an authenticated client that sends garbage
     sock.connect(cluster.addresses["e0"])
     sent = [
         [b"\x00not msgpack\xff"],

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from real.config import RealClusterConfig
+from real.config import RealClusterConfig, resolve_key_paths
 
 ADMIN_TOKEN_ENV = "MICROSERVING_ADMIN_TOKEN"
 
@@ -48,4 +48,5 @@ def load_serve_file(path: str | Path) -> tuple[RealClusterConfig, ServeConfig]:
         raise ValueError(f"{path}: expected a mapping at the top level")  # noqa: TRY004 - a bad file, not a bad call
     serve = data.pop("serve", None) or {}
     cluster = data["cluster"] if "cluster" in data and "engines" not in data else data
+    resolve_key_paths(cluster, Path(path).resolve().parent)
     return RealClusterConfig.model_validate(cluster), ServeConfig.model_validate(serve)
