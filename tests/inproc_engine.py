@@ -53,7 +53,7 @@ class InProcEngine:
         while time.monotonic() < deadline:
             self.pump()
             while sock.poll(0):
-                out.append(p.decode_client_msg(sock.recv_multipart()[0]))
+                out.append(_decode(sock.recv_multipart()[0]))
             if (until(out) if until else out):
                 break
         return out
@@ -68,3 +68,11 @@ class InProcEngine:
         for sock in self.clients:
             sock.close(0)
         self.worker.close()
+
+
+def _decode(data: bytes):
+    """An answer to a client (reply, chunks, error) or to a KV sender (kv_ack)."""
+    try:
+        return p.decode_client_msg(data)
+    except p.ProtocolError:
+        return p.decode_engine_msg(data)
