@@ -2,6 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/kv_transfer.py [--sizes 1,4,16,64,256] [--transports shm,zmq]
     python benchmarks/kv_transfer.py --device cuda:0 --transports cuda_ipc,zmq --json out.json   # GPU
+    PYTHONPATH=. .venv/bin/python benchmarks/kv_transfer.py --auth off,on --rounds 3     # CURVE's cost
 
 What is timed is the real path: engine e0 holds the prompts' KV in its prefix cache (warmed by an
 untimed start_generate), e1 reserves pages with prep_recv, and e0's remote_send ships every page
@@ -11,6 +12,10 @@ token: 8 layers x 8 KV heads x 128 dims) written to a temporary HF checkpoint, s
 4096 tokens of prefill. Transfers of one size run as concurrent remote_sends of <= 32 MiB each.
 The baseline is `dst.copy_(src)` of the same number of contiguous bytes in one process, on the
 same device (device-to-device on a GPU).
+
+`--auth off,on` measures each transport without and with CurveZMQ authentication (every zmq
+message encrypted), alternating over `--rounds`, and prints the medians, the router-to-engine
+round trip (median of 200 pings) and the ratio of each figure with authentication to without.
 """
 from __future__ import annotations
 
@@ -91,51 +96,72 @@ async def transfer(engines, size_mib: int, seed: int, repeats: int) -> float:
 
 
 async def run_transport(ckpt: Path, transport: str, sizes: list[int], repeats: int,
-                        device: str = "cpu") -> dict[int, float]:
+                        device: str = "cpu", auth: bool = True) -> tuple[dict[int, float], float]:
+    """(GB/s per size, median round trip in seconds) on a fresh pair of engines."""
     from real.cluster import RealCluster, check_no_leaks
+    from real.config import RealClusterConfig
 
     pages = max(sizes) * MIB // (TOKEN_BYTES * PAGE) * 2 + 64
-    with RealCluster.local(2, model=str(ckpt), num_pages=pages, batch_invariant=False, transport=transport,
-                           max_num_batched_tokens=2048, max_model_len=4096, device=device) as cluster:
+    engine = {"count": 2, "model": str(ckpt), "num_pages": pages, "batch_invariant": False, "transport": transport,
+              "max_num_batched_tokens": 2048, "max_model_len": 4096, "device": device}
+    with RealCluster(RealClusterConfig(engines=[engine], auth=auth)) as cluster:
         async with cluster.session() as engines:
+            rtts = [await engines["e0"].round_trip() for _ in range(200)]
             out = {s: await transfer(engines, s, 1000 * s, repeats) for s in sizes}
             await check_no_leaks(list(engines.values()))
-    return out
+    return out, float(np.median(rtts))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1,4,16,64,256", help="MiB per measurement")
     ap.add_argument("--transports", default="shm,zmq")
+    ap.add_argument("--auth", default="on", help="on, off or off,on (CurveZMQ between router and engines)")
+    ap.add_argument("--rounds", type=int, default=1, help="alternating rounds of every setting (medians shown)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu", help="engines' device (cuda:0: both engines on one GPU)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    auths = [{"on": True, "off": False}[a] for a in args.auth.split(",")]
     torch.set_num_threads(1)
     base = {s: memcpy_gbps(s * MIB, device=args.device) for s in sizes}
-    results, errors = {}, {}
+    runs: dict[str, list[tuple[dict[int, float], float]]] = {}
+    errors = {}
     with tempfile.TemporaryDirectory() as tmp:
         write_checkpoint(Path(tmp))
-        for t in args.transports.split(","):
-            try:
-                results[t] = asyncio.run(run_transport(Path(tmp), t, sizes, args.repeats, args.device))
-            except Exception as exc:  # noqa: BLE001 - one transport failing must not hide the others
-                errors[t] = f"{type(exc).__name__}: {exc}"
-                print(f"{t}: failed: {errors[t]}")
+        for _ in range(args.rounds):
+            for t in args.transports.split(","):
+                for auth in auths:
+                    key = f"{t}{'+curve' if auth else ''}"
+                    try:
+                        runs.setdefault(key, []).append(
+                            asyncio.run(run_transport(Path(tmp), t, sizes, args.repeats, args.device, auth)))
+                    except Exception as exc:  # noqa: BLE001 - one setting failing must not hide the others
+                        errors[key] = f"{type(exc).__name__}: {exc}"
+                        print(f"{key}: failed: {errors[key]}")
+    results = {k: {s: float(np.median([r[0][s] for r in v])) for s in sizes} for k, v in runs.items() if v}
+    rtt_us = {k: float(np.median([r[1] for r in v])) * 1e6 for k, v in runs.items() if v}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"device": args.device, "memcpy_gbps": base, "transfer_gbps": results,
-                                         "errors": errors}, indent=1) + "\n")
+                                         "round_trip_us": rtt_us, "errors": errors}, indent=1) + "\n")
     print(f"KV page transfer e0 -> e1 (two engine processes, {TOKEN_BYTES // 1024} KiB KV/token, "
-          f"page {PAGE} tokens), best of {args.repeats}")
-    head = f"{'size':>8} {'memcpy GB/s':>12}" + "".join(f" {t + ' GB/s':>10} {'% memcpy':>9}" for t in results)
+          f"page {PAGE} tokens), best of {args.repeats}, median of {args.rounds} round(s)")
+    head = f"{'size':>8} {'memcpy GB/s':>12}" + "".join(f" {t + ' GB/s':>16} {'% memcpy':>9}" for t in results)
     print(head)
     for s in sizes:
         row = f"{s:>5} MiB {base[s]:>12.2f}"
         for t, r in results.items():
-            row += f" {r[s]:>10.2f} {100 * r[s] / base[s]:>8.0f}%"
+            row += f" {r[s]:>16.2f} {100 * r[s] / base[s]:>8.0f}%"
         print(row)
+    print("router -> engine round trip (median of 200 pings): "
+          + ", ".join(f"{k} {v:.0f} us" for k, v in rtt_us.items()))
+    for t in args.transports.split(","):
+        plain, curve = results.get(t), results.get(f"{t}+curve")
+        if plain and curve:
+            ratios = ", ".join(f"{s} MiB {curve[s] / plain[s]:.2f}" for s in sizes)
+            print(f"{t}: with/without CURVE, bandwidth {ratios}; round trip {rtt_us[t + '+curve'] / rtt_us[t]:.2f}")
 
 
 if __name__ == "__main__":

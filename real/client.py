@@ -277,6 +277,12 @@ class RealEngine:
         log.warning("engine %s rejoined as incarnation %d (was down: %s)", self.id, self.incarnation, self.down)
         self.down = None
 
+    async def round_trip(self) -> float:
+        """Seconds for one ping to the engine and back (its loop answers between steps)."""
+        t0 = time.perf_counter()
+        await self._call(p.Ping(op="ping", id=0))
+        return time.perf_counter() - t0
+
     async def _ping(self) -> None:
         t0 = time.monotonic()
         try:
