@@ -39,9 +39,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_server(addresses: list[str], strategy: str) -> tuple[subprocess.Popen, str]:
+def start_server(addresses: list[str], strategy: str, keys: str) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "experiments.cli", "serve", "--port", "0", "--strategy", strategy,
-           "--max-concurrent", "4096"]
+           "--max-concurrent", "4096", "--keys", keys]
     for a in addresses:
         cmd += ["--connect", a]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH")) if x))
@@ -181,16 +181,24 @@ def main() -> int:
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
     args.prompt_len = tuple(int(x) for x in args.prompt_len.split(","))
 
+    import tempfile
+
     from real.cluster import RealCluster
+    from real.config import RealClusterConfig
+    from real.keys import generate_keys
 
     print(f"2 tiny engines, strategy {args.strategy}, prompts {args.prompt_len[0]}-{args.prompt_len[1]} tokens, "
           f"{args.max_tokens} output tokens, loopback", flush=True)
-    with RealCluster.local(2, num_pages=2048, max_num_seqs=64) as cluster:
-        proc, url = start_server([cluster.addresses[e] for e in cluster.engine_ids], args.strategy)
-        try:
-            over, levels = asyncio.run(bench(url, cluster, args))
-        finally:
-            stop_server(proc)
+    # The server process is a second router of these engines: both hold one key directory.
+    with tempfile.TemporaryDirectory() as tmp:
+        keys = str(generate_keys(Path(tmp) / "keys"))
+        config = RealClusterConfig(engines=[{"count": 2, "num_pages": 2048, "max_num_seqs": 64}], keys=keys)
+        with RealCluster(config) as cluster:
+            proc, url = start_server([cluster.addresses[e] for e in cluster.engine_ids], args.strategy, keys)
+            try:
+                over, levels = asyncio.run(bench(url, cluster, args))
+            finally:
+                stop_server(proc)
     print(f"\nrouter overhead, {over['n']} sequential requests on an idle cluster (medians):")
     print(f"  TTFT  direct {over['direct_ttft']:7.2f} ms   via HTTP {over['http_ttft']:7.2f} ms   "
           f"added {over['added_ttft_ms']:6.2f} ms")

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from core_api.strategy import params_from_cli
 from real.engine_args import add_engine_arguments, engines_from_args
+from sim.profile import error_text
 
 
 def add_parser(sub) -> None:
@@ -87,13 +88,13 @@ def run(args: argparse.Namespace) -> int:
             faults = load_faults(args.faults)
             faults.check_engines([eid for eid, _ in config.cluster.expanded()])
     except (ValidationError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_text(exc)}", file=sys.stderr)
         return 2
     try:  # a typo in the strategy or its parameters fails before any engine starts
         s = config.cluster.strategy
         registry.resolve(s.name).Params(**s.params)
     except (StrategyError, ValidationError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_text(exc)}", file=sys.stderr)
         return 2
     entries = [e for _, e in config.cluster.expanded()]
     local, remote = sum(e.address is None for e in entries), sum(e.address is not None for e in entries)

@@ -121,6 +121,15 @@ class RealClusterConfig(_Strict):
             raise ValueError(f"engine ids must be unique, repeated: {dupes}")
         return self
 
+    @model_validator(mode="after")
+    def _one_key_directory_for_mixed_clusters(self) -> RealClusterConfig:
+        remote = [e.address for e in self.engines if e.address is not None]
+        if self.auth and self.keys is None and remote and len(remote) < len(self.engines):
+            raise ValueError(f"engines started here and engines reached by address ({', '.join(remote)}) must share "
+                             "keys to exchange KV: make a directory with `microserving keys DIR`, start those "
+                             "engines with --keys DIR and pass the same --keys DIR here")
+        return self
+
     def expanded(self) -> list[tuple[str, EngineEntry]]:
         """(engine id, entry) per engine, `count` unrolled; ids default to e0, e1, ... as in sim."""
         out: list[tuple[str, EngineEntry]] = []

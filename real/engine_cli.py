@@ -44,9 +44,9 @@ def run(args: argparse.Namespace) -> int:
                           max_num_batched_tokens=args.max_num_batched_tokens, transport=args.transport,
                           batch_invariant=not args.fast, listen=args.listen, keys=args.keys)
     except ValidationError as exc:
-        from sim.profile import format_validation_error
+        from sim.profile import error_text
 
-        print(f"error: {format_validation_error(exc)}", file=sys.stderr)
+        print(f"error: {error_text(exc)}", file=sys.stderr)
         return 2
 
     def report(info: dict) -> None:

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from core_api.strategy import params_from_cli
 from real.engine_args import add_engine_arguments, engines_from_args
+from sim.profile import error_text
 
 
 def add_parser(sub) -> None:
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cluster_config, config = build_configs(args)
     except (ValidationError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_text(exc)}", file=sys.stderr)
         return 2
     try:
         sock = bind(config.host, config.port)

@@ -123,6 +123,11 @@ def format_validation_error(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def error_text(exc: Exception) -> str:
+    """What a command prints for a bad input: validation errors one plain line per problem."""
+    return format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+
+
 def load_profile(path: str | Path):
     """A cost profile of any kind, by its `kind` field: "layers" (measured per-layer tables,
     sim.layer_profile), "roofline" (fitted efficiency factors, sim.roofline_profile) or, without

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,17 +30,23 @@ def test_run_prompt_streams_text(capsys):
     assert captured.out.strip() and "5 generated" in captured.err
 
 
-def test_router_reaches_an_engine_started_with_the_engine_command(capsys):
+def test_router_reaches_an_engine_started_with_the_engine_command(capsys, tmp_path):
+    """The multi-host recipe of the README on one host: one key directory, an engine started with
+    `microserving engine --keys`, a router with a local engine that ships it KV, all authenticated."""
+    keys = str(tmp_path / "keys")
+    assert main(["keys", keys]) == 0
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "engine", "--listen", f"tcp://127.0.0.1:{port}",
-                             "--id", "remote"], stdout=subprocess.PIPE, text=True, env=env)
+                             "--id", "remote", "--keys", keys], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert "listening on tcp://127.0.0.1:" in proc.stdout.readline()
-        assert main(["run", "--engines", "1", "--connect", f"tcp://127.0.0.1:{port}", "--strategy", "pd",
-                     "--param", 'decode=["remote"]', "--param", 'prefill=["e0"]', "--num-requests", "4",
-                     "--rate", "100"]) == 0
-        assert "remote:" in capsys.readouterr().out
+        assert main(["run", "--engines", "1", "--connect", f"tcp://127.0.0.1:{port}", "--keys", keys,
+                     "--strategy", "pd", "--param", 'decode=["remote"]', "--param", 'prefill=["e0"]',
+                     "--num-requests", "4", "--rate", "100"]) == 0
+        out = capsys.readouterr().out
+        assert "remote:" in out and re.search(r"Failed requests:\s+0\b", out), out
+        assert "KV sent 0.0 MiB" not in out.split("e0:")[1].splitlines()[0], "e0 shipped its KV to remote"
     finally:
         proc.terminate()
         proc.wait(10)
