@@ -55,17 +55,17 @@ class KVReceiver:
     def check(self, msg: KVChunk) -> list[int]:
         """The reservation's pages for the chunk's tokens; ValueError if it is gone or they differ."""
         sched = self.sched
+        closed = f"no open reservation for request {msg.req_id} on engine {self.engine_id} (expired or released)"
         seq = sched.receiving.get(msg.req_id)
         if seq is None or seq.kind != RECEIVE:
-            raise ValueError(f"no open reservation for request {msg.req_id} on engine {self.engine_id} "
-                             "(expired or released)")
+            raise ValueError(closed)
+        # Before touch_receive: a chunk without the capability must not even keep the reservation alive.
         if not (seq.kv_token and hmac.compare_digest(msg.token.encode(), seq.kv_token.encode())):
             log.warning("engine %s: refused KV for request %s: wrong capability", self.engine_id, msg.req_id)
             raise ValueError(f"KV for request {msg.req_id} refused: not the capability this engine issued "
                              "for the reservation")
         if not sched.touch_receive(msg.req_id, time.monotonic()):
-            raise ValueError(f"no open reservation for request {msg.req_id} on engine {self.engine_id} "
-                             "(expired or released)")
+            raise ValueError(closed)
         ps = sched.page_size
         if not seq.begin <= msg.token_begin <= msg.token_end <= seq.target:
             raise ValueError(f"tokens [{msg.token_begin}, {msg.token_end}) outside the reservation "
