@@ -84,18 +84,10 @@ class FaultSchedule(BaseModel):
 
 def load_faults(path: str | Path) -> FaultSchedule:
     """A YAML or JSON fault schedule; errors name the file and the field."""
-    import json
-
-    import yaml
+    from core_api.config_file import read_config_file
 
     path = Path(path)
-    try:
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read: {e.strerror}") from None
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+    data = read_config_file(path, "fault schedule")
     try:
         return FaultSchedule.model_validate(data)
     except ValidationError as e:

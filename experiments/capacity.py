@@ -21,6 +21,7 @@ from pathlib import Path
 
 from core_api.metrics import summarize
 from core_api.workload import Workload
+from experiments.arg_types import add_slo_arguments, positive_float, positive_int
 from sim.config import ClusterConfig
 
 
@@ -120,15 +121,13 @@ def add_parser(sub) -> None:
     p.add_argument("--config", type=Path, help="SimConfig file (YAML/JSON); default: the built-in sim config")
     p.add_argument("--strategy", help="strategy name (overrides the config's)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=JSON", help="strategy parameter")
-    p.add_argument("--num-requests", type=int, help="requests in the workload")
+    p.add_argument("--num-requests", type=positive_int, help="requests in the workload")
     p.add_argument("--seed", type=int, help="workload seed")
     p.add_argument("--profile", type=Path, help="fitted cost profile JSON (instead of the roofline model)")
-    p.add_argument("--ttft-slo", type=float, help="TTFT limit (ms)")
-    p.add_argument("--tpot-slo", type=float, help="TPOT limit (ms)")
-    p.add_argument("--e2el-slo", type=float, help="end-to-end latency limit (ms)")
-    p.add_argument("--target", type=float, default=0.9, help="required SLO attainment (default 0.9)")
-    p.add_argument("--start-rate", type=float, help="first rate probed (default: the config's or trace's rate)")
-    p.add_argument("--rel-tol", type=float, default=0.02, help="stop when the bracket is this tight (relative)")
+    add_slo_arguments(p, "required SLO attainment (default 0.9)")
+    p.add_argument("--start-rate", type=positive_float, help="first rate probed (default: the config's or trace's rate)")
+    p.add_argument("--rel-tol", type=positive_float, default=0.02,
+                   help="stop when the bracket is this tight (relative)")
     p.add_argument("--warmup", type=int, default=0, help="leading requests excluded from metrics")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_trace_arguments(p)

@@ -19,10 +19,16 @@ import json
 import multiprocessing
 import os
 import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 
 from core_api.traces import TraceSpec
 from core_api.workload import WorkloadSpec
+from experiments.arg_types import add_slo_arguments, positive_float, positive_int
+from experiments.sweep import SweepProgress
 from experiments.sweep_spec import RunSpec
 from sim.config import ClusterConfig, EngineConfig, StrategyConfig
 
@@ -52,6 +58,9 @@ def candidates(gpus: int, gpu: str, model: str, dtype: str | None = None, tps: t
 
     known = set(known_strategies())
     wanted = set(strategies) if strategies else known
+    unknown = sorted(wanted - known)
+    if unknown:
+        raise ValueError(f"unknown strategies {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     out = []
     for tp in sorted(t for t in tps if gpus % t == 0):
         if not fits(gpu, model, dtype, tp, page_size):
@@ -105,8 +114,9 @@ def _capacity_worker(task: str) -> str:
 def search(template: EngineConfig, gpus: int, workload: WorkloadSpec | TraceSpec, slos: dict, *,
            capacity: bool = False,
            target: float = 0.9, warmup: int = 0, jobs: int | None = None, rel_tol: float = 0.03,
-           **enumerate_kw) -> list[dict]:
-    """Simulate every candidate; rows sorted best first (errors last)."""
+           progress: Callable[[SweepProgress], None] | None = None, **enumerate_kw) -> list[dict]:
+    """Simulate every candidate; rows sorted best first (errors last). `progress` is told after
+    each candidate (sweep's printer shows it)."""
     from experiments.sweep import execute
 
     model = template.model if isinstance(template.model, str) else template.model.name
@@ -118,18 +128,28 @@ def search(template: EngineConfig, gpus: int, workload: WorkloadSpec | TraceSpec
     if not cands:
         raise ValueError(f"no layout of {gpus} x {gpu} fits {model}")
     rows: list[dict] = []
+    state = SweepProgress(total=len(cands), started=time.perf_counter())
+
+    def tell(label: str, ok: bool, wall_s: float) -> None:
+        state.done += 1
+        state.failed += not ok
+        state.last = {"labels": {"strategy": label}, "status": "ok" if ok else "error", "wall_s": wall_s}
+        if progress:
+            progress(state)
+
     if capacity:
         what = {"trace" if is_trace else "workload": workload.model_dump(mode="json")}
         tasks = [json.dumps({"cluster": cluster_for(c, template).model_dump(mode="json"), **what, "slos": slos,
                              "target": target, "rel_tol": rel_tol, "warmup": warmup}) for c in cands]
         n_jobs = min(jobs or os.cpu_count() or 1, len(tasks))
-        if n_jobs == 1:
-            results = [_capacity_worker(t) for t in tasks]
-        else:
-            with multiprocessing.get_context().Pool(n_jobs) as pool:
-                results = pool.map(_capacity_worker, tasks, chunksize=1)
-        for c, text in zip(cands, results):
-            rows.append({"label": c.label, "strategy": c.strategy.model_dump(), **json.loads(text)})
+        with multiprocessing.get_context().Pool(n_jobs) if n_jobs > 1 else nullcontext() as pool:
+            t0 = time.perf_counter()
+            results = pool.imap(_capacity_worker, tasks, chunksize=1) if pool else map(_capacity_worker, tasks)
+            for c, text in zip(cands, results):
+                row = {"label": c.label, "strategy": c.strategy.model_dump(), **json.loads(text)}
+                rows.append(row)
+                tell(c.label, "error" not in row, time.perf_counter() - t0)
+                t0 = time.perf_counter()
         rows.sort(key=lambda r: ("error" in r, -r.get("capacity_rps", 0.0)))
         return rows
     source = {"trace": workload} if is_trace else {"workload": workload, "seed": workload.seed}
@@ -141,6 +161,7 @@ def search(template: EngineConfig, gpus: int, workload: WorkloadSpec | TraceSpec
         row = {"label": c.label, "strategy": c.strategy.model_dump()}
         row |= {"metrics": line["metrics"]} if line["status"] == "ok" else {"error": line["error"]}
         rows.append(row)
+        tell(c.label, line["status"] == "ok", line.get("wall_s", 0.0))
 
     def rank(r: dict):
         m = r.get("metrics") or {}
@@ -187,15 +208,12 @@ def add_parser(sub) -> None:
     p.add_argument("--tp", default="1,2,4,8", help="TP degrees to try (default 1,2,4,8)")
     p.add_argument("--ratios", default="0.1,0.2,0.3", help="balanced PD ratios to try")
     p.add_argument("--strategies", help="comma-separated strategy names to consider (default: all known)")
-    p.add_argument("--rate", type=float, help="request rate (req/s); the capacity search starts here")
-    p.add_argument("--num-requests", type=int, help="requests in the workload")
+    p.add_argument("--rate", type=positive_float, help="request rate (req/s); the capacity search starts here")
+    p.add_argument("--num-requests", type=positive_int, help="requests in the workload")
     p.add_argument("--prompt-len", help="MEAN[,STD]: normal prompt lengths instead of the template's")
     p.add_argument("--output-len", help="MEAN[,STD]: normal output lengths instead of the template's")
     p.add_argument("--seed", type=int, help="workload seed")
-    p.add_argument("--ttft-slo", type=float, help="TTFT limit (ms)")
-    p.add_argument("--tpot-slo", type=float, help="TPOT limit (ms)")
-    p.add_argument("--e2el-slo", type=float, help="E2E limit (ms)")
-    p.add_argument("--target", type=float, default=0.9, help="attainment target for --capacity")
+    add_slo_arguments(p, "attainment target for --capacity")
     p.add_argument("--capacity", action="store_true", help="rank by the highest rate meeting the SLOs")
     p.add_argument("--warmup", type=int, default=0, help="leading requests excluded from metrics")
     p.add_argument("--top", type=int, default=10, help="rows to print")
@@ -213,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from experiments.capacity import slos_from
+    from experiments.sweep import print_progress
     from experiments.trace_args import trace_spec_from_args
     from sim.config import default_config, load_config
 
@@ -237,7 +256,8 @@ def run(args: argparse.Namespace) -> int:
                       warmup=args.warmup, jobs=args.jobs,
                       tps=tuple(int(t) for t in args.tp.split(",")),
                       ratios=tuple(float(r) for r in args.ratios.split(",")),
-                      strategies=args.strategies.split(",") if args.strategies else None)
+                      strategies=args.strategies.split(",") if args.strategies else None,
+                      progress=None if args.json else partial(print_progress, name="search"))
     except (ValidationError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

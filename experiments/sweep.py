@@ -193,16 +193,17 @@ def add_parser(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
 
 
-def print_progress(state: SweepProgress, stream=sys.stderr) -> None:
+def print_progress(state: SweepProgress, stream=sys.stderr, name: str = "sweep") -> None:
     """One progress line: rewritten in place on a terminal, one per run in a log."""
     elapsed = time.perf_counter() - state.started
     eta = state.eta_s()
     last = ""
     if state.last:
         lb = state.last["labels"]
-        last = (f" | last: {lb['cluster']}/{lb['strategy']}/{lb['workload']} rate={lb['rate']} seed={lb['seed']}"
-                f" {state.last['status']} {state.last['wall_s']:.1f}s")
-    text = (f"[sweep] {state.done}/{state.todo} done"
+        where = "/".join(str(lb[k]) for k in ("cluster", "strategy", "workload") if k in lb)
+        point = "".join(f" {k}={lb[k]}" for k in ("rate", "seed") if k in lb)
+        last = f" | last: {where}{point} {state.last['status']} {state.last['wall_s']:.1f}s"
+    text = (f"[{name}] {state.done}/{state.todo} done"
             + (f" ({state.skipped} resumed)" if state.skipped else "")
             + (f", {state.failed} failed" if state.failed else "")
             + f", {elapsed:.0f}s elapsed" + (f", eta {eta:.0f}s" if eta is not None else "") + last)

@@ -168,14 +168,10 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 def load_spec(path: str | Path) -> SweepSpec:
     """Read a YAML or JSON sweep file; validation errors name the bad field."""
-    import yaml
+    from core_api.config_file import read_config_file
 
     path = Path(path)
-    text = path.read_text()
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+    data = read_config_file(path, "sweep spec")
     # Relative trace paths are relative to the sweep file, so a spec can ship next to its data.
     for w in (data.get("workloads") or []) if isinstance(data, dict) else []:
         trace = w.get("trace") if isinstance(w, dict) else None

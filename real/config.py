@@ -70,6 +70,15 @@ class EngineSpec(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _model_and_device_exist(self) -> EngineSpec:
+        """Checked here, so a typo fails before any engine process starts."""
+        from real.loading import check_device, check_model_name
+
+        check_model_name(self.model_name)
+        check_device(self.device)
+        return self
+
+    @model_validator(mode="after")
     def _transport_fits_device(self) -> EngineSpec:
         if self.transport in ("cuda_ipc", "nccl") and not self.device.startswith("cuda"):
             raise ValueError(f"transport {self.transport!r} needs a CUDA device, this engine runs on {self.device!r}")
@@ -173,15 +182,9 @@ class RealRunConfig(_Strict):
 
 def load_run_config(path: str | Path) -> RealRunConfig:
     """A RealRunConfig from YAML or JSON; a bare cluster config (top-level `engines`) is accepted."""
-    import json
+    from core_api.config_file import read_config_file
 
-    text = Path(path).read_text()
-    if str(path).endswith((".yaml", ".yml")):
-        import yaml
-
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
+    data = read_config_file(path, "run config")
     if isinstance(data, dict) and "engines" in data:
         data = {"cluster": data}
     if isinstance(data, dict):

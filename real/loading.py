@@ -16,9 +16,37 @@ from real.model_config import PRESETS, LlamaConfig
 SMOLLM2 = "smollm2-135m"
 
 
+def check_model_name(name: str) -> None:
+    """ValueError unless `name` is something load_model can load (checked before engines start)."""
+    path = Path(name)
+    if name == SMOLLM2 or name in PRESETS or path.is_dir() or (path.is_file() and path.suffix == ".gguf"):
+        return
+    raise ValueError(f"unknown model {name!r}: a preset ({', '.join(sorted(PRESETS))}, smollm2), "
+                     "an HF checkpoint directory or a .gguf file")
+
+
+def check_device(device: str) -> None:
+    """ValueError unless this torch can use `device`, said plainly (torch's own message for a CPU
+    build asked for CUDA is a paragraph about dynamic linkers)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device {device!r}: {exc}") from None
+    if dev.type == "cpu":
+        return
+    if dev.type != "cuda":
+        raise ValueError(f"device {device!r}: engines run on cpu or cuda[:N]")
+    if not torch.cuda.is_available():
+        why = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ValueError(f"device {device!r}: {why}; use --device cpu, or install the [gpu] extra on a GPU machine")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+
+
 def load_model(name: str, device: str = "cpu", seed: int = 0, dtype: str | None = None,
                batch_invariant: bool = True) -> LlamaModel:
     """`tiny` and other random presets take `seed`; `smollm2-135m` reads the package's GGUF."""
+    check_device(str(device))
     device = torch.device(device)
     if name == SMOLLM2:
         return LlamaModel.from_gguf(None, device=device, dtype=dtype or "float32", batch_invariant=batch_invariant)

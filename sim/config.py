@@ -122,15 +122,9 @@ def default_config() -> SimConfig:
 
 def load_config(path: str | Path) -> SimConfig:
     """Read a YAML or JSON SimConfig; errors name the offending field."""
-    import json
+    from core_api.config_file import read_config_file
 
-    import yaml
-
-    text = Path(path).read_text()
-    try:
-        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: not valid {'JSON' if str(path).endswith('.json') else 'YAML'}: {exc}") from None
+    data = read_config_file(path, "simulator config")
     return SimConfig.model_validate(resolve_paths(data, Path(path).resolve().parent))
 
 

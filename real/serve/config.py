@@ -38,12 +38,9 @@ class ServeConfig(BaseModel):
 
 def load_serve_file(path: str | Path) -> tuple[RealClusterConfig, ServeConfig]:
     """(cluster, serve) from a YAML or JSON file."""
-    import json
+    from core_api.config_file import read_config_file
 
-    import yaml
-
-    text = Path(path).read_text()
-    data = yaml.safe_load(text) if str(path).endswith((".yaml", ".yml")) else json.loads(text)
+    data = read_config_file(path, "serve config")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")  # noqa: TRY004 - a bad file, not a bad call
     serve = data.pop("serve", None) or {}
