@@ -15,6 +15,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from sim.profile import error_text
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("calibrate", help="profile a real engine, fit the simulator's cost model, validate it",
@@ -262,5 +264,5 @@ def run(args: argparse.Namespace) -> int:
     try:
         return handlers[args.calibrate_command](args)
     except (FitError, SamplesError, ProfileError, ValidationError, ValueError, OSError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_text(exc)}", file=sys.stderr)
         return 2

@@ -16,6 +16,8 @@ import math
 import sys
 from pathlib import Path
 
+from sim.profile import error_text
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("replay", help="replay a real serving run on the simulator and print real vs simulated",
@@ -135,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         real_run = load_run(args.run_dir, args.workload)
         replayed = replay(real_run, cost, gpu=args.gpu, model=args.model, seed=args.seed)
     except (RunDirError, ProfileError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_text(exc)}", file=sys.stderr)
         return 2
     metrics = replayed.metrics()
     if args.json:

@@ -23,6 +23,7 @@ from core_api.metrics import summarize
 from core_api.workload import Workload
 from experiments.arg_types import add_slo_arguments, positive_float, positive_int
 from sim.config import ClusterConfig
+from sim.profile import error_text
 
 
 @dataclass
@@ -31,6 +32,8 @@ class Probe:
     attainment: float
     passed: bool
     metrics: dict = field(repr=False)
+    failed: dict[str, int] = field(default_factory=dict)  # failed requests by error kind
+    first_failure: str | None = None  # one failed request's whole reason, to show the user
 
 
 @dataclass
@@ -49,14 +52,24 @@ class CapacityResult:
         return passing[0].metrics if passing else None
 
 
+def probe_rate(cluster: ClusterConfig, workload: Workload, rate: float, slos: dict, target: float,
+               warmup: int = 0, seed: int = 0) -> Probe:
+    """Simulate the workload rescaled to `rate`: its SLO attainment, metrics and failures."""
+    from core_api.faults import failures_by_kind
+    from sim.cluster import SimCluster
+
+    records = SimCluster(cluster).run(workload.scaled_to_rate(rate), seed=seed).records[warmup:]
+    metrics = summarize(records, slos)
+    att = metrics["slo_attainment"]
+    first = next((r.reason for r in records if r.status != "ok"), None)
+    return Probe(rate, att, att >= target, metrics, failures_by_kind(records), first)
+
+
 def attainment_at(cluster: ClusterConfig, workload: Workload, rate: float, slos: dict,
                   warmup: int = 0, seed: int = 0) -> tuple[float, dict]:
     """SLO attainment (and all metrics) of the workload rescaled to `rate`."""
-    from sim.cluster import SimCluster
-
-    result = SimCluster(cluster).run(workload.scaled_to_rate(rate), seed=seed)
-    metrics = summarize(result.records[warmup:], slos)
-    return metrics["slo_attainment"], metrics
+    p = probe_rate(cluster, workload, rate, slos, 1.0, warmup, seed)
+    return p.attainment, p.metrics
 
 
 def find_capacity(cluster: ClusterConfig, workload: Workload, slos: dict, target: float = 0.9,
@@ -73,8 +86,7 @@ def find_capacity(cluster: ClusterConfig, workload: Workload, slos: dict, target
     probes: list[Probe] = []
 
     def probe(rate: float) -> bool:
-        att, metrics = attainment_at(cluster, workload, rate, slos, warmup, seed)
-        p = Probe(rate, att, att >= target, metrics)
+        p = probe_rate(cluster, workload, rate, slos, target, warmup, seed)
         probes.append(p)
         if on_probe:
             on_probe(p)
@@ -163,15 +175,22 @@ def run(args: argparse.Namespace) -> int:
             start = args.start_rate or config.workload.arrival.rate
 
         def show(p: Probe) -> None:
-            print(f"  {p.rate:10.3f} req/s  attainment {p.attainment:6.1%}  {'pass' if p.passed else 'fail'}",
+            failed = (f"  ({sum(p.failed.values())} failed: " + ", ".join(f"{n} {k}" for k, n in p.failed.items())
+                      + ")") if p.failed else ""
+            print(f"  {p.rate:10.3f} req/s  attainment {p.attainment:6.1%}  {'pass' if p.passed else 'fail'}{failed}",
                   file=sys.stderr)
 
         res = find_capacity(config.cluster, workload, slos, args.target, start, args.rel_tol,
                             warmup=args.warmup, seed=config.seed, on_probe=show)
     except (ValidationError, ValueError, StrategyError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_text(exc)}", file=sys.stderr)
         return 2
     slo_text = ", ".join(f"{k} <= {v:g}" for k, v in slos.items())
+    always = min(res.probes, key=lambda p: p.rate)
+    if always.failed:  # failures even at the lowest rate probed: the load is not what fails them
+        print(f"note: {sum(always.failed.values())} request(s) failed even at {always.rate:.3g} req/s, so "
+              f"attainment cannot exceed {always.attainment:.1%} at any rate; e.g. {always.first_failure}",
+              file=sys.stderr)
     if args.json:
         print(json.dumps({"capacity_rps": res.rate, "target": res.target, "slos": res.slos,
                           "bracket": res.bracket, "probes": [(p.rate, p.attainment) for p in res.probes]}))

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from sim.profile import error_text
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("sim", help="simulate a cluster (default: Llama-3.1-8B, 2x H100, PD, 1000 requests)",
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         config = build_config(args)
         result = simulate(config)
     except (ValidationError, ValueError, StrategyError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_text(exc)}", file=sys.stderr)
         return 2
     w, c = config.workload, config.cluster
     print(f"strategy {c.strategy.name} on {len(c.engine_ids())} engines; {w.num_requests} requests at "

@@ -31,6 +31,7 @@ from experiments.arg_types import add_slo_arguments, positive_float, positive_in
 from experiments.sweep import SweepProgress
 from experiments.sweep_spec import RunSpec
 from sim.config import ClusterConfig, EngineConfig, StrategyConfig
+from sim.profile import error_text
 
 
 @dataclass
@@ -259,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
                       strategies=args.strategies.split(",") if args.strategies else None,
                       progress=None if args.json else partial(print_progress, name="search"))
     except (ValidationError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_text(exc)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(rows, allow_nan=True))

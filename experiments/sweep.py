@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.sweep_spec import RunSpec, SweepSpec, load_spec
+from sim.profile import error_text
 
 __all__ = ["SweepProgress", "execute", "finished_keys", "read_results", "run_one", "run_sweep"]
 
@@ -221,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
         spec = load_spec(args.spec)
         runs = spec.runs()
     except (OSError, ValueError, ValidationError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_text(exc)}", file=sys.stderr)
         return 2
     if args.dry_run:
         for r in runs:

@@ -126,7 +126,33 @@ class SweepSpec(_Strict):
                 out.append(RunSpec(labels=labels, cluster=c, workload=workload, trace=trace, seed=seed,
                                    warmup_requests=self.warmup_requests, slos=self.slos,
                                    percentiles=self.percentiles, save_samples=self.save_samples))
+        check_strategies(out)
         return out
+
+
+def check_strategies(runs: list[RunSpec]) -> None:
+    """Every strategy name and its parameters resolve, before any run starts: a typo would
+    otherwise be found only after every run of it had failed."""
+    from pydantic import ValidationError
+
+    from core_api.strategy import StrategyError, resolve
+
+    problems: dict[str, str] = {}
+    for run in runs:
+        s = run.cluster.strategy
+        key = f"{s.name} {json.dumps(s.params, sort_keys=True)}"
+        if key in problems:
+            continue
+        try:
+            resolve(s.name).Params(**s.params)
+            problems[key] = ""
+        except (StrategyError, ValidationError, TypeError) as exc:
+            from sim.profile import error_text
+
+            problems[key] = f"strategy {s.name} ({run.labels.get('strategy')}): {error_text(exc)}"
+    bad = [p for p in problems.values() if p]
+    if bad:
+        raise ValueError("; ".join(bad))
 
 
 class RunSpec(_Strict):

@@ -50,15 +50,27 @@ def test_spec_expansion_grid_clusters_workloads(tmp_path):
         SweepSpec.model_validate({**TINY, "slos": {"ttft": 1}})
 
 
+def test_a_misspelled_strategy_is_refused_before_any_run(tmp_path):
+    spec = SweepSpec.model_validate({**TINY, "strategies": TINY["strategies"] + [{"name": "round_robbin"}]})
+    out = tmp_path / "r.jsonl"
+    with pytest.raises(ValueError, match="unknown strategy 'round_robbin'"):
+        run_sweep(spec, out, jobs=1)
+    assert not out.exists()
+    with pytest.raises(ValueError, match="bogus"):
+        SweepSpec.model_validate({**TINY, "strategies": [{"name": "pd", "params": {"bogus": 1}}]}).runs()
+
+
 def test_sweep_runs_in_parallel_resumes_and_records_failures(tmp_path):
-    spec = SweepSpec.model_validate({**TINY, "strategies": TINY["strategies"] + [{"name": "no_such_strategy"}]})
+    # A strategy that validates but fails when built on the cluster: found only when it runs.
+    wrong_engine = {"name": "pd", "label": "pd_e9", "params": {"prefill": ["e0"], "decode": ["e9"]}}
+    spec = SweepSpec.model_validate({**TINY, "strategies": TINY["strategies"] + [wrong_engine]})
     out = tmp_path / "r.jsonl"
     state = run_sweep(spec, out, jobs=2)
     assert state.done == 12 and state.failed == 4
     lines = read_results(out)
     assert len(lines) == 12
     bad = [ln for ln in lines if ln["status"] == "error"]
-    assert len(bad) == 4 and all("unknown strategy 'no_such_strategy'" in ln["error"] for ln in bad)
+    assert len(bad) == 4 and all("no engine 'e9'" in ln["error"] for ln in bad)
     good = [ln for ln in lines if ln["status"] == "ok"]
     assert all(ln["measured_requests"] == 10 and ln["metrics"]["completed"] == 10 for ln in good)
     assert all(len(ln["samples"]["e2el_ms"]) == 10 and "slo_attainment" in ln["metrics"] for ln in good)

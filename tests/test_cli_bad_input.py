@@ -1,0 +1,88 @@
+"""Bad input to the command line: every case exits 2 (argparse and our own checks alike) with one
+plain line that says what is wrong, before any simulation runs or any engine starts."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["capacity", "--ttft-slo", "-5"], "--ttft-slo: must be a positive number, got -5"),
+    (["capacity", "--ttft-slo", "100", "--target", "1.5"], "--target: must be in (0, 1], got 1.5"),
+    (["capacity", "--ttft-slo", "nan"], "--ttft-slo: must be a positive number"),
+    (["search", "--ttft-slo", "100", "--num-requests", "0"], "--num-requests: must be at least 1"),
+])
+def test_bad_numbers_are_argparse_errors(argv, says, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and says in capsys.readouterr().err
+
+
+def _fails_with(argv: list[str], says: str, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert says in err, err
+    assert "Traceback" not in err and "errors.pydantic.dev" not in err, err
+
+
+def test_search_names_unknown_strategies(capsys):
+    _fails_with(["search", "--ttft-slo", "100", "--strategies", "foo,bar"], "unknown strategies bar, foo", capsys)
+
+
+@pytest.mark.parametrize("argv", [["sim", "--config", "{d}"], ["run", "--config", "{d}"], ["sweep", "{d}"],
+                                  ["serve", "--config", "{d}"]])
+def test_a_directory_given_as_a_file_is_one_line(argv, tmp_path, capsys):
+    _fails_with([a.format(d=tmp_path) for a in argv], f"{tmp_path}: is a directory", capsys)
+
+
+def test_a_missing_config_file_is_one_line(tmp_path, capsys):
+    _fails_with(["sim", "--config", str(tmp_path / "nope.yaml")], "no such simulator config file", capsys)
+
+
+def test_a_misspelled_strategy_in_a_sweep_spec_fails_before_any_run(tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("base: {cluster: {engines: [{count: 2}]}, workload: {num_requests: 4}}\n"
+                    "strategies: [{name: round_robbin}, {name: pd}]\n")
+    _fails_with(["sweep", str(spec), "--out", str(tmp_path / "r.jsonl")], "unknown strategy 'round_robbin'", capsys)
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_unknown_models_and_devices_fail_before_engines_start(capsys):
+    _fails_with(["run", "--model", "llama99", "--prompt", "hi"], "unknown model 'llama99'", capsys)
+    _fails_with(["engine", "--device", "cuda:0"] if not _has_cuda() else ["engine", "--device", "cuda:99"],
+                "device 'cuda:", capsys)
+    _fails_with(["engine", "--listen", "tcp://0.0.0.0:5555"], "needs keys", capsys)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`microserving sim | head -1`: no BrokenPipeError traceback, the SIGPIPE-like status 141."""
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "sim", "--num-requests", "50"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141 and "Traceback" not in err, err
+
+
+def test_capacity_says_when_requests_fail_at_every_rate(tmp_path, capsys):
+    trace = tmp_path / "t.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,374,44\nbad,line\n"
+                     "2023-11-16 18:15:50.75,396,109\n2023-11-16 18:15:51.75,100000,109\n")
+    assert main(["capacity", "--ttft-slo", "1000", "--trace", str(trace), "--trace-format", "azure",
+                 "--skip-bad-lines"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err and "skipped 1 malformed line(s)" in err and "return build_workload" not in err
+    assert "1 request(s) failed even at" in err and "exceed this engine's max context" in err
