@@ -21,6 +21,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 SERIES_DIMS = ("cluster", "strategy", "workload")
+# Colour, marker and dash vary together, so 14 series stay tellable apart (10 colours repeat).
+MARKERS = "osD^v<>PXh*p"
+DASHES = ("-", "--", "-.", ":")
 GRID = (("mean_ttft_ms", "p99_ttft_ms"), ("mean_tpot_ms", "p99_tpot_ms"), ("mean_e2el_ms", "p99_e2el_ms"))
 PRETTY = {"ttft": "TTFT", "tpot": "TPOT", "e2el": "E2E (JCT)", "itl": "ITL"}
 
@@ -61,19 +64,37 @@ def pretty(name: str) -> str:
     return {"rate": "request rate (req/s)", "slo_attainment": "SLO attainment"}.get(name, name)
 
 
-def draw(ax, lines: Sequence[dict], x: str, y: str, dims: Sequence[str] | None = None, logy: bool = False):
-    for name, group in sorted(series_of(lines, dims).items()):
+def draw(ax, lines: Sequence[dict], x: str, y: str, dims: Sequence[str] | None = None, logy: bool | None = None):
+    """One curve per series; `logy` None: a log y axis when the values span two decades or more."""
+    values = []
+    for i, (name, group) in enumerate(sorted(series_of(lines, dims).items())):
         xs, mean, lo, hi = _curve(group, x, y)
         if not xs:
             continue
-        (handle,) = ax.plot(xs, mean, marker="o", ms=3, label=name)
+        (handle,) = ax.plot(xs, mean, marker=MARKERS[i % len(MARKERS)], ls=DASHES[i // 10 % len(DASHES)], ms=4,
+                            label=name)
         if any(a != b for a, b in zip(lo, hi)):
             ax.fill_between(xs, lo, hi, alpha=0.15, color=handle.get_color())
+        values += [v for v in lo + hi if v > 0]
     ax.set_xlabel(pretty(x))
     ax.set_ylabel(pretty(y))
-    if logy:
+    if logy or (logy is None and values and max(values) >= 100 * min(values)):
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
+
+
+def cluster_title(lines: Sequence[dict]) -> str:
+    """What the runs simulated, e.g. '4 x H100-SXM, Llama-3.1-8B' (from the first run's config)."""
+    engines = (((lines[0].get("config") or {}).get("cluster") or {}).get("engines") or []) if lines else []
+    parts = []
+    for e in engines:
+        if isinstance(e, dict):
+            model = e.get("model")
+            model = model.get("name") if isinstance(model, dict) else model
+            gpu = e.get("gpu")
+            gpu = gpu.get("name") if isinstance(gpu, dict) else gpu
+            parts.append(f"{e.get('count', 1)} x {gpu or 'default GPU'}, {model or 'default model'}")
+    return "; ".join(parts)
 
 
 def _save(fig, out: str | Path) -> Path:
@@ -85,16 +106,29 @@ def _save(fig, out: str | Path) -> Path:
 
 
 def plot_metric(lines: Sequence[dict], out: str | Path, x: str = "rate", y: str = "p99_e2el_ms",
-                title: str | None = None, logy: bool = False) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    draw(ax, lines, x, y, logy=logy)
-    ax.legend(fontsize=7)
-    ax.set_title(title or f"{pretty(y)} vs {pretty(x)}", fontsize=10)
+                title: str | None = None, logy: bool | None = None) -> Path:
+    """`y` against `x`; one panel per workload when there are several (their rates differ)."""
+    ok = [ln for ln in lines if ln.get("status") == "ok"]
+    by_workload: dict[str, list[dict]] = defaultdict(list)
+    for ln in ok:
+        by_workload[str(ln["labels"].get("workload"))].append(ln)
+    panels = sorted(by_workload.items()) if len(by_workload) > 1 else [("", ok)]
+    dims = [d for d in SERIES_DIMS if d != "workload" and len({str(ln["labels"].get(d)) for ln in ok}) > 1]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    for ax, (workload, group) in zip(axes[0], panels):
+        draw(ax, group, x, y, dims or ["strategy"], logy=logy)
+        if workload:
+            ax.set_title(f"workload {workload}", fontsize=9)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
+    what = cluster_title(ok)
+    fig.suptitle((title or f"{pretty(y)} vs {pretty(x)}") + (f"\n{what}" if what else ""), fontsize=10)
+    fig.tight_layout()
     return _save(fig, out)
 
 
 def plot_latency_grid(lines: Sequence[dict], out: str | Path, x: str = "rate", title: str | None = None,
-                      logy: bool = False) -> Path:
+                      logy: bool | None = None) -> Path:
     """2 x 3 panels: mean (top) and p99 (bottom) of TTFT, TPOT and E2E against x."""
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
     for col, (mean, p99) in enumerate(GRID):
@@ -103,8 +137,9 @@ def plot_latency_grid(lines: Sequence[dict], out: str | Path, x: str = "rate", t
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=min(4, max(1, len(labels))), fontsize=8,
                bbox_to_anchor=(0.5, 1.02))
-    if title:
-        fig.suptitle(title, y=1.06)
+    what = cluster_title(lines)
+    if title or what:
+        fig.suptitle(" - ".join(t for t in (title, what) if t), y=1.06)
     fig.tight_layout()
     return _save(fig, out)
 
@@ -165,13 +200,17 @@ def add_parser(sub) -> None:
     p.add_argument("--rate", type=float, help="rate for --kind cdf (default: the highest)")
     p.add_argument("--where", action="append", default=[], metavar="LABEL=VALUE",
                    help="keep only results whose label matches, e.g. --where workload=chat (repeatable)")
-    p.add_argument("--logy", action="store_true", help="log-scale y axis")
+    p.add_argument("--logy", action="store_true", default=None,
+                   help="log-scale y axis (default: when the values span two decades)")
     p.add_argument("-o", "--out", type=Path, default=None, help="figure path (a folder for --kind all)")
 
 
 def run(args: argparse.Namespace) -> int:
     from experiments.sweep import read_results
 
+    if not args.results.is_file():
+        print(f"error: {args.results}: no such results file (write one with `microserving sweep`)", file=sys.stderr)
+        return 2
     lines = read_results(args.results)
     for cond in args.where:
         key, sep, want = cond.partition("=")
@@ -179,9 +218,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: --where {cond!r}: expected LABEL=VALUE", file=sys.stderr)
             return 2
         lines = [ln for ln in lines if str(ln.get("labels", {}).get(key)) == want]
-    if not any(ln.get("status") == "ok" for ln in lines):
-        print(f"error: no successful runs in {args.results}", file=sys.stderr)
+    ok = [ln for ln in lines if ln.get("status") == "ok"]
+    if not ok:
+        print(f"error: no successful runs in {args.results}"
+              + (f" (of {len(lines)} results)" if lines else " (no result lines in it)"), file=sys.stderr)
         return 2
+    known = sorted({k for ln in ok for k in ln.get("labels", {})} | {k for ln in ok for k in ln["metrics"]})
+    for flag, name in (("--x", args.x), ("--y", args.y)):
+        if name not in known and args.kind in ("metric", "grid") and (flag == "--x" or args.kind == "metric"):
+            print(f"error: {flag} {name!r}: not a label or metric of these results; known: {', '.join(known)}",
+                  file=sys.stderr)
+            return 2
     stem = args.results.with_suffix("")
     if args.kind == "all":
         paths = plot_sweep(lines, args.out or Path(f"{stem}_plots"))
@@ -191,10 +238,6 @@ def run(args: argparse.Namespace) -> int:
         metric = args.y.split("_", 1)[1] if args.y.startswith(("mean_", "p99_", "median_")) else args.y
         paths = [plot_cdf(lines, args.out or Path(f"{stem}_cdf.png"), metric, args.rate)]
     else:
-        if args.y not in lines[0].get("metrics", {}) and not any(args.y in ln.get("metrics", {}) for ln in lines):
-            known = sorted(next(ln for ln in lines if ln.get("status") == "ok")["metrics"])
-            print(f"error: no metric {args.y!r}; known: {', '.join(known)}", file=sys.stderr)
-            return 2
         paths = [plot_metric(lines, args.out or Path(f"{stem}_{args.y}.png"), args.x, args.y, logy=args.logy)]
     for p in paths:
         print(f"wrote {p}")

@@ -51,6 +51,9 @@ def build_configs(args: argparse.Namespace):
     from real.config import RealClusterConfig
     from real.serve.config import ADMIN_TOKEN_ENV, ServeConfig, load_serve_file
 
+    if args.admin_token == "":
+        raise ValueError("--admin-token is empty: is the variable it names (e.g. $TOKEN) set? Leave the flag out "
+                         f"to keep the admin routes off, or set ${ADMIN_TOKEN_ENV}")
     if args.config:
         cluster, serve = load_serve_file(args.config)
         data, serve_data = cluster.model_dump(mode="json"), serve.model_dump()

@@ -86,3 +86,7 @@ def test_capacity_says_when_requests_fail_at_every_rate(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "warning: " in err and "skipped 1 malformed line(s)" in err and "return build_workload" not in err
     assert "1 request(s) failed even at" in err and "exceed this engine's max context" in err
+
+
+def test_an_empty_admin_token_says_so(capsys):
+    _fails_with(["serve", "--admin-token", ""], "--admin-token is empty", capsys)

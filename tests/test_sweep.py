@@ -124,3 +124,32 @@ def test_cli_sweep_and_plot(tmp_path, capsys):
     assert main(["plot", str(out), "--x", "rate", "--y", "p99_e2el_ms", "-o", str(fig)]) == 0
     assert fig.stat().st_size > 1000
     assert main(["plot", str(out), "--y", "p99_nonsense_ms"]) == 2
+
+
+def test_plot_refuses_what_it_cannot_draw(tmp_path, capsys):
+    from experiments.cli import main
+
+    assert main(["plot", str(tmp_path / "none.jsonl")]) == 2
+    assert "no such results file" in capsys.readouterr().err
+    out = tmp_path / "r.jsonl"
+    run_sweep(SweepSpec.model_validate({**TINY, "seeds": [0], "rates": [5.0]}), out, jobs=1)
+    assert main(["plot", str(out), "--x", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "--x 'nosuch': not a label or metric" in err and "rate" in err
+
+
+def test_a_metric_plot_has_one_panel_per_workload_and_names_the_cluster(tmp_path):
+    from matplotlib import image
+
+    from experiments.plots import cluster_title, plot_metric
+
+    spec = {**TINY, "seeds": [0], "workloads": [{"label": "short"},
+                                                {"label": "long", "set": {"prompt_len": {"kind": "uniform",
+                                                                                         "low": 300, "high": 400}}}]}
+    out = tmp_path / "r.jsonl"
+    run_sweep(SweepSpec.model_validate(spec), out, jobs=1)
+    lines = read_results(out)
+    assert cluster_title(lines).startswith("2 x ")
+    one = plot_metric([ln for ln in lines if ln["labels"]["workload"] == "short"], tmp_path / "one.png")
+    two = plot_metric(lines, tmp_path / "two.png")
+    assert image.imread(two).shape[1] > 1.6 * image.imread(one).shape[1], "one panel per workload"
