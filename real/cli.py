@@ -21,7 +21,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from core_api.strategy import params_from_cli
-from real.engine_args import add_engine_arguments, engines_from_args
+from real.engine_args import add_engine_arguments, engines_from_args, print_ready
 from sim.profile import error_text
 
 
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
                                  f"connecting to {remote} engine(s)" if remote else "") if x)
     print(f"{what}; strategy {config.cluster.strategy.name}", file=sys.stderr)
     try:
-        with RealCluster(config.cluster) as cluster:
+        with RealCluster(config.cluster, on_ready=print_ready) as cluster:
             if args.prompt is not None:
                 return asyncio.run(_prompt(cluster, args))
             return asyncio.run(_workload(cluster, config, args, faults))

@@ -22,6 +22,7 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,8 +70,12 @@ class RealRunResult:
 
 
 class RealCluster:
-    def __init__(self, config: RealClusterConfig) -> None:
+    def __init__(self, config: RealClusterConfig,
+                 on_ready: Callable[[str, str, float], None] | None = None) -> None:
         self.config = config
+        # Told (engine id, address, seconds since start) as each engine started here is ready:
+        # a large model takes many seconds to load, and a command should not sit silent.
+        self.on_ready = on_ready
         self.specs = config.engine_specs()
         self.addresses: dict[str, str] = {eid: addr for _, addr, eid in self.specs if addr is not None}
         # A remote engine listed without an id keeps the id it was started with (learnt at hello).
@@ -115,10 +120,13 @@ class RealCluster:
                                                        "nccl_rank": rank, "nccl_world": len(local)})
                     self._launched[eid] = spec
                     pipes[eid] = self._spawn(eid, self._with_keys(spec, keys))
-                deadline = time.monotonic() + self.config.start_timeout_s
+                t0 = time.monotonic()
+                deadline = t0 + self.config.start_timeout_s
                 for eid, pipe in pipes.items():
                     report = self._ready_report(eid, pipe, deadline)
                     self.addresses[eid] = report["address"]
+                    if self.on_ready is not None:
+                        self.on_ready(eid, report["address"], time.monotonic() - t0)
                     if report.get("shm"):
                         self.shm_files[eid] = report["shm"]
         except BaseException:

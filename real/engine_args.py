@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +22,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-model-len", type=int, help="context limit per engine (default: the model's)")
     g.add_argument("--transport", default="auto", choices=["auto", "zmq", "shm", "nccl", "cuda_ipc"])
     g.add_argument("--fast", action="store_true", help="turn off batch-invariant mode (faster, not bit-exact)")
+
+
+def print_ready(engine_id: str, address: str, seconds: float) -> None:
+    """RealCluster's on_ready for the commands: one line per engine as it comes up."""
+    print(f"  engine {engine_id} ready on {address} ({seconds:.1f} s)", file=sys.stderr, flush=True)
 
 
 def engines_from_args(args: argparse.Namespace) -> list[dict]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from core_api.strategy import params_from_cli
-from real.engine_args import add_engine_arguments, engines_from_args
+from real.engine_args import add_engine_arguments, engines_from_args, print_ready
 from sim.profile import error_text
 
 
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     n = len(cluster_config.expanded())
     print(f"starting {n} engine(s)...", file=sys.stderr, flush=True)
     try:
-        with RealCluster(cluster_config) as cluster:
+        with RealCluster(cluster_config, on_ready=print_ready) as cluster:
             asyncio.run(serve(cluster, config, sock, ready))
     except (StrategyError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
