@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from experiments.trace_args import add_trace_arguments
 from sim.profile import error_text
 
 
@@ -22,7 +23,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, help="workload seed")
     p.add_argument("--profile", type=Path, help="fitted cost profile JSON (instead of the roofline model)")
     p.add_argument("--out", type=Path, help="write the full RunResult JSON here")
-    p.add_argument("--list-strategies", action="store_true", help="print known strategy names and exit")
+    p.add_argument("--list-strategies", action="store_true",
+                   help="print the known strategies with their parameters and defaults, and exit")
+    add_trace_arguments(p)
 
 
 def build_config(args: argparse.Namespace):
@@ -50,21 +53,25 @@ def run(args: argparse.Namespace) -> int:
     from core_api.faults import recovery
     from core_api.metrics import format_table
     from core_api.strategy import StrategyError, known_strategies
+    from experiments.trace_args import trace_spec_from_args
     from sim.cluster import simulate
 
     if args.list_strategies:
-        print("\n".join(known_strategies()))
+        print(describe_strategies(known_strategies()))
         return 0
     try:
         config = build_config(args)
-        result = simulate(config)
+        trace = trace_spec_from_args(args, args.rate, config.seed)
+        workload = trace.load() if trace is not None else None
+        result = simulate(config, workload)
     except (ValidationError, ValueError, StrategyError, FileNotFoundError) as exc:
         print(f"error: {error_text(exc)}", file=sys.stderr)
         return 2
     w, c = config.workload, config.cluster
-    print(f"strategy {c.strategy.name} on {len(c.engine_ids())} engines; {w.num_requests} requests at "
-          f"{w.arrival.rate:g} req/s (seed {config.seed}); simulated {result.sim_time_s:.1f} s "
-          f"in {result.wall_time_s:.2f} s wall")
+    what = (f"trace {trace.path} ({len(workload)} requests, {workload.mean_rate:.3g} req/s)" if trace is not None
+            else f"{w.num_requests} requests at {w.arrival.rate:g} req/s")
+    print(f"strategy {c.strategy.name} on {len(c.engine_ids())} engines; {what} (seed {config.seed}); "
+          f"simulated {result.sim_time_s:.1f} s in {result.wall_time_s:.2f} s wall")
     print(format_table(result.metrics()))
     failed = result.failed_by_reason()
     if failed:
@@ -82,3 +89,24 @@ def run(args: argparse.Namespace) -> int:
         print("error: no request completed", file=sys.stderr)
         return 1
     return 0
+
+
+def describe_strategies(names: list[str]) -> str:
+    """Each strategy, its first docstring line, and its parameters with their defaults."""
+    from pydantic_core import PydanticUndefined
+
+    from core_api.strategy import resolve
+
+    out = []
+    for name in names:
+        cls = resolve(name)
+        doc = cls.__doc__ or sys.modules[cls.__module__].__doc__ or ""
+        summary = " ".join(doc.strip().split("\n\n")[0].split())  # the first paragraph, on one line
+        out.append(f"{name}: {summary}".rstrip(": "))
+        for field, info in cls.Params.model_fields.items():
+            default = "(required)" if info.default is PydanticUndefined and info.default_factory is None else \
+                f"= {info.get_default(call_default_factory=True)!r}"
+            kind = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
+            text = f"  {field}: {kind} {default}"
+            out.append(text + (f"  # {info.description}" if info.description else ""))
+    return "\n".join(out)

@@ -90,3 +90,14 @@ def test_capacity_says_when_requests_fail_at_every_rate(tmp_path, capsys):
 
 def test_an_empty_admin_token_says_so(capsys):
     _fails_with(["serve", "--admin-token", ""], "--admin-token is empty", capsys)
+
+
+def test_sim_lists_strategies_with_their_parameters_and_reads_traces(tmp_path, capsys):
+    assert main(["sim", "--list-strategies"]) == 0
+    out = capsys.readouterr().out
+    assert "balanced_pd: prep_recv(end=split)" in out and "  ratio: float = 0.2" in out
+    trace = tmp_path / "t.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,374,44\n"
+                     "2023-11-16 18:15:50.75,396,109\n2023-11-16 18:15:51.75,100,9\n")
+    assert main(["sim", "--trace", str(trace), "--trace-format", "azure"]) == 0
+    assert f"trace {trace} (3 requests" in capsys.readouterr().out
