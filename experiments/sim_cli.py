@@ -23,6 +23,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, help="workload seed")
     p.add_argument("--profile", type=Path, help="fitted cost profile JSON (instead of the roofline model)")
     p.add_argument("--out", type=Path, help="write the full RunResult JSON here")
+    p.add_argument("--out-vllm", type=Path, metavar="PATH",
+                   help="also write the results as `vllm bench serve --save-result` does (its keys and units)")
     p.add_argument("--list-strategies", action="store_true",
                    help="print the known strategies with their parameters and defaults, and exit")
     add_trace_arguments(p)
@@ -85,6 +87,15 @@ def run(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(result.to_json())
         print(f"wrote {args.out}")
+    if args.out_vllm:
+        from core_api.vllm_format import save_vllm_result, traffic_of
+
+        rate, burstiness = traffic_of(workload if workload is not None else config.workload)
+        model = c.engines[0].model
+        save_vllm_result(args.out_vllm, result.records, result.metrics(), backend="microserving-sim",
+                         model_id=model if isinstance(model, str) else model.name, request_rate=rate,
+                         burstiness=burstiness)
+        print(f"wrote {args.out_vllm}")
     if result.records and not any(r.status == "ok" for r in result.records):
         print("error: no request completed", file=sys.stderr)
         return 1

@@ -42,6 +42,8 @@ def add_parser(sub) -> None:
     g.add_argument("--rate", type=float, help="requests per second")
     g.add_argument("--seed", type=int)
     p.add_argument("--out", type=Path, help="write the run's JSON here")
+    p.add_argument("--out-vllm", type=Path, metavar="PATH",
+                   help="also write the results as `vllm bench serve --save-result` does (with generated texts)")
     p.add_argument("--faults", type=Path, help="fault schedule (YAML/JSON, core_api.faults) applied to the engine "
                    "processes during the workload: crash, restart, stall, slow")
 
@@ -187,6 +189,17 @@ async def _workload(cluster, config, args: argparse.Namespace, faults=None) -> i
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(result.to_json())
         print(f"wrote {args.out}")
+    if args.out_vllm:
+        from core_api.vllm_format import save_vllm_result, traffic_of
+        from real.loading import load_tokenizer
+
+        model = next(iter(engines.values())).info["model"]
+        tokenizer = load_tokenizer(model)
+        rate, burstiness = traffic_of(spec)
+        save_vllm_result(args.out_vllm, result.records, result.metrics(), backend="microserving-real",
+                         model_id=model, request_rate=rate, burstiness=burstiness,
+                         generated_texts=[tokenizer.decode(r.token_ids) for r in result.records])
+        print(f"wrote {args.out_vllm}")
     failed = [r for r in result.records if r.status != "ok"]
     if failed:
         print(f"{len(failed)} of {len(result.records)} requests failed: "
