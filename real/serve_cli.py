@@ -44,6 +44,9 @@ def add_parser(sub) -> None:
     g.add_argument("--allow-strategy-module", action="append", default=[], metavar="MODULE",
                    help="a module whose strategies (MODULE:Class) /admin/strategy may switch to (repeatable)")
     g.add_argument("--log-level", help="uvicorn log level (default warning)")
+    g.add_argument("--export-tokenizer", type=Path, metavar="DIR",
+                   help="write the model's tokenizer as a Hugging Face tokenizer directory and exit (for "
+                        "benchmark clients that load it, e.g. GuideLLM --processor DIR)")
 
 
 def build_configs(args: argparse.Namespace):
@@ -87,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValidationError, ValueError, OSError) as exc:
         print(f"error: {error_text(exc)}", file=sys.stderr)
         return 2
+    if args.export_tokenizer:
+        return export_tokenizer(cluster_config, args.export_tokenizer)
     try:
         sock = bind(config.host, config.port)
     except OSError as exc:
@@ -113,4 +118,17 @@ def run(args: argparse.Namespace) -> int:
     finally:
         sock.close()
     print("server stopped", file=sys.stderr)
+    return 0
+
+
+def export_tokenizer(cluster_config, directory: Path) -> int:
+    from real.hf_tokenizer_export import export_hf_tokenizer
+    from real.loading import load_tokenizer
+
+    specs = [spec for spec, _, _ in cluster_config.engine_specs() if spec is not None]
+    if not specs:
+        print("error: --export-tokenizer needs a model (--model), not only --connect", file=sys.stderr)
+        return 2
+    out = export_hf_tokenizer(load_tokenizer(specs[0].model_name), directory, specs[0].max_model_len)
+    print(f"wrote the {specs[0].model_name} tokenizer to {out} (tokenizer.json, tokenizer_config.json)")
     return 0

@@ -26,7 +26,14 @@ from real.serve.metrics import ServeMetrics
 from real.serve.prompts import Frontend
 from real.serve.responses import Shape
 from real.serve.router import Router
-from real.serve.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields, StrategyChange
+from real.serve.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    SamplingFields,
+    StrategyChange,
+    TokenizeRequest,
+)
 
 
 @dataclass
@@ -76,7 +83,7 @@ def create_app(state: ServeState) -> FastAPI:
         headers = {"x-microserving-strategy": active.name, "x-microserving-strategy-version": str(active.version),
                    "x-request-id": prep.req.id}
         if body.stream:
-            return EventStream(events(run, text, shape, body.include_usage), run.close, headers)
+            return EventStream(events(run, text, shape, body.include_usage, body.continuous_usage), run.close, headers)
         try:
             result = await until_disconnect(http, whole(run, text, shape))
         except ClientGone:
@@ -105,6 +112,29 @@ def create_app(state: ServeState) -> FastAPI:
     async def model(model: str):
         frontend.check_model(model)
         return model_card()
+
+    # vLLM's tokenizer routes, which benchmark clients use to count tokens as the server does.
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest):
+        if body.model is not None:
+            frontend.check_model(body.model)
+        if body.messages is not None:
+            messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+            ids = frontend.tokenizer.encode(frontend.tokenizer.apply_chat_template(messages, body.add_generation_prompt))
+        else:
+            ids = frontend.tokenizer.encode(body.prompt)
+        return {"count": len(ids), "max_model_len": frontend.context_limit(), "tokens": ids}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest):
+        if body.model is not None:
+            frontend.check_model(body.model)
+        vocab = frontend.vocab_size or 2**31
+        bad = [t for t in body.tokens if t >= vocab]
+        if bad:
+            raise APIError(400, f"token ids outside the vocabulary (size {vocab}): {bad[:5]}", param="tokens",
+                           code="invalid_value")
+        return {"prompt": frontend.tokenizer.decode(body.tokens)}
 
     @app.get("/health")
     async def health():

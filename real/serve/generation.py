@@ -72,15 +72,21 @@ async def whole(run: Run, text: TextStream, shape: Shape) -> dict:
     return shape.whole("".join(parts), reason, usage(run.req.prompt_len, run.num_tokens))
 
 
-async def events(run: Run, text: TextStream, shape: Shape, include_usage: bool) -> AsyncIterator[bytes]:
+async def events(run: Run, text: TextStream, shape: Shape, include_usage: bool,
+                 continuous_usage: bool = False) -> AsyncIterator[bytes]:
     """SSE body. Failures after the headers went out become an `error` event (the openai client
-    raises it as APIError), then `[DONE]`."""
+    raises it as APIError), then `[DONE]`. With `continuous_usage` (vLLM's
+    stream_options.continuous_usage_stats) every chunk carries the usage so far."""
+
+    def so_far() -> dict | None:
+        return usage(run.req.prompt_len, run.num_tokens) if continuous_usage else None
+
     try:
         if shape.chat:
-            yield sse(shape.chunk("", None, role=True))
+            yield sse(shape.chunk("", None, role=True, use=so_far()))
         async for piece, reason in deltas(run, text):
             if piece or reason:
-                yield sse(shape.chunk(piece, reason))
+                yield sse(shape.chunk(piece, reason, use=so_far()))
         if include_usage:
             yield sse(shape.usage_chunk(usage(run.req.prompt_len, run.num_tokens)))
     except Exception as exc:  # noqa: BLE001 - reported in-band: the status line is already sent

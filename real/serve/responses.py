@@ -35,13 +35,13 @@ class Shape:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
         return {**self.head, "object": "text_completion", "choices": [choice], "usage": use}
 
-    def chunk(self, text: str, finish_reason: str | None, role: bool = False) -> dict:
+    def chunk(self, text: str, finish_reason: str | None, role: bool = False, use: dict | None = None) -> dict:
         if self.chat:
             delta = {"role": "assistant", "content": text} if role else ({"content": text} if text else {})
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            return {**self.head, "object": "chat.completion.chunk", "choices": [choice], "usage": None}
+            return {**self.head, "object": "chat.completion.chunk", "choices": [choice], "usage": use}
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-        return {**self.head, "object": "text_completion", "choices": [choice], "usage": None}
+        return {**self.head, "object": "text_completion", "choices": [choice], "usage": use}
 
     def usage_chunk(self, use: dict) -> dict:
         """The extra last chunk of `stream_options: {"include_usage": true}`: no choices, the usage."""

@@ -19,6 +19,7 @@ TokenId = Annotated[int, Field(ge=0, lt=2**31)]
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's: every chunk carries the usage so far
 
 
 def unrepresentable_text(value: Any, where: str = "") -> str | None:
@@ -40,6 +41,13 @@ def unrepresentable_text(value: Any, where: str = "") -> str | None:
             if found:
                 return found
     return None
+
+
+def refuse_unrepresentable_text(data: Any) -> Any:
+    where = unrepresentable_text(data)
+    if where:
+        raise ValueError(f"{where} holds a lone surrogate (\\ud800-\\udfff), which is not valid Unicode text")
+    return data
 
 
 class SamplingFields(BaseModel):
@@ -66,10 +74,7 @@ class SamplingFields(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _unicode_text(cls, data: Any) -> Any:
-        where = unrepresentable_text(data)
-        if where:
-            raise ValueError(f"{where} holds a lone surrogate (\\ud800-\\udfff), which is not valid Unicode text")
-        return data
+        return refuse_unrepresentable_text(data)
 
     @field_validator("max_tokens")
     @classmethod
@@ -96,6 +101,10 @@ class SamplingFields(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        return self.include_usage and self.stream_options.continuous_usage_stats
 
 
 class CompletionRequest(SamplingFields):
@@ -187,6 +196,35 @@ def _unsupported_unless(value: Any, info: ValidationInfo) -> Any:
     if not neutral:
         raise ValueError(f"{name}={value!r} is not supported by this server")
     return value
+
+
+class TokenizeRequest(BaseModel):
+    """POST /tokenize, as vLLM takes it: a completion `prompt` or chat `messages`."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_generation_prompt: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode_text(cls, data: Any) -> Any:
+        return refuse_unrepresentable_text(data)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        return self
+
+
+class DetokenizeRequest(BaseModel):
+    """POST /detokenize: token ids back to text."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    tokens: list[TokenId] = Field(max_length=1 << 20)
 
 
 class StrategyChange(BaseModel):
