@@ -70,10 +70,12 @@ def test_models_health_metrics(srv, client):
     health = httpx.get(srv.url + "/health").json()
     assert health["status"] == "ok" and set(health["engines"]) == {"e0", "e1"}
     text = httpx.get(srv.url + "/metrics").text
-    for family in ("microserving_requests_total", "microserving_time_to_first_token_seconds_bucket",
-                   "microserving_time_per_output_token_seconds_bucket", 'microserving_engine_pages_used{engine="e0"}',
-                   'microserving_engine_waiting{engine="e1"}', "microserving_requests_in_flight 0"):
-        assert family in text
+    for family in ("microserving_requests_total", 'vllm:time_to_first_token_seconds_bucket{le="0.001",model_name="tiny"}',
+                   "vllm:inter_token_latency_seconds_bucket", "vllm:e2e_request_latency_seconds_count",
+                   'vllm:num_requests_running{model_name="tiny"}', 'vllm:kv_cache_usage_perc{model_name="tiny"}',
+                   'microserving_engine_pages_used{engine="e0"}', 'microserving_engine_waiting{engine="e1"}',
+                   "microserving_requests_in_flight 0.0"):
+        assert family in text, family
 
 
 def test_completions_streamed_equals_whole(srv, client):
@@ -153,7 +155,7 @@ def test_admin_switch_mid_run_keeps_in_flight_requests(srv, client):
             assert chunks[-1].usage.completion_tokens == n
             assert text == new.choices[0].text  # same greedy tokens under both strategies
         metrics = httpx.get(srv.url + "/metrics").text
-        assert 'microserving_requests_total{endpoint="completions",strategy="pd",status="ok"}' in metrics
+        assert 'microserving_requests_total{endpoint="completions",status="ok",strategy="pd"}' in metrics
         assert admin(srv).json()["current"]["served"] >= 1
     finally:
         admin(srv, {"name": "round_robin"})

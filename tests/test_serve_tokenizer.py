@@ -73,3 +73,31 @@ def srv_tiny():
 
     with BackgroundServer(RealCluster.local(1, num_pages=64), ServeConfig(port=0)) as server:
         yield server
+
+
+def test_vllm_named_metrics_count_what_ran(srv_tiny):
+    """vLLM's families and labels, so its dashboards read this server: after one 6-token request
+    that hit its length limit, the counters and the inter-token histogram say exactly that."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = srv_tiny.url
+
+    def samples() -> dict:
+        text = httpx.get(url + "/metrics").text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+
+    before = samples()
+    r = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": "abc", "max_tokens": 6, "ignore_eos": True})
+    assert r.status_code == 200
+    after = samples()
+    m = (("model_name", "tiny"),)
+
+    def grew(name: str, labels=m) -> float:
+        return after[(name, labels)] - before.get((name, labels), 0.0)
+
+    assert grew("vllm:generation_tokens_total") == 6 and grew("vllm:prompt_tokens_total") == 3
+    assert grew("vllm:request_success_total", (("finished_reason", "length"), *m)) == 1
+    assert grew("vllm:inter_token_latency_seconds_count") == 5  # gaps between 6 tokens
+    assert grew("vllm:time_to_first_token_seconds_count") == 1
+    assert ("vllm:kv_cache_usage_perc", m) in after and ("vllm:num_requests_waiting", m) in after

@@ -7,7 +7,6 @@ import argparse
 import pytest
 
 from real.serve.detokenizer import TextStream
-from real.serve.metrics import Histogram
 from real.tokenizer import ByteTokenizer
 
 TEXTS = ["plain ascii", "naïve café ✓ 日本語 🙂", "\u00e9" * 5, "mixed 🙂a🙂b"]
@@ -63,14 +62,6 @@ def test_held_back_prefix_is_released_when_it_is_not_a_stop():
     assert stream.push(tok.encode("N")) == ""
     assert stream.push(tok.encode("X")) == "ENX"
     assert stream.flush() == "" and not stream.stopped
-
-
-def test_histogram_lines_are_cumulative():
-    h = Histogram((0.1, 1.0))
-    for v in (0.05, 0.5, 5.0):
-        h.observe(v)
-    assert h.lines("x") == ['x_bucket{le="0.1"} 1', 'x_bucket{le="1.0"} 2', 'x_bucket{le="+Inf"} 3',
-                            "x_sum 5.55", "x_count 3"]
 
 
 def _args(**over) -> argparse.Namespace:

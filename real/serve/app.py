@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
 from core_api.strategy import StrategyError, known_strategies
@@ -69,6 +70,7 @@ def create_app(state: ServeState) -> FastAPI:
     errors.install(app, on_error=lambda path, status: state.metrics.reject(endpoint_of(path), status)
                    if path.startswith("/v1/") else None)
     router, frontend, metrics = state.router, state.frontend, state.metrics
+    metrics.attach(router, frontend.served_name)
     router.on_finish = lambda run: metrics.finished(
         run, "chat" if run.req.id.startswith("chatcmpl") else "completions", time.monotonic())
 
@@ -146,7 +148,7 @@ def create_app(state: ServeState) -> FastAPI:
 
     @app.get("/metrics")
     async def prometheus():
-        return PlainTextResponse(metrics.render(router), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     # -- admin --------------------------------------------------------------------------------
     def authorize(http: Request) -> None:

@@ -45,7 +45,7 @@ async def deltas(run: Run, text: TextStream) -> AsyncIterator[tuple[str, str | N
         async for chunk in chunks:
             piece = text.push(chunk.token_ids)
             if text.stopped:
-                run.status = "ok"
+                run.status, run.finish_reason = "ok", "stop"
                 yield piece, "stop"
                 return
             if chunk.finished:

@@ -18,6 +18,7 @@ of cancelled tasks) and `drain()` waits for them at shutdown.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -56,8 +57,11 @@ class Run:
         self.first_token: float | None = None
         self.last_token: float | None = None
         self.num_tokens = 0
+        self.token_gaps: list[float] = []  # seconds between consecutive tokens (engine timestamps)
+        self.finish_reason: str | None = None  # stop | length, as the stream or a stop string ended it
         self.status: str | None = None  # ok | failed | aborted (set by close at the latest)
         self.engines_done = False  # the engine stream finished: nothing left to release
+        self._last_time: float | None = None
         self.closed = False
         self.tags: dict = {}
         active.in_flight += 1
@@ -73,9 +77,13 @@ class Run:
                     self.first_token = self.first_token or now
                     self.last_token = now
                     self.num_tokens += len(chunk.token_ids)
+                    times = ([self._last_time] if self._last_time is not None else []) + list(chunk.times)
+                    self.token_gaps += [b - a for a, b in itertools.pairwise(times)]
+                    self._last_time = chunk.times[-1] if chunk.times else self._last_time
                 if chunk.finished:
                     self.engines_done = True
                     self.status = self.status or "ok"
+                    self.finish_reason = self.finish_reason or chunk.finish_reason
                 yield chunk
         except (GeneratorExit, asyncio.CancelledError):
             self.status = self.status or "aborted"  # the consumer went away (disconnect, stop string)
