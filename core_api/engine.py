@@ -56,6 +56,15 @@ class EngineLoad:
         """Pages that could be handed out now (free, or cached but evictable)."""
         return self.free_pages + self.cached_pages
 
+    @classmethod
+    def down(cls, engine_id: str, total_pages: int, page_size: int) -> EngineLoad:
+        """What a dead engine reports on both backends: infinitely busy and full, so load-aware
+        strategies route around it (round robin does not look, and gets fast failures)."""
+        return cls(engine_id, DOWN_LOAD, 0, 0, DOWN_LOAD, 0, 0, total_pages, page_size)
+
+
+DOWN_LOAD = 1 << 40
+
 
 @runtime_checkable
 class Engine(Protocol):

@@ -67,7 +67,6 @@ def _process_alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
-DOWN_LOAD = 1 << 40
 
 
 class RealEngine:
@@ -365,11 +364,9 @@ class RealEngine:
         return self.down is None
 
     def load(self) -> EngineLoad:
-        """The latest snapshot. A dead engine looks infinitely busy and full, so load-aware
-        strategies route around it (round robin does not look, and gets fast failures)."""
+        """The latest snapshot (EngineLoad.down for a dead engine)."""
         if self.down is not None:
-            n = self.info.get("num_pages", 0)
-            return EngineLoad(self.id, DOWN_LOAD, 0, 0, DOWN_LOAD, 0, 0, n, self.info.get("page_size", 16))
+            return EngineLoad.down(self.id, self.info.get("num_pages", 0), self.info.get("page_size", 16))
         load = self._load
         if load is None:
             ps = self.info.get("page_size", 16)

@@ -152,6 +152,8 @@ class SimEngine(HostEffects, EngineFaults):
         return self.sched.cached_prefix_len(req)
 
     def load(self) -> EngineLoad:
+        if self.down is not None:
+            return EngineLoad.down(self.id, self.sched.config.num_pages, self.sched.page_size)
         self._claim_run_pages()
         return self.sched.load(self.id)
 
