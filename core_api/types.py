@@ -143,8 +143,10 @@ class RequestRecord:
         self.token_ids.extend(chunk.token_ids)
         self.token_times.extend(chunk.times)
 
-    def to_dict(self) -> dict:
-        return {
+    def to_dict(self, token_ids: bool = False) -> dict:
+        """The record as JSON data; `token_ids` adds the generated ids (real runs: the simulator's
+        are placeholders, and would only bloat its results)."""
+        out = {
             "request_id": self.request_id,
             "arrival_time": self.arrival_time,
             "prompt_len": self.prompt_len,
@@ -156,3 +158,6 @@ class RequestRecord:
             "reason": self.reason,
             "tags": self.tags,
         }
+        if token_ids:
+            out["token_ids"] = self.token_ids
+        return out

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                 return asyncio.run(_prompt(cluster, args))
             return asyncio.run(_workload(cluster, config, args, faults))
     except (StrategyError, RuntimeError, ValueError, KVLeakError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_text(exc)}", file=sys.stderr)
         return 2
 
 

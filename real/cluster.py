@@ -63,7 +63,7 @@ class RealRunResult:
     def to_dict(self) -> dict[str, Any]:
         return {"backend": "real", "config": self.config, "seed": self.seed, "strategy": self.strategy,
                 "wall_time_s": self.wall_time_s, "metrics": self.metrics(), "engine_stats": self.engine_stats,
-                "records": [r.to_dict() for r in self.records]}
+                "records": [r.to_dict(token_ids=True) for r in self.records]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, allow_nan=True)

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         with RealCluster(cluster_config, on_ready=print_ready) as cluster:
             asyncio.run(serve(cluster, config, sock, ready))
     except (StrategyError, RuntimeError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_text(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # uvicorn re-raises the signal it handled, after a clean shutdown
         pass

@@ -21,6 +21,7 @@ def test_run_workload_writes_sim_compatible_json(tmp_path, capsys):
         assert key in data
     assert data["metrics"]["completed"] == 6 and data["metrics"]["failed"] == 0
     assert all(s["pages"]["used"] == 0 and s["leak"] is None for s in data["engine_stats"].values())
+    assert all(len(r["token_ids"]) == r["output_len"] > 0 for r in data["records"]), "generated ids per request"
     assert "Serving Benchmark Result" in capsys.readouterr().out
 
 
