@@ -169,7 +169,10 @@ _TITLES = {"ttft": "Time to First Token", "tpot": "Time per Output Token (excl. 
 
 
 def format_table(metrics: Mapping[str, float], width: int = 50) -> str:
-    """Render a summarize() dict as vLLM-style text lines; the caller decides where it goes."""
+    """Render a summarize() dict as vLLM-style text lines; the caller decides where it goes.
+
+    Written out rather than with a table library on purpose: it reproduces `vllm bench serve`'s
+    "Serving Benchmark Result" block line for line, which users diff and grep side by side."""
 
     def fmt(v: float) -> str:
         return str(v) if isinstance(v, (int, np.integer)) else f"{v:.2f}"

@@ -195,7 +195,11 @@ def add_parser(sub) -> None:
 
 
 def print_progress(state: SweepProgress, stream=sys.stderr, name: str = "sweep") -> None:
-    """One progress line: rewritten in place on a terminal, one per run in a log."""
+    """One progress line: rewritten in place on a terminal, one per run in a log.
+
+    Not tqdm: a bar redrawn with carriage returns garbles the log of a sweep run under nohup or a
+    batch scheduler, where one plain line per finished run (with its labels and outcome) is what
+    a user reads back."""
     elapsed = time.perf_counter() - state.started
     eta = state.eta_s()
     last = ""

@@ -206,4 +206,7 @@ async def _workload(cluster, config, args: argparse.Namespace, faults=None) -> i
               + ", ".join(f"{n} {kind}" for kind, n in failures_by_kind(result.records).items()), file=sys.stderr)
     for r in failed[:5]:
         print(f"  failed {r.request_id}: {r.reason}", file=sys.stderr)
+    # Injected faults fail requests by design: then only a run where nothing succeeded is an error.
+    if faults is not None:
+        return 1 if len(failed) == len(result.records) else 0
     return 1 if failed else 0
