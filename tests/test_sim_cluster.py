@@ -255,3 +255,15 @@ def test_relative_paths_in_a_config_are_relative_to_the_config_file(tmp_path, mo
     assert config.cluster.engines[0].model == str(tmp_path / "conf/hf")
     result = SimCluster(config.cluster).run(generate(config.workload))
     assert all(r.status == "ok" for r in result.records)
+
+
+def test_simulate_ends_with_the_leak_check(monkeypatch):
+    """A run that left a page used or reserved must fail loudly, not print metrics and exit 0."""
+    from core_api.kv_cache import BlockManager, KVLeakError
+
+    def leaked(self):
+        raise KVLeakError("1 pages still referenced [7], 0 reserved")
+
+    monkeypatch.setattr(BlockManager, "check_no_leaks", leaked)
+    with pytest.raises(KVLeakError, match="still referenced"):
+        simulate(small_sim_config(n=5))
