@@ -2,6 +2,7 @@
 plain line that says what is wrong, before any simulation runs or any engine starts."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,10 @@ def test_sim_lists_strategies_with_their_parameters_and_reads_traces(tmp_path, c
                      "2023-11-16 18:15:50.75,396,109\n2023-11-16 18:15:51.75,100,9\n")
     assert main(["sim", "--trace", str(trace), "--trace-format", "azure"]) == 0
     assert f"trace {trace} (3 requests" in capsys.readouterr().out
+
+
+def test_search_shows_progress_on_long_work(capsys):
+    assert main(["search", "--gpus", "2", "--ttft-slo", "2000", "--num-requests", "20", "--tp", "1",
+                 "--strategies", "round_robin,pd", "-j", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "[search] 0/" not in err and re.search(r"\[search\] 2/2 done", err), err

@@ -29,6 +29,7 @@ def test_run_prompt_streams_text(capsys):
     assert main(["run", "--engines", "1", "--strategy", "round_robin", "--prompt", "hello", "--max-tokens", "5"]) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() and "5 generated" in captured.err
+    assert "engine e0 ready on tcp://" in captured.err, "start-up is not silent"
 
 
 def test_router_reaches_an_engine_started_with_the_engine_command(capsys, tmp_path):
