@@ -46,12 +46,6 @@ class StepSample(_Strict):
             raise ValueError(f"unknown feature(s) {unknown}; known: {', '.join(FEATURE_NAMES)}")
         return v
 
-    def step_features(self) -> StepFeatures:
-        f = StepFeatures()
-        for k, x in self.features.items():
-            setattr(f, k, x)
-        return f
-
     @staticmethod
     def kind_of(f: StepFeatures) -> str:
         if f.prefill_tokens and f.decode_seqs:

@@ -111,7 +111,7 @@ class StepProfiler:
         req = self.request(context + new, max_tokens)
         sched, now = self.sched, time.monotonic()
         if context:
-            recv = sched.add_receive(req, context, now)
+            recv = sched.add_receive(req, context)
             if not sched.try_admit_receive(recv, now):
                 sched.release(req.id)
                 raise ProfileError(f"no room for {context} tokens of context: grow num_pages")

@@ -126,16 +126,9 @@ class BlockManager:
             pages.append(page)
         return pages
 
-    def register(self, page: int, key: bytes) -> bool:
-        """Publish a full, computed page under its prefix key; False if the key is already cached."""
-        if key in self._page_of or self._key_of[page] is not None:
-            return False
-        self._page_of[key] = page
-        self._key_of[page] = key
-        return True
-
     def register_all(self, pages: list[int], keys: list[bytes]) -> None:
-        """register() each (page, key) pair; one call per sequence step on the hot path."""
+        """Publish full, computed pages under their prefix keys; a key already cached (or a page
+        already keyed) is left as it is. One call per sequence step on the hot path."""
         page_of, key_of = self._page_of, self._key_of
         for page, key in zip(pages, keys):
             if key not in page_of and key_of[page] is None:
@@ -146,12 +139,6 @@ class BlockManager:
         """How many of these pages are cached but unreferenced (acquiring them uses up room)."""
         ref = self._ref
         return sum(1 for page in pages if ref[page] == 0)
-
-    def touch(self, pages: list[int]) -> None:
-        """Mark unreferenced cached pages as recently used (e.g. matched but not taken)."""
-        for page in pages:
-            if page in self._evictable:
-                self._evictable.move_to_end(page)
 
     # -- accounting -----------------------------------------------------------------------
     def stats(self) -> KVStats:

@@ -154,7 +154,7 @@ class Scheduler(DecodeFastForward, SequenceEndings):
         self.sending[seq.id] = seq
         return True
 
-    def add_receive(self, req: Request, end: int | None, now: float) -> Sequence:
+    def add_receive(self, req: Request, end: int | None) -> Sequence:
         """prep_recv: queue a reservation for prompt[matched:end]; admitted by schedule()."""
         end = req.resolve(end)
         if req.id in self._gen:
@@ -361,10 +361,6 @@ class Scheduler(DecodeFastForward, SequenceEndings):
         return result
 
     # -- views ----------------------------------------------------------------------------
-    @property
-    def has_work(self) -> bool:
-        return bool(self.running or self.waiting or self.receive_queue)
-
     def sequences(self) -> list[Sequence]:
         """Every sequence this engine holds, in whatever state."""
         return [*self.running, *self.waiting, *self.receive_queue, *self.receiving.values(), *self.sending.values()]

@@ -194,12 +194,13 @@ def add_parser(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
 
 
-def print_progress(state: SweepProgress, stream=sys.stderr, name: str = "sweep") -> None:
+def print_progress(state: SweepProgress, stream=None, name: str = "sweep") -> None:
     """One progress line: rewritten in place on a terminal, one per run in a log.
 
     Not tqdm: a bar redrawn with carriage returns garbles the log of a sweep run under nohup or a
     batch scheduler, where one plain line per finished run (with its labels and outcome) is what
     a user reads back."""
+    stream = stream or sys.stderr  # looked up now, not at import: whoever redirected stderr gets it
     elapsed = time.perf_counter() - state.started
     eta = state.eta_s()
     last = ""

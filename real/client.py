@@ -298,10 +298,6 @@ class RealEngine:
         if rtt < self._best_rtt:
             self._best_rtt, self._offset = rtt, engine_now - (t_send + t_recv) / 2
 
-    def to_runtime(self, engine_time: float) -> float:
-        """An engine timestamp on the router's runtime clock."""
-        return engine_time - self._offset - self.time_origin
-
     # -- the Engine protocol --------------------------------------------------------------
     async def prep_recv(self, req: Request, end: int | None = None) -> tuple[KVAddr, int]:
         w, r, q = self._bump

@@ -300,7 +300,7 @@ class EngineWorker:
     def _prep_recv(self, ident, msg: p.PrepRecv, frames) -> None:
         now = time.monotonic()
         self._check_owner(msg.req.id)
-        seq = self.sched.add_receive(self._request(msg.req), msg.end, now)
+        seq = self.sched.add_receive(self._request(msg.req), msg.end)
         seq.owner = self._principal
         if self.sched.try_admit_receive(seq, now):
             self._answer_prep(Caller(ident, msg.id), seq)

@@ -83,7 +83,7 @@ class SimEngine(HostEffects, EngineFaults):
     async def prep_recv(self, req: Request, end: int | None = None) -> tuple[KVAddr, int]:
         await self._hop(inbox=self.calls_between_steps)  # the call reaches the engine and is read
         await self._check_up()
-        seq = self.sched.add_receive(req, end, self.env.now)
+        seq = self.sched.add_receive(req, end)
         if self._taking_pages(lambda: self.sched.try_admit_receive(seq, self.env.now)):
             self._poke(at=seq.deadline)  # the loop must look at this reservation when it falls due
         else:

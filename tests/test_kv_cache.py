@@ -10,8 +10,8 @@ def test_allocate_release_and_prefix_reuse():
     kv = BlockManager(num_pages=4, page_size=2)
     pages = kv.allocate(3)
     assert pages == [0, 1, 2] and kv.stats().used == 3
-    assert kv.register(pages[0], 111) and kv.register(pages[1], 222)
-    assert not kv.register(pages[2], 111), "a key already cached is not registered twice"
+    kv.register_all(pages[:2], [111, 222])
+    kv.register_all(pages[2:], [111])  # a key already cached is not registered twice
     kv.release(pages)
     assert kv.stats().cached == 2 and kv.stats().free == 2
     assert kv.match([111, 222, 333]) == [0, 1]
@@ -21,11 +21,9 @@ def test_allocate_release_and_prefix_reuse():
 def test_eviction_is_lru_and_frees_keys():
     kv = BlockManager(num_pages=2, page_size=1)
     a, b = kv.allocate(1), kv.allocate(1)
-    kv.register(a[0], 1)
-    kv.register(b[0], 2)
-    kv.release(a)
+    kv.register_all([a[0], b[0]], [1, 2])
     kv.release(b)
-    kv.touch([a[0]])  # a is now most recently used: b goes first
+    kv.release(a)  # a is now the most recently used: b goes first
     [page] = kv.allocate(1)
     assert page == b[0] and kv.match([2]) == [] and kv.match([1]) == [a[0]]
     assert kv.allocate(2) is None, "nothing is taken when the request cannot be met"
@@ -85,7 +83,8 @@ def test_invariants_hold_over_random_operation_sequences(sequence):
             kv.release(held.pop(b % len(held)))
         elif op == "register" and held:
             owner = held[b % len(held)]
-            kv.register(owner[a % len(owner)] if owner else 0, next(next_key)) if owner else None
+            if owner:
+                kv.register_all([owner[a % len(owner)]], [next(next_key)])
         elif op == "match":
             keys = list(kv._page_of)[: a]
             pages = kv.match(keys)

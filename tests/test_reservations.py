@@ -62,7 +62,7 @@ def test_a_reservation_nobody_fills_expires_on_time_on_an_idle_engine():
 def test_reservations_hold_at_most_their_share_and_wait_beyond_it():
     s = Scheduler(SchedulerConfig(num_pages=40, page_size=4, max_num_seqs=8, policy=SchedulingPolicy(watermark=0)))
     reqs = [make_request(f"r{i}", 32, seed=i) for i in range(4)]  # 8 pages each; the share is 20 pages
-    seqs = [s.add_receive(r, None, 0.0) for r in reqs]
+    seqs = [s.add_receive(r, None) for r in reqs]
     admitted = [s.try_admit_receive(q, 0.0) for q in seqs]
     assert admitted == [True, True, False, False]
     assert s.reserved_pages == 16 and s.kv.num_available == 24  # the rest stays for the engine's own work
@@ -76,9 +76,9 @@ def test_reservations_hold_at_most_their_share_and_wait_beyond_it():
 def test_work_that_can_never_fit_its_share_is_refused_at_once():
     s = Scheduler(SchedulerConfig(num_pages=40, page_size=4, max_num_seqs=8))
     with pytest.raises(RequestRejected, match="more than reservations may hold on this engine \\(20\\)"):
-        s.add_receive(make_request("big", 100, max_tokens=1), None, 0.0)
+        s.add_receive(make_request("big", 100, max_tokens=1), None)
     with pytest.raises(RequestRejected, match="more than the 20 this engine keeps for its own work"):
         s.add_send(make_request("huge", 100, max_tokens=1), 0, None)
     single = Scheduler(SchedulerConfig(num_pages=40, page_size=4, max_num_seqs=1))
     with pytest.raises(RequestRejected, match="leaves no slot for reservations"):
-        single.add_receive(make_request("r", 8), None, 0.0)
+        single.add_receive(make_request("r", 8), None)

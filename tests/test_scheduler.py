@@ -10,7 +10,7 @@ from tests.helpers import make_request
 def drain(s: Scheduler, now: float = 0.0, limit: int = 10_000):
     """Run steps until idle; returns the batches' (id, start, n, sample) rows."""
     steps = []
-    while s.has_work and limit:
+    while (s.running or s.waiting or s.receive_queue) and limit:
         out = s.schedule(now)
         rows = list(zip([q.id for q in out.batch.seqs], out.batch.starts, out.batch.num_new, out.batch.sample))
         if not rows:
@@ -80,7 +80,7 @@ def test_send_and_receive_move_a_prefix_between_schedulers():
     cfg = SchedulerConfig(num_pages=32, page_size=4)
     prefill, decode = Scheduler(cfg), Scheduler(cfg)
     req = make_request("r", 10, max_tokens=2)
-    recv = decode.add_receive(req, -1, now=0)
+    recv = decode.add_receive(req, -1)
     assert decode.try_admit_receive(recv, 0)
     assert (recv.begin, recv.target, len(recv.pages), decode.kv.stats().reserved) == (0, 9, 3, 3)
     prefill.add_send(req, 0, -1)
@@ -99,7 +99,7 @@ def test_send_and_receive_move_a_prefix_between_schedulers():
 def test_expired_reservation_is_reclaimed_and_later_landing_fails():
     s = Scheduler(SchedulerConfig(num_pages=8, page_size=4, reservation_timeout_s=5))
     req = make_request("r", 8)
-    seq = s.add_receive(req, None, now=0)
+    seq = s.add_receive(req, None)
     s.try_admit_receive(seq, 0)
     assert s.expire(4.9) == []
     assert s.expire(5.0) == [seq]
@@ -111,7 +111,7 @@ def test_expired_reservation_is_reclaimed_and_later_landing_fails():
 def test_start_generate_cannot_claim_kv_that_never_arrived():
     s = Scheduler(SchedulerConfig(num_pages=8, page_size=4))
     req = make_request("r", 8)
-    seq = s.add_receive(req, None, now=0)
+    seq = s.add_receive(req, None)
     s.try_admit_receive(seq, 0)
     with pytest.raises(ValueError, match=r"only KV of \[0, 0\)"):
         s.add_generate(req, begin=8)
