@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
+from core_api.config_base import Strict
 from core_api.step import STEP_FEATURES, StepFeatures
 from sim.hardware import ModelSpec
 from sim.profile import format_validation_error, read_json
@@ -25,11 +26,13 @@ class SamplesError(ValueError):
     """A samples file that cannot be read or fails the schema; the message names the field."""
 
 
-class _Strict(BaseModel):
+class StrictFinite(Strict):
+    """Measurements: no unknown field, and no NaN or infinity (a broken timer, not a number)."""
+
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class StepSample(_Strict):
+class StepSample(StrictFinite):
     """One step shape: its features (what the scheduler would report) and its measured time."""
 
     kind: Literal["prefill", "decode", "mixed"]
@@ -53,7 +56,7 @@ class StepSample(_Strict):
         return "prefill" if f.prefill_tokens else "decode"
 
 
-class TransferSample(_Strict):
+class TransferSample(StrictFinite):
     """One KV transfer of `pages` pages (`nbytes` bytes) between two engines, sender to landed."""
 
     pages: int = Field(ge=1)
@@ -62,7 +65,7 @@ class TransferSample(_Strict):
     times_s: list[float] = Field(default_factory=list)
 
 
-class ProfileSamples(_Strict):
+class ProfileSamples(StrictFinite):
     """A whole profiling run: the setup it measured and every sample."""
 
     format: Literal[1] = 1

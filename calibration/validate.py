@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from calibration.environment import ForeignLoad, boot_id, pin_engines, process_seconds
 from calibration.interval import DEFAULT_METRICS, metric_intervals, run_scaled
 from calibration.profile import sim_model
+from core_api.scheduler_config import SchedulerLimits
 from core_api.workload import Workload, WorkloadSpec, generate
 from sim.cluster import SimCluster
 from sim.config import ClusterConfig, EngineConfig, StrategyConfig
@@ -118,10 +119,9 @@ def real_engine_spec(case: ValidationCase, profile: CostProfile):
 def sim_engine_config(spec, profile: CostProfile, count: int) -> EngineConfig:
     from calibration.profile import model_config_of
 
-    return EngineConfig(count=count, model=sim_model(model_config_of(spec)), tp=1, page_size=spec.page_size,
-                        num_pages=spec.num_pages, max_num_batched_tokens=spec.max_num_batched_tokens,
-                        max_num_seqs=spec.max_num_seqs, max_model_len=spec.max_model_len,
-                        reservation_timeout_s=spec.reservation_timeout_s)
+    limits = {name: getattr(spec, name) for name in SchedulerLimits.model_fields}  # the same scheduler
+    return EngineConfig(count=count, model=sim_model(model_config_of(spec)), tp=1, num_pages=spec.num_pages,
+                        **limits)
 
 
 def sim_link(profile: CostProfile, engine: EngineConfig) -> LinkSpec:

@@ -1,7 +1,17 @@
-"""Engine scheduling limits and policy."""
+"""Engine scheduling limits and policy: defined once, embedded in both backends' engine configs.
+
+`SchedulerLimits` holds the fields a user sets on an engine (sim's EngineConfig and the real
+EngineSpec both inherit them); `SchedulerConfig` is what the one shared Scheduler takes: those
+limits plus what the engine knows at start (its page count, the model's EOS). A backend may give
+some limits other defaults (a CPU engine's token budget is smaller) with `limit_default`,
+which keeps each field's constraints in this one place.
+"""
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
+from pydantic.fields import FieldInfo
 
 from core_api.errors import RequestRejected
 
@@ -30,15 +40,32 @@ class SchedulingPolicy(BaseModel, extra="forbid", frozen=True):
                    prefix_caching=prefix_caching)
 
 
-class SchedulerConfig(BaseModel, extra="forbid"):
-    num_pages: int = Field(gt=0)
+class SchedulerLimits(BaseModel):
+    """What an engine's scheduler is configured with, the same fields on both backends."""
+
     page_size: int = Field(16, gt=0)
-    max_num_batched_tokens: int = Field(2048, gt=0)
-    max_num_seqs: int = Field(256, gt=0)
-    max_model_len: int = Field(32768, gt=0)
-    policy: SchedulingPolicy = SchedulingPolicy()
-    reservation_timeout_s: float = Field(30.0, gt=0)
+    max_num_batched_tokens: int = Field(2048, gt=0, description="tokens one step may compute")
+    max_num_seqs: int = Field(256, gt=0, description="sequences one step may hold")
+    max_model_len: int = Field(32768, gt=0, description="prompt + output tokens of one request")
+    reservation_timeout_s: float = Field(30.0, gt=0, description=(
+        "a prep_recv reservation nothing fills for this long is reclaimed (see core_api.engine)"))
+    policy: SchedulingPolicy = SchedulingPolicy()  # admission knobs; SchedulingPolicy.vllm() replays vLLM
+
+    def scheduler_config(self, num_pages: int, eos_token_id: int | None = None, **override: Any) -> SchedulerConfig:
+        """The Scheduler's config: these limits (`override` replaces some) on `num_pages` pages."""
+        limits = {name: getattr(self, name) for name in SchedulerLimits.model_fields}
+        return SchedulerConfig(num_pages=num_pages, eos_token_id=eos_token_id, **{**limits, **override})
+
+
+def limit_default(name: str, value: Any) -> Any:
+    """SchedulerLimits' field `name` with another default and the same constraints, for a
+    backend's engine config: `max_num_seqs: int = limit_default("max_num_seqs", 64)`."""
+    return FieldInfo.merge_field_infos(SchedulerLimits.model_fields[name], default=value)
+
+
+class SchedulerConfig(SchedulerLimits, extra="forbid"):
+    num_pages: int = Field(gt=0)
     eos_token_id: int | None = None
 
 
-__all__ = ["RequestRejected", "SchedulerConfig", "SchedulingPolicy"]
+__all__ = ["RequestRejected", "SchedulerConfig", "SchedulerLimits", "SchedulingPolicy"]

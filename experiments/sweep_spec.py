@@ -15,19 +15,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from core_api.config_base import Strict
 from core_api.metrics import SLO_KEYS
 from core_api.traces import TraceSpec
 from core_api.workload import WorkloadSpec
 from sim.config import ClusterConfig, SimConfig, StrategyConfig
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class StrategyVariant(_Strict):
+class StrategyVariant(Strict):
     """A strategy with fixed ``params``; each combination of ``grid`` values adds one variant."""
 
     name: str
@@ -46,7 +43,7 @@ class StrategyVariant(_Strict):
         return out
 
 
-class ClusterVariant(_Strict):
+class ClusterVariant(Strict):
     """``set`` is deep-merged into the base cluster (lists, e.g. ``engines``, replace whole)."""
 
     label: str
@@ -54,7 +51,7 @@ class ClusterVariant(_Strict):
     strategies: list[StrategyVariant] | None = None  # replaces the sweep-level list for this cluster
 
 
-class WorkloadVariant(_Strict):
+class WorkloadVariant(Strict):
     """A synthetic workload (``set`` merged into the base WorkloadSpec) or a trace file."""
 
     label: str
@@ -69,7 +66,7 @@ class WorkloadVariant(_Strict):
         return self
 
 
-class SweepSpec(_Strict):
+class SweepSpec(Strict):
     """What to sweep; empty lists mean 'the base config's own value'."""
 
     name: str = "sweep"
@@ -155,7 +152,7 @@ def check_strategies(runs: list[RunSpec]) -> None:
         raise ValueError("; ".join(bad))
 
 
-class RunSpec(_Strict):
+class RunSpec(Strict):
     """One simulation, fully resolved; the only thing that crosses into a worker process."""
 
     labels: dict[str, Any]

@@ -37,7 +37,7 @@ from core_api.runtime import AsyncioRuntime
 from core_api.types import Request, RequestRecord
 from core_api.workload import Workload
 from real.client import RealEngine
-from real.config import EngineSpec, RealClusterConfig, StrategySpec
+from real.config import EngineSpec, RealClusterConfig, StrategyConfig
 from real.keys import ROUTER, EphemeralKeys, load_keys
 from real.pacer import paced
 from real.transfer import unlink_pool
@@ -94,7 +94,7 @@ class RealCluster:
     def local(cls, n: int = 2, strategy: str = "round_robin", params: dict | None = None, **spec: Any) -> RealCluster:
         """n identical engines on this host; `spec` holds EngineSpec fields (model, num_pages, ...)."""
         return cls(RealClusterConfig(engines=[{"count": n, **spec}],
-                                     strategy=StrategySpec(name=strategy, params=params or {})))
+                                     strategy=StrategyConfig(name=strategy, params=params or {})))
 
     @property
     def engine_ids(self) -> list[str]:

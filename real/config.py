@@ -8,20 +8,18 @@ engines (spawned here, or already running elsewhere and named by address) and th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from core_api.config_base import StrategyConfig, Strict, check_unique, expand_engine_ids
+from core_api.scheduler_config import SchedulerLimits, limit_default
 from core_api.workload import WorkloadSpec
 
 MODEL_ALIASES = {"smollm2": "smollm2-135m"}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class EngineSpec(_Strict):
+class EngineSpec(Strict, SchedulerLimits):
     """One engine process. CPU defaults are small so two engines and a router share 2 cores."""
 
     id: str = "e0"
@@ -31,12 +29,11 @@ class EngineSpec(_Strict):
     device: str = "cpu"
     threads: int = Field(1, ge=1)  # torch intra-op threads of this process
     batch_invariant: bool = True  # bit-exact tokens whatever the batching (DESIGN point 5)
-    page_size: int = Field(16, ge=1)
     num_pages: int = Field(1024, ge=1)
-    max_num_batched_tokens: int = Field(512, ge=1)
-    max_num_seqs: int = Field(64, ge=1)
-    max_model_len: int = Field(4096, ge=1)
-    reservation_timeout_s: float = Field(30.0, gt=0)
+    # The scheduler limits are core_api's SchedulerLimits; a CPU engine gets smaller defaults.
+    max_num_batched_tokens: int = limit_default("max_num_batched_tokens", 512)
+    max_num_seqs: int = limit_default("max_num_seqs", 64)
+    max_model_len: int = limit_default("max_model_len", 4096)
     # How this engine ships KV it sends. auto: shared memory between CPU engines of one host, zmq
     # otherwise (GPU pages staged through pinned memory); cuda_ipc: device to device between GPU
     # engines of one host; nccl: torch.distributed between GPUs.
@@ -99,14 +96,9 @@ class EngineEntry(EngineSpec):
         return self
 
 
-class StrategySpec(_Strict):
-    name: str = "round_robin"
-    params: dict[str, Any] = Field(default_factory=dict)
-
-
-class RealClusterConfig(_Strict):
+class RealClusterConfig(Strict):
     engines: list[EngineEntry] = Field(min_length=1)
-    strategy: StrategySpec = StrategySpec()
+    strategy: StrategyConfig = StrategyConfig()
     heartbeat_s: float = Field(0.5, gt=0)  # router -> engine ping period
     # No answer at all this long: the engine is dead. Engines answer pings between steps, so this
     # must exceed the longest step (a big CPU prefill chunk); local process deaths are seen in 0.1 s.
@@ -124,10 +116,7 @@ class RealClusterConfig(_Strict):
 
     @model_validator(mode="after")
     def _unique_ids(self) -> RealClusterConfig:
-        ids = [i for i, _ in self.expanded()]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"engine ids must be unique, repeated: {dupes}")
+        check_unique(expand_engine_ids(self.engines))
         return self
 
     @model_validator(mode="after")
@@ -140,16 +129,9 @@ class RealClusterConfig(_Strict):
         return self
 
     def expanded(self) -> list[tuple[str, EngineEntry]]:
-        """(engine id, entry) per engine, `count` unrolled; ids default to e0, e1, ... as in sim."""
-        out: list[tuple[str, EngineEntry]] = []
-        for e in self.engines:
-            for k in range(e.count):
-                if e.id is None:
-                    eid = f"e{len(out)}"
-                else:
-                    eid = e.id if e.count == 1 else f"{e.id}{k}"
-                out.append((eid, e))
-        return out
+        """(engine id, entry) per engine, `count` unrolled (core_api.config_base's id rule)."""
+        entries = [e for e in self.engines for _ in range(e.count)]
+        return list(zip(expand_engine_ids(self.engines), entries))
 
     def engine_specs(self) -> list[tuple[EngineSpec | None, str | None, str]]:
         """(spec to spawn or None, remote address or None, id) per engine."""
@@ -172,7 +154,7 @@ def default_workload(vocab_size: int = 256) -> WorkloadSpec:
                         vocab_size=vocab_size)
 
 
-class RealRunConfig(_Strict):
+class RealRunConfig(Strict):
     """What `microserving run --config` reads: a cluster, a workload (same spec as sim), a seed."""
 
     cluster: RealClusterConfig

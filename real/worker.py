@@ -29,7 +29,7 @@ from core_api.errors import (
     RequestReleased,
     ReservationExpired,
 )
-from core_api.scheduler import Scheduler, SchedulerConfig
+from core_api.scheduler import Scheduler
 from core_api.sequence import FAILED, SENT, Sequence
 from real import protocol as p
 from real.config import EngineSpec
@@ -70,10 +70,8 @@ class EngineWorker:
         # Touch every page of the pool now (a GPU allocator would hand out resident memory too):
         # otherwise the first transfers and prefills into fresh pages pay one page fault per 4 KiB.
         self.pool.zero_()
-        self.sched = Scheduler(SchedulerConfig(
-            num_pages=spec.num_pages, page_size=spec.page_size, max_num_batched_tokens=spec.max_num_batched_tokens,
-            max_num_seqs=spec.max_num_seqs, max_model_len=min(spec.max_model_len, c.max_position_embeddings),
-            reservation_timeout_s=spec.reservation_timeout_s, eos_token_id=c.eos_token_id))
+        self.sched = Scheduler(spec.scheduler_config(
+            spec.num_pages, c.eos_token_id, max_model_len=min(spec.max_model_len, c.max_position_embeddings)))
         self.runner = ModelRunner(self.model, self.pool, spec.page_size)
         self.runner.warmup()
         self.nccl = None

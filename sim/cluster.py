@@ -121,11 +121,7 @@ class SimCluster:
         num_pages = ec.num_pages
         if num_pages is None:
             num_pages = kv_pages_for(get_gpu(ec.gpu), get_model(ec.model, ec.dtype), ec.tp, ec.page_size, ec.mem_util)
-        return SchedulerConfig(
-            num_pages=num_pages, page_size=ec.page_size, max_num_batched_tokens=ec.max_num_batched_tokens,
-            max_num_seqs=ec.max_num_seqs, max_model_len=ec.max_model_len,
-            reservation_timeout_s=ec.reservation_timeout_s, policy=ec.policy,
-        )
+        return ec.scheduler_config(num_pages)
 
     def run(self, workload: Workload, seed: int = 0, config_echo: dict | None = None,
             faults: FaultSchedule | None = None) -> RunResult:

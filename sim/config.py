@@ -2,23 +2,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from core_api.config_base import StrategyConfig, Strict, check_unique, expand_engine_ids
 from core_api.faults import FaultSchedule
-from core_api.scheduler_config import SchedulingPolicy
+from core_api.scheduler_config import SchedulerLimits, limit_default
 from core_api.workload import WorkloadSpec
 from sim.hardware import GPUSpec, ModelSpec
 from sim.network import LinkSpec
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class EngineConfig(_Strict):
-    """One engine: a model on `tp` GPUs. `count` > 1 stamps out identical engines."""
+class EngineConfig(Strict, SchedulerLimits):
+    """One engine: a model on `tp` GPUs. `count` > 1 stamps out identical engines. Its scheduler
+    limits (page_size, max_num_batched_tokens, max_num_seqs, max_model_len, reservation_timeout_s,
+    policy) are core_api's SchedulerLimits."""
 
     id: str | None = None
     count: int = Field(1, ge=1)
@@ -26,14 +24,9 @@ class EngineConfig(_Strict):
     model: str | ModelSpec = "Llama-3.1-8B"
     dtype: str | None = None  # override the model preset's dtype ("bf16" or "fp8")
     tp: int = Field(1, ge=1)
-    page_size: int = Field(16, ge=1)
     num_pages: int | None = Field(None, ge=1)  # default: what fits in GPU memory
     mem_util: float = Field(0.9, gt=0, le=1)
-    max_num_batched_tokens: int = Field(2048, ge=1)
-    max_num_seqs: int = Field(256, ge=1)
-    max_model_len: int = Field(32768, ge=1)
-    reservation_timeout_s: float = Field(600.0, gt=0)
-    policy: SchedulingPolicy = SchedulingPolicy()  # admission knobs; SchedulingPolicy.vllm() replays vLLM
+    reservation_timeout_s: float = limit_default("reservation_timeout_s", 600.0)
 
 
 class LinkOverride(LinkSpec):
@@ -41,12 +34,7 @@ class LinkOverride(LinkSpec):
     dst: str
 
 
-class StrategyConfig(_Strict):
-    name: str = "round_robin"
-    params: dict[str, Any] = Field(default_factory=dict)
-
-
-class ClusterConfig(_Strict):
+class ClusterConfig(Strict):
     engines: list[EngineConfig] = Field(min_length=1)
     link: LinkSpec | None = None  # default: the first engine GPU's NVLink, 5 us latency
     links: list[LinkOverride] = Field(default_factory=list)
@@ -70,22 +58,11 @@ class ClusterConfig(_Strict):
 
     @model_validator(mode="after")
     def _unique_ids(self) -> ClusterConfig:
-        ids = self.engine_ids()
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"engine ids must be unique, repeated: {dupes}")
+        check_unique(self.engine_ids())
         return self
 
     def engine_ids(self) -> list[str]:
-        ids = []
-        for e in self.engines:
-            base = e.id
-            for k in range(e.count):
-                if base is None:
-                    ids.append(f"e{len(ids)}")
-                else:
-                    ids.append(base if e.count == 1 else f"{base}{k}")
-        return ids
+        return expand_engine_ids(self.engines)
 
     def expanded(self) -> list[tuple[str, EngineConfig]]:
         """(engine id, its config) for every engine, `count` unrolled."""
@@ -95,7 +72,7 @@ class ClusterConfig(_Strict):
         return out
 
 
-class SimConfig(_Strict):
+class SimConfig(Strict):
     """Everything one simulation needs; the CLI's --config file holds this (YAML or JSON)."""
 
     cluster: ClusterConfig
