@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def start_server(addresses: list[str], strategy: str, keys: str) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "experiments.cli", "serve", "--port", "0", "--strategy", strategy,
+    cmd = [sys.executable, "-m", "microserving.cli", "serve", "--port", "0", "--strategy", strategy,
            "--max-concurrent", "4096", "--keys", keys]
     for a in addresses:
         cmd += ["--connect", a]

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def start_server(tokenizer_dir: Path) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH")) if x))
-    cli = [sys.executable, "-m", "experiments.cli", "serve"]
+    cli = [sys.executable, "-m", "microserving.cli", "serve"]
     subprocess.run([*cli, "--model", "tiny", "--export-tokenizer", str(tokenizer_dir)], check=True, env=env, cwd=ROOT,
                    stdout=subprocess.DEVNULL)
     proc = subprocess.Popen([*cli, "--engines", "2", "--model", "tiny", "--port", "0", "--strategy", "least_loaded"],

@@ -19,8 +19,7 @@ from sim.profile import error_text
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("calibrate", help="profile a real engine, fit the simulator's cost model, validate it",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cmds = p.add_subparsers(dest="calibrate_command", required=True)
 
     pr = cmds.add_parser("profile", help="time a real engine on a grid of step shapes and KV transfers")

@@ -20,8 +20,7 @@ from sim.profile import error_text
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("replay", help="replay a real serving run on the simulator and print real vs simulated",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("replay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="directory with requests.jsonl and meta.json")
     cost = p.add_mutually_exclusive_group()
     cost.add_argument("--profile", type=Path, help="cost profile JSON (fitted or measured layer tables)")

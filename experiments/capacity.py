@@ -128,8 +128,7 @@ def find_capacity(cluster: ClusterConfig, workload: Workload, slos: dict, target
 def add_parser(sub) -> None:
     from experiments.trace_args import add_trace_arguments
 
-    p = sub.add_parser("capacity", help="highest request rate that meets an SLO attainment target",
-                       description=__doc__.splitlines()[0])
+    p = sub.add_parser("capacity", description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, help="SimConfig file (YAML/JSON); default: the built-in sim config")
     p.add_argument("--strategy", help="strategy name (overrides the config's)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=JSON", help="strategy parameter")

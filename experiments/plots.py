@@ -190,8 +190,7 @@ def plot_sweep(lines: Sequence[dict], folder: str | Path, slos: dict | None = No
 # -- command line ------------------------------------------------------------------------------
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("plot", help="plot a sweep's results (metric vs rate, CDFs, SLO attainment)",
-                       description=__doc__.splitlines()[0])
+    p = sub.add_parser("plot", description=__doc__.splitlines()[0])
     p.add_argument("results", type=Path, help="results JSONL written by `microserving sweep`")
     p.add_argument("--x", default="rate", help="label or metric for the x axis (default: rate)")
     p.add_argument("--y", default="p99_e2el_ms", help="metric for the y axis (default: p99_e2el_ms)")

@@ -12,8 +12,7 @@ from sim.profile import error_text
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("sim", help="simulate a cluster (default: Llama-3.1-8B, 2x H100, PD, 1000 requests)",
-                       description="Run one simulation. Without --config: a built-in default.")
+    p = sub.add_parser("sim", description="Run one simulation. Without --config: a built-in default.")
     p.add_argument("--config", type=Path, help="SimConfig file (YAML or JSON): cluster, workload, seed")
     p.add_argument("--strategy", help="strategy name (see --list-strategies) or module:Class")
     p.add_argument("--param", action="append", default=[], metavar="KEY=JSON",

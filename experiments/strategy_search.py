@@ -199,8 +199,7 @@ def format_rows(rows: list[dict], top: int, capacity: bool) -> str:
 def add_parser(sub) -> None:
     from experiments.trace_args import add_trace_arguments
 
-    p = sub.add_parser("search", help="find the best strategy / P:D split / ratio / TP for a GPU budget",
-                       description=__doc__.splitlines()[0])
+    p = sub.add_parser("search", description=__doc__.splitlines()[0])
     p.add_argument("--config", help="SimConfig file: its workload and first engine are the template")
     p.add_argument("--gpus", type=int, default=8, help="GPU budget (default 8)")
     p.add_argument("--gpu", help="GPU preset (default: the template's, H100-SXM)")

@@ -181,8 +181,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, resume:
 # -- command line ------------------------------------------------------------------------------
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("sweep", help="run a sweep file (cartesian product of configs) in parallel",
-                       description=__doc__.splitlines()[0])
+    p = sub.add_parser("sweep", description=__doc__.splitlines()[0])
     p.add_argument("spec", type=Path, help="sweep file (YAML or JSON), e.g. experiments/specs/default_sweep.yaml")
     p.add_argument("-o", "--out", type=Path, default=Path("results/sweep.jsonl"), help="results JSONL")
     p.add_argument("-j", "--jobs", type=int, default=None, help="worker processes (default: all cores)")

@@ -26,8 +26,7 @@ from sim.profile import error_text
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("run", help="serve a prompt or a workload on real engines (torch, CPU or CUDA)",
-                       description=__doc__.split("\n\n")[0])
+    p = sub.add_parser("run", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, help="RealRunConfig file (YAML or JSON): cluster, workload, seed")
     p.add_argument("--strategy", help="strategy name or module:Class (default pd, or the config's)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=JSON", help="strategy parameter (repeatable)")

@@ -30,11 +30,12 @@ from typing import Any
 from typing_extensions import Self
 
 from core_api import strategy as registry
+from core_api.driver import serve_request
 from core_api.errors import EngineCallError
 from core_api.kv_cache import KVLeakError
 from core_api.metrics import summarize
 from core_api.runtime import AsyncioRuntime
-from core_api.types import Request, RequestRecord
+from core_api.types import RequestRecord
 from core_api.workload import Workload
 from real.client import RealEngine
 from real.config import EngineSpec, RealClusterConfig, StrategyConfig
@@ -158,7 +159,7 @@ class RealCluster:
         r, w = os.pipe()
         self.procs[eid] = subprocess.Popen(
             [sys.executable, "-m", "real.engine_process", "--spec", spec.model_dump_json(), "--ready-fd", str(w)],
-            pass_fds=(w,), env=_child_env())
+            pass_fds=(w,))  # the installed package: no PYTHONPATH games
         os.close(w)
         return os.fdopen(r)
 
@@ -303,7 +304,7 @@ async def run_workload(engines: list[RealEngine], workload: Workload, name: str,
     tasks = []
 
     def start(i: int) -> None:
-        tasks.append(asyncio.ensure_future(serve(strat, engines, requests[i], records[i], runtime)))
+        tasks.append(asyncio.ensure_future(serve_request(strat, engines, requests[i], records[i], runtime)))
 
     await paced([r.arrival_time for r in requests], origin, start)  # on time, where asyncio.sleep is ~0.5 ms late
     await asyncio.gather(*tasks)
@@ -312,22 +313,6 @@ async def run_workload(engines: list[RealEngine], workload: Workload, name: str,
     return RealRunResult(config=config_echo or {}, seed=seed, strategy={"name": name, "params": params},
                          records=records, engine_stats=stats, wall_time_s=time.perf_counter() - wall0,
                          spawn_errors=[repr(e) for e in runtime.spawn_errors])
-
-
-async def serve(strat: registry.Strategy, engines: list[RealEngine], req: Request, record: RequestRecord,
-                runtime: AsyncioRuntime) -> None:
-    """One request through the strategy; a failure is recorded and released everywhere (as sim)."""
-    try:
-        async for chunk in strat.generate(req):
-            record.add(chunk)
-    except Exception as exc:  # noqa: BLE001 - one request's failure must not stop the run
-        record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"
-        live = [e for e in engines if e.down is None]
-        await asyncio.gather(*(e.release(req.id) for e in live), return_exceptions=True)
-    record.finish_time = record.token_times[-1] if record.status == "ok" and record.token_times else runtime.now()
-    tags = strat.pop_tags(req.id)
-    if tags:
-        record.tags = tags
 
 
 async def engine_stats(engines: list[RealEngine]) -> dict[str, dict]:
@@ -358,14 +343,6 @@ async def check_no_leaks(engines: list[RealEngine], settle_s: float = 2.0) -> di
                                         f"waiting={s.get('waiting')} receiving={s.get('receiving')} "
                                         f"sending={s.get('sending')} {s.get('error', '')}" for k, s in bad.items()))
         await asyncio.sleep(0.05)
-
-
-def _child_env() -> dict[str, str]:
-    """The launcher's environment, with this checkout importable (the child runs `-m real...`)."""
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(x for x in (root, env.get("PYTHONPATH")) if x)
-    return env
 
 
 def _free_port() -> int:

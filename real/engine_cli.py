@@ -17,8 +17,7 @@ from pydantic import ValidationError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("engine", help="run one engine process in the foreground (multi-host serving)",
-                       description=__doc__.split("\n\n")[0])
+    p = sub.add_parser("engine", description=__doc__.split("\n\n")[0])
     p.add_argument("--listen", default="tcp://127.0.0.1:5555", help="zmq address to bind (default loopback)")
     p.add_argument("--keys", help="CurveZMQ key directory (`microserving keys DIR`); required beyond loopback")
     p.add_argument("--id", default="e0", help="engine id (unique in the cluster)")

@@ -15,8 +15,7 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("keys", help="make a CurveZMQ key directory for engines and routers",
-                       description=__doc__.split("\n\n")[0])
+    p = sub.add_parser("keys", description=__doc__.split("\n\n")[0])
     p.add_argument("directory", type=Path, help="where to write the keys (created mode 0700; never overwritten)")
 
 

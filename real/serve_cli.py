@@ -27,8 +27,7 @@ from sim.profile import error_text
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server on the router (completions, chat, admin)",
-                       description=__doc__.split("\n\n")[0])
+    p = sub.add_parser("serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, help="cluster file (YAML/JSON): engines, strategy, optional serve: section")
     p.add_argument("--strategy", help="strategy name or module:Class (default least_loaded, or the config's)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=JSON", help="strategy parameter (repeatable)")

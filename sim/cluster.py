@@ -8,6 +8,7 @@ from typing import Any
 import simpy
 
 from core_api import strategy as strategy_registry
+from core_api.driver import serve_request
 from core_api.faults import FaultSchedule, failures_by_kind
 from core_api.metrics import summarize
 from core_api.scheduler import SchedulerConfig
@@ -186,21 +187,10 @@ class SimCluster:
                 record.finish_time = self.env.now
 
     async def _serve(self, req: Request, record: RequestRecord) -> None:
-        """Run one request through the strategy; a failure is recorded and the run goes on."""
-        try:
-            async for chunk in self.strategy.generate(req):
-                record.add(chunk)
-        except Exception as exc:  # noqa: BLE001 - any failure of one request must not stop the run
-            record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"
-            for engine in self.engines.values():  # nothing a failed request held may leak
-                await engine.release(req.id)
-        record.finish_time = record.token_times[-1] if record.status == "ok" and record.token_times else self.env.now
+        await serve_request(self.strategy, list(self.engines.values()), req, record, self.runtime)
         self._open -= 1
         if not self._open:
             self._all_done.succeed()
-        tags = self.strategy.pop_tags(req.id)
-        if tags:
-            record.tags = tags
 
     @staticmethod
     def _engine_stats(engine: SimEngine) -> dict:

@@ -16,7 +16,7 @@ from calibration.validate import (
     untrusted_reasons,
 )
 from core_api.workload import WorkloadSpec, generate
-from experiments.cli import main
+from microserving.cli import main
 from sim.cluster import SimCluster
 from sim.config import ClusterConfig, EngineConfig
 from sim.profile import CostProfile

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.cli import main
+from microserving.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ def test_a_closed_pipe_ends_quietly():
     """`microserving sim | head -1`: no BrokenPipeError traceback, the SIGPIPE-like status 141. The
     reader is gone before the first line is written (sim prints only after simulating), so the
     write always meets a closed pipe, as `head` closing it does."""
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "sim", "--num-requests", "50"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "microserving.cli", "sim", "--num-requests", "50"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()
     err = proc.stderr.read().decode()

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from experiments.cli import main
+from microserving.cli import main
 
 
 def test_run_workload_writes_sim_compatible_json(tmp_path, capsys):
@@ -39,7 +39,7 @@ def test_router_reaches_an_engine_started_with_the_engine_command(capsys, tmp_pa
     assert main(["keys", keys]) == 0
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "engine", "--listen", f"tcp://127.0.0.1:{port}",
+    proc = subprocess.Popen([sys.executable, "-m", "microserving.cli", "engine", "--listen", f"tcp://127.0.0.1:{port}",
                              "--id", "remote", "--keys", keys], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert "listening on tcp://127.0.0.1:" in proc.stdout.readline()

@@ -115,7 +115,7 @@ def test_a_killed_engine_reached_by_address_is_declared_dead_in_5_s_and_leaves_n
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "engine", "--listen", f"tcp://127.0.0.1:{port}",
+    proc = subprocess.Popen([sys.executable, "-m", "microserving.cli", "engine", "--listen", f"tcp://127.0.0.1:{port}",
                              "--id", "far"], stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))
     try:
         assert "listening on" in proc.stdout.readline()

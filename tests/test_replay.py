@@ -11,7 +11,7 @@ from calibration.real_run import RunDirError, load_run
 from calibration.replay import replay
 from calibration.run_writer import write_run
 from core_api.scheduler_config import SchedulingPolicy
-from experiments.cli import main
+from microserving.cli import main
 from sim.cluster import SimCluster
 from sim.config import ClusterConfig, EngineConfig, StrategyConfig
 from tests.replay_helpers import burst_workload, write_layer_bundle

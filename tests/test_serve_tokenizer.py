@@ -8,7 +8,7 @@ import httpx
 import pytest
 from tokenizers import Tokenizer
 
-from experiments.cli import main
+from microserving.cli import main
 from real.hf_tokenizer_export import export_hf_tokenizer
 from real.tokenizer import ByteTokenizer
 

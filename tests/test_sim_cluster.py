@@ -142,7 +142,7 @@ def test_core_api_and_sim_do_not_import_torch():
 
 
 def test_cli_sim_runs_and_reports_errors(tmp_path, capsys):
-    from experiments.cli import main
+    from microserving.cli import main
 
     out = tmp_path / "r.json"
     assert main(["sim", "--num-requests", "20", "--rate", "10", "--out", str(out)]) == 0
@@ -223,7 +223,7 @@ def test_pages_taken_during_a_decode_run_neither_crash_nor_leak():
 
 
 def test_sim_command_says_why_requests_failed_and_fails_when_none_completed(tmp_path, capsys):
-    from experiments.cli import main
+    from microserving.cli import main
 
     (tmp_path / "c.yaml").write_text("cluster:\n  engines: [{count: 1, max_model_len: 100}]\n"
                                      "workload: {num_requests: 5, prompt_len: {kind: fixed, value: 500}}\n")

@@ -76,7 +76,7 @@ def test_a_user_strategy_loads_by_module_path_and_by_name_and_runs():
 
 
 def test_user_strategy_from_the_command_line(capsys):
-    from experiments.cli import main
+    from microserving.cli import main
 
     rc = main(["sim", "--strategy", "experiments.custom_strategy_example:MyStrategy",
                "--param", "long_prompt=1024", "--num-requests", "30", "--rate", "10"])

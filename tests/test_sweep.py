@@ -110,7 +110,7 @@ def test_plots_from_results(tmp_path):
 
 
 def test_cli_sweep_and_plot(tmp_path, capsys):
-    from experiments.cli import main
+    from microserving.cli import main
 
     spec = tmp_path / "s.json"
     spec.write_text(json.dumps({**TINY, "seeds": [0]}))
@@ -127,7 +127,7 @@ def test_cli_sweep_and_plot(tmp_path, capsys):
 
 
 def test_plot_refuses_what_it_cannot_draw(tmp_path, capsys):
-    from experiments.cli import main
+    from microserving.cli import main
 
     assert main(["plot", str(tmp_path / "none.jsonl")]) == 2
     assert "no such results file" in capsys.readouterr().err

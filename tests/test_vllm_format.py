@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments.cli import main
+from microserving.cli import main
 
 VLLM_KEYS = {"date", "backend", "model_id", "tokenizer_id", "num_prompts", "request_rate", "burstiness",
              "max_concurrency", "duration", "completed", "failed", "total_input_tokens", "total_output_tokens",

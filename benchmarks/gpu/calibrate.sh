@@ -9,7 +9,7 @@ if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
 DIR=${1:?usage: calibrate.sh [--dry-run] DIR}
 PY=${PYTHON:-python3}
 [ "$DRY" = 1 ] && [ -x .venv/bin/python ] && PY=.venv/bin/python
-CLI=("$PY" -m experiments.cli calibrate)
+CLI=("$PY" -m microserving.cli calibrate)
 if [ "$DRY" = 1 ]; then
   NAME=dryrun-cpu-tiny
   ENGINE=(--model tiny --num-pages 512)

@@ -1,0 +1,5 @@
+import sys
+
+from microserving.cli import main
+
+sys.exit(main())
