@@ -126,20 +126,26 @@ def start_authenticator(ctx: zmq.Context, keys: CurveKeys):
 
 
 def _quiet_log():
-    """pyzmq logs every refused handshake at DEBUG; refusals are counted by the engine instead."""
+    """The logger of refused handshakes (pyzmq logs each at DEBUG): `microserving.zap`, so an
+    operator can turn them on without pyzmq's other messages."""
     import logging
 
     return logging.getLogger("microserving.zap")
 
 
-LOOPBACK_HOSTS = ("127.", "localhost", "[::1]", "::1")
-
-
 def is_loopback(address: str) -> bool:
-    """True for tcp:// on a loopback host and for inproc://; ipc:// and every other host is not."""
+    """True for tcp:// on `localhost` or a loopback IP literal, and for inproc://; ipc://, `*` and
+    every other host (including names that merely start like one) are not."""
+    import ipaddress
+
     if address.startswith("inproc://"):
         return True
     if not address.startswith("tcp://"):
         return False
-    host = address[len("tcp://"):].rpartition(":")[0]
-    return host.startswith(LOOPBACK_HOSTS)
+    host = address[len("tcp://"):].rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

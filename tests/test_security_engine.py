@@ -90,7 +90,8 @@ def test_an_engine_beyond_loopback_needs_keys(keydir):
         EngineSpec(listen="tcp://10.1.2.3:5555")
     assert EngineSpec(listen="tcp://0.0.0.0:5555", keys=str(keydir)).keys == str(keydir)
     assert all(map(is_loopback, ["tcp://127.0.0.1:1", "tcp://localhost:1", "tcp://[::1]:1", "inproc://x"]))
-    assert not any(map(is_loopback, ["tcp://0.0.0.0:1", "tcp://192.168.0.1:1", "ipc:///tmp/x", "tcp://*:1"]))
+    assert not any(map(is_loopback, ["tcp://0.0.0.0:1", "tcp://192.168.0.1:1", "ipc:///tmp/x", "tcp://*:1",
+                                     "tcp://localhost.example.com:1", "tcp://127.example.com:1", "tcp://eth0:1"]))
 
 
 def test_key_files_readable_by_others_are_refused(keydir):
