@@ -7,7 +7,7 @@ from pydantic import Field, model_validator
 
 from core_api.config_base import StrategyConfig, Strict, check_unique, expand_engine_ids
 from core_api.faults import FaultSchedule
-from core_api.scheduler_config import SchedulerLimits, limit_default
+from core_api.scheduler_config import SchedulerLimits
 from core_api.workload import WorkloadSpec
 from sim.hardware import GPUSpec, ModelSpec
 from sim.network import LinkSpec
@@ -26,7 +26,6 @@ class EngineConfig(Strict, SchedulerLimits):
     tp: int = Field(1, ge=1)
     num_pages: int | None = Field(None, ge=1)  # default: what fits in GPU memory
     mem_util: float = Field(0.9, gt=0, le=1)
-    reservation_timeout_s: float = limit_default("reservation_timeout_s", 600.0)
 
 
 class LinkOverride(LinkSpec):
