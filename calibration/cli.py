@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from sim.profile import error_text
+from core_api.validation_errors import error_text
 
 
 def add_parser(sub) -> None:

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sim.profile import format_validation_error, read_json
+from core_api.validation_errors import format_validation_error
+from sim.profile import read_json
 
 
 class RunDirError(ValueError):

@@ -16,7 +16,7 @@ import math
 import sys
 from pathlib import Path
 
-from sim.profile import error_text
+from core_api.validation_errors import error_text
 
 
 def add_parser(sub) -> None:

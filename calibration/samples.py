@@ -15,8 +15,9 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from core_api.config_base import Strict
 from core_api.step import STEP_FEATURES, StepFeatures
+from core_api.validation_errors import format_validation_error
 from sim.hardware import ModelSpec
-from sim.profile import format_validation_error, read_json
+from sim.profile import read_json
 
 STEP_KINDS = ("prefill", "decode", "mixed")
 FEATURE_NAMES = STEP_FEATURES

@@ -18,6 +18,7 @@ from core_api.engine import Engine
 from core_api.errors import EngineCallError, EngineDown
 from core_api.runtime import Runtime
 from core_api.types import Request, TokenChunk
+from core_api.validation_errors import format_validation_error
 
 BUILTIN_PACKAGE = "strategies"  # imported on first lookup so built-in names register themselves
 
@@ -45,7 +46,7 @@ class Strategy:
         try:
             self.params = self.Params(**params)
         except ValidationError as exc:
-            raise StrategyError(f"strategy {self.name!r}: bad parameters: {exc}") from None
+            raise StrategyError(f"strategy {self.name!r}: bad parameters: {format_validation_error(exc)}") from None
         self._tags: dict[str, dict] = {}
         self.validate()
 

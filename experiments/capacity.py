@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core_api.metrics import summarize
+from core_api.validation_errors import error_text
 from core_api.workload import Workload
 from experiments.arg_types import add_slo_arguments, positive_float, positive_int
 from sim.config import ClusterConfig
-from sim.profile import error_text
 
 
 @dataclass

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from core_api.validation_errors import error_text
 from experiments.trace_args import add_trace_arguments
-from sim.profile import error_text
 
 
 def add_parser(sub) -> None:

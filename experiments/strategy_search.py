@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from functools import partial
 
 from core_api.traces import TraceSpec
+from core_api.validation_errors import error_text
 from core_api.workload import WorkloadSpec
 from experiments.arg_types import add_slo_arguments, positive_float, positive_int
 from experiments.sweep import SweepProgress
 from experiments.sweep_spec import RunSpec
 from sim.config import ClusterConfig, EngineConfig, StrategyConfig
-from sim.profile import error_text
 
 
 @dataclass

@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from core_api.validation_errors import error_text
 from experiments.sweep_spec import RunSpec, SweepSpec, load_spec
-from sim.profile import error_text
 
 __all__ = ["SweepProgress", "execute", "finished_keys", "read_results", "run_one", "run_sweep"]
 

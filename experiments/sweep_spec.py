@@ -144,7 +144,7 @@ def check_strategies(runs: list[RunSpec]) -> None:
             resolve(s.name).Params(**s.params)
             problems[key] = ""
         except (StrategyError, ValidationError, TypeError) as exc:
-            from sim.profile import error_text
+            from core_api.validation_errors import error_text
 
             problems[key] = f"strategy {s.name} ({run.labels.get('strategy')}): {error_text(exc)}"
     bad = [p for p in problems.values() if p]

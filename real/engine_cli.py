@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
                           max_num_batched_tokens=args.max_num_batched_tokens, transport=args.transport,
                           batch_invariant=not args.fast, listen=args.listen, keys=args.keys)
     except ValidationError as exc:
-        from sim.profile import error_text
+        from core_api.validation_errors import error_text
 
         print(f"error: {error_text(exc)}", file=sys.stderr)
         return 2

@@ -22,8 +22,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from core_api.strategy import params_from_cli
+from core_api.validation_errors import error_text
 from real.engine_args import add_engine_arguments, engines_from_args, print_ready
-from sim.profile import error_text
 
 
 def add_parser(sub) -> None:

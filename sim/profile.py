@@ -17,6 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from typing_extensions import Self
 
+from core_api.validation_errors import format_validation_error
 from sim.hardware import ModelSpec
 from sim.network import LinkSpec
 
@@ -111,21 +112,6 @@ def read_json(path: str | Path, what: str, error: type[Exception]) -> Any:
         raise error(f"{path}: cannot read {what}: {e.strerror}") from None
     except json.JSONDecodeError as e:
         raise error(f"{path}: not JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
-
-
-def format_validation_error(e: ValidationError) -> str:
-    """One line per problem, each starting with the dotted field path."""
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")  # pydantic's wrapper of a validator's own words
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
-
-
-def error_text(exc: Exception) -> str:
-    """What a command prints for a bad input: validation errors one plain line per problem."""
-    return format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
 
 
 def load_profile(path: str | Path):
