@@ -5,7 +5,7 @@ Commands whose inputs a user brings (my_cluster.yaml, faults.yaml, cluster.yaml)
 the documented shape in the temporary directory; repo-relative paths (experiments/specs/...,
 calibration/profiles/...) are made absolute, as a user outside the checkout would write them.
 Commands that need what tests may not use are listed in SKIPPED with the reason: a GPU, other hosts,
-the shared data folder, the installer and the test suite itself. Servers are started, checked to
+the shared data folder, a vLLM run directory, the installer and the test suite itself. Servers are started, checked to
 answer, and stopped.
 """
 from __future__ import annotations
@@ -33,7 +33,6 @@ SKIPPED = {
     "$R/": "tests must not read the shared data folder",
     "RUN_DIR": "needs a recorded vLLM run directory",
     "BUNDLE": "needs a vLLM per-layer profile bundle",
-    "paper_microserving": "a 10-minute experiment",
 }
 USER_FILES = {
     "my_cluster.yaml": "cluster: {engines: [{count: 2}], strategy: {name: pd}}\nworkload: {num_requests: 50}\n",
