@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from core_api.engine_stats import common_engine_stats
 from core_api.step import STEP_FEATURES, StepFeatures
 
 
@@ -18,22 +19,18 @@ def add_features(totals: dict[str, float], f: StepFeatures) -> None:
 
 
 def engine_stats(worker) -> dict:
+    """core_api's common figures (the simulator's schema) plus this process's own."""
     sched, kv = worker.sched, worker.sched.kv
-    st = kv.stats()
     idle = not (sched.holds_sequences or worker.sender.sends)
     try:
         kv.check_no_leaks() if idle else kv.check_consistent()
         leak = None
     except AssertionError as exc:
         leak = str(exc)
-    return {"engine_id": worker.id, "steps": worker.steps, "busy_s": worker.busy_s, "loop_s": worker.loop_s,
-            "step_features": dict(worker.feature_totals),
+    return {**common_engine_stats(sched, worker.steps, worker.busy_s),
+            "engine_id": worker.id, "loop_s": worker.loop_s, "step_features": dict(worker.feature_totals),
             "cpu_s": time.process_time(), "loop_cpu_s": time.thread_time(),
-            "forward_tokens": worker.runner.forward_tokens, "preemptions": sched.num_preemptions,
-            "prefix_hit_tokens": kv.hits, "evictions": kv.evictions,
-            "pages": {"total": st.total, "free": st.free, "used": st.used, "cached": st.cached,
-                      "reserved": st.reserved},
-            "idle": idle, "leak": leak, "running": len(sched.running),
+            "forward_tokens": worker.runner.forward_tokens, "idle": idle, "leak": leak, "running": len(sched.running),
             "waiting": len(sched.waiting) + len(sched.receive_queue),
             "receiving": len(sched.receiving), "sending": len(worker.sender.sends),
             "kv_bytes_sent": worker.sender.bytes_sent, "kv_bytes_received": worker.receiver.bytes_received,

@@ -9,6 +9,7 @@ import simpy
 
 from core_api import strategy as strategy_registry
 from core_api.driver import serve_request
+from core_api.engine_stats import common_engine_stats
 from core_api.faults import FaultSchedule, failures_by_kind
 from core_api.metrics import summarize
 from core_api.scheduler import SchedulerConfig
@@ -194,17 +195,7 @@ class SimCluster:
 
     @staticmethod
     def _engine_stats(engine: SimEngine) -> dict:
-        kv = engine.sched.kv
-        stats = kv.stats()
-        return {
-            "steps": engine.steps,
-            "busy_s": engine.busy_s,
-            "preemptions": engine.sched.num_preemptions,
-            "prefix_hit_tokens": kv.hits,
-            "evictions": kv.evictions,
-            "pages": {"total": stats.total, "free": stats.free, "used": stats.used,
-                      "cached": stats.cached, "reserved": stats.reserved},
-        }
+        return common_engine_stats(engine.sched, engine.steps, engine.busy_s)
 
     def check_no_leaks(self) -> None:
         """Raise KVLeakError if any live engine still holds used or reserved pages."""
