@@ -20,8 +20,8 @@ from core_api.types import Request, SamplingParams
 from core_api.workload import Workload
 from sim.cluster import RunResult, SimCluster
 from sim.config import ClusterConfig, EngineConfig, StrategyConfig
+from sim.cost_models import load_profile
 from sim.hardware import get_model, gpu_for_device
-from sim.profile import load_profile
 
 STATS = ("mean", "median", "p90", "p95", "p99")
 METRICS = ("ttft", "tpot", "e2el")

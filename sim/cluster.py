@@ -16,15 +16,10 @@ from core_api.scheduler import SchedulerConfig
 from core_api.types import Request, RequestRecord
 from core_api.workload import Workload
 from sim.config import ClusterConfig, EngineConfig
-from sim.cost_model import CostModel, FittedCostModel, RooflineCostModel
+from sim.cost_models import build_cost_model
 from sim.engine import SimEngine
 from sim.hardware import get_gpu, get_model, kv_bytes_per_token, kv_pages_for
-from sim.layer_cost_model import LayerCostModel
-from sim.layer_profile import LayerProfile
 from sim.network import LinkSpec, Network
-from sim.profile import load_profile
-from sim.profile_match import check_profile_matches, check_roofline_gpu
-from sim.roofline_profile import RooflineProfile
 from sim.runtime import SimRuntime
 
 DEFAULT_LINK_LATENCY_S = 5e-6
@@ -66,21 +61,6 @@ class RunResult:
         import json
 
         return json.dumps(self.to_dict(), sort_keys=True, allow_nan=True)
-
-
-def build_cost_model(cluster: ClusterConfig, engine: EngineConfig, engine_id: str | None = None) -> CostModel:
-    if cluster.cost_model == "roofline":
-        model = get_model(engine.model, engine.dtype)
-        return RooflineCostModel(engine.gpu, model, engine.tp, cluster.efficiency or None)
-    profile = load_profile(cluster.cost_model)
-    if isinstance(profile, RooflineProfile):
-        check_roofline_gpu(profile, engine, cluster.cost_model, engine_id)
-        efficiency = {**profile.efficiency.model_dump(), **cluster.efficiency}
-        return RooflineCostModel(engine.gpu, get_model(engine.model, engine.dtype), engine.tp, efficiency)
-    check_profile_matches(profile, engine, cluster.cost_model, engine_id)  # other model/page size/TP: refused
-    if isinstance(profile, LayerProfile):
-        return LayerCostModel(profile, get_model(engine.model, engine.dtype), engine.gpu, path=cluster.cost_model)
-    return FittedCostModel.from_profile(profile, path=cluster.cost_model)
 
 
 class SimCluster:

@@ -15,6 +15,7 @@ that share of the way towards a uniform batch at the longest context.
 from __future__ import annotations
 
 from core_api.step import StepFeatures
+from sim.cost_models import register
 from sim.hardware import GPUSpec, ModelSpec, get_gpu, get_model
 from sim.interpolate import Grid4D, Table1D
 from sim.layer_profile import Curve, LayerProfile
@@ -74,3 +75,13 @@ class LayerCostModel:
         return {"kind": "layers", "profile": self.path, "source": p.source.name, "hardware": p.hardware,
                 "model": p.model_name, "dtype": p.dtype, "tp": p.tp, "page_size": p.page_size,
                 "engine_version": p.engine_version, "fit_error": dict(p.fit_error)}
+
+
+def _build(profile: LayerProfile, cluster, engine, engine_id: str | None, path: str) -> LayerCostModel:
+    from sim.profile_match import check_profile_matches
+
+    check_profile_matches(profile, engine, path, engine_id)  # other model/page size/TP: refused
+    return LayerCostModel(profile, get_model(engine.model, engine.dtype), engine.gpu, path=path)
+
+
+register("layers", lambda data, source: LayerProfile.from_dict(data, source=source), _build)

@@ -114,20 +114,3 @@ def read_json(path: str | Path, what: str, error: type[Exception]) -> Any:
         raise error(f"{path}: not JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
 
 
-def load_profile(path: str | Path):
-    """A cost profile of any kind, by its `kind` field: "layers" (measured per-layer tables,
-    sim.layer_profile), "roofline" (fitted efficiency factors, sim.roofline_profile) or, without
-    one, a fitted linear step model (CostProfile)."""
-    data = read_json(path, "cost profile", ProfileError)
-    kind = data.get("kind") if isinstance(data, dict) else None
-    if kind == "layers":
-        from sim.layer_profile import LayerProfile
-
-        return LayerProfile.from_dict(data, source=str(path))
-    if kind == "roofline":
-        from sim.roofline_profile import RooflineProfile
-
-        return RooflineProfile.from_dict(data, source=str(path))
-    if kind is not None:
-        raise ProfileError(f"{path}: unknown profile kind {kind!r}; known: layers, roofline, or none (fitted steps)")
-    return CostProfile.from_dict(data, source=str(path))

@@ -7,10 +7,11 @@ import pytest
 
 from calibration.importers.vllm_layers import import_bundle
 from core_api.step import StepFeatures
+from sim.cost_models import load_profile
 from sim.interpolate import Grid4D, Table1D
 from sim.layer_cost_model import LayerCostModel
 from sim.layer_profile import LayerProfile
-from sim.profile import ProfileError, load_profile
+from sim.profile import ProfileError
 from tests.replay_helpers import DENSE_OPS, attention_us, dense_us, per_sequence_us, write_layer_bundle
 
 

@@ -10,7 +10,7 @@ from core_api.step import StepFeatures
 from sim.cluster import SimCluster
 from sim.config import ClusterConfig, EngineConfig
 from sim.cost_model import RooflineCostModel, RooflineEfficiency
-from sim.profile import load_profile
+from sim.cost_models import load_profile
 from sim.profile_match import ProfileMismatch
 from sim.roofline_profile import RooflineProfile
 
