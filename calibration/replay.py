@@ -120,7 +120,7 @@ class Replay:
 
 def replay(run: RealRun, cost_model: str = "roofline", gpu: str | None = None, model: str | None = None,
            seed: int = 0) -> Replay:
-    """cost_model: "roofline" or the path of a profile (any kind sim.profile.load_profile reads)."""
+    """cost_model: "roofline" or the path of a profile (any kind sim.cost_models.load_profile reads)."""
     profile_gpu = None
     if cost_model != "roofline":
         profile_gpu = getattr(load_profile(cost_model), "gpu", None)
