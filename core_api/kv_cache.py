@@ -39,7 +39,7 @@ class BlockManager:
         self._free = list(range(num_pages - 1, -1, -1))  # pop() hands out page 0 first
         self._ref = [0] * num_pages
         self._key_of: list[bytes | None] = [None] * num_pages
-        self._page_of: dict[int, int] = {}
+        self._page_of: dict[bytes, int] = {}
         # Insertion order = LRU order. OrderedDict pops its oldest in O(1); a plain dict's
         # next(iter()) degrades to O(deleted entries) once many were removed from its front.
         self._evictable: OrderedDict[int, None] = OrderedDict()
@@ -134,6 +134,20 @@ class BlockManager:
             if key not in page_of and key_of[page] is None:
                 page_of[key] = page
                 key_of[page] = key
+
+    def reserve(self, n: int) -> None:
+        """Count n held pages as reserved (a reservation's, awaiting KV from a peer)."""
+        self.num_reserved += n
+
+    def unreserve(self, n: int) -> None:
+        """n reserved pages are filled or given back; they stay held by their sequence."""
+        if n > self.num_reserved:
+            raise KVLeakError(f"unreserving {n} pages, only {self.num_reserved} are reserved")
+        self.num_reserved -= n
+
+    def count_hit(self, tokens: int) -> None:
+        """Prompt tokens the prefix cache served (for stats)."""
+        self.hits += tokens
 
     def count_unreferenced(self, pages: list[int]) -> int:
         """How many of these pages are cached but unreferenced (acquiring them uses up room)."""

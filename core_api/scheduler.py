@@ -26,6 +26,7 @@ admitted send completes, which completes reservations, whose sequences then gene
 from __future__ import annotations
 
 from collections import deque
+from enum import Enum
 
 from core_api.batch import Batch, ScheduleOutput, StepResult
 from core_api.engine import EngineLoad
@@ -48,6 +49,14 @@ from core_api.sequence_endings import SequenceEndings
 from core_api.types import Request
 
 __all__ = ["Batch", "RequestRejected", "ScheduleOutput", "Scheduler", "SchedulerConfig", "StepResult"]
+
+
+class Room(Enum):
+    """What making room for a running sequence's next pages came to."""
+
+    MADE = "made"  # enough pages are available now
+    SELF_PREEMPTED = "self_preempted"  # the sequence itself was preempted to make it
+    NO_VICTIM = "no_victim"  # nothing could be preempted (the sequence is a send or a reservation)
 
 
 class Scheduler(DecodeFastForward, SequenceEndings):
@@ -147,7 +156,7 @@ class Scheduler(DecodeFastForward, SequenceEndings):
             seq.matched = False
             return False
         self.kv.acquire(hit)
-        self.kv.hits += seq.target
+        self.kv.count_hit(seq.target)
         seq.pages, seq.num_registered = hit, len(hit)
         seq.num_cached = seq.num_computed = seq.target
         seq.status = SENT
@@ -183,9 +192,9 @@ class Scheduler(DecodeFastForward, SequenceEndings):
             need = self.kv.pages_for(seq.num_computed + n) - len(seq.pages)
             if need > 0:
                 room = self._make_room(need, i, out)
-                if room is None:  # the sequence preempted itself; running[i] is the next one
+                if room is Room.SELF_PREEMPTED:  # running[i] is now the next sequence
                     continue
-                if not room:
+                if room is Room.NO_VICTIM:  # it waits for a step that frees pages
                     i += 1
                     continue
                 seq.pages += self.kv.allocate(need)
@@ -196,31 +205,30 @@ class Scheduler(DecodeFastForward, SequenceEndings):
             self._admit(out, budget, now)
         return out
 
-    def _make_room(self, need: int, i: int, out: ScheduleOutput) -> bool | None:
+    def _make_room(self, need: int, i: int, out: ScheduleOutput) -> Room:
         """Preempt generating sequences behind running[i] (then running[i] itself) until `need`
-        pages are available. True: room made; None: running[i] was preempted; False: no victim."""
+        pages are available."""
         kv, running = self.kv, self.running
         seq = running[i]
         while kv.num_available < need:
             victim = next((s for s in reversed(running[i + 1 :]) if s.kind == GENERATE), None)
             if victim is None:
                 if seq.kind != GENERATE:
-                    return False
+                    return Room.NO_VICTIM
                 victim = seq
             self._preempt(victim)
             out.preempted.append(victim)
             if victim is seq:
-                return None
-        return True
+                return Room.SELF_PREEMPTED
+        return Room.MADE
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self._register_full_pages(seq)
-        before = seq.prefill_remaining
         self.kv.release(seq.pages)
-        seq.pages, seq.num_computed, seq.num_registered = [], 0, 0
+        self._set_computed(seq, 0)
+        seq.pages, seq.num_registered = [], 0
         seq.matched, seq.status = False, WAITING
-        self.queued_prefill_tokens += seq.prefill_remaining - before
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
 
@@ -260,7 +268,7 @@ class Scheduler(DecodeFastForward, SequenceEndings):
                 seq.pages = hit
                 seq.num_registered = len(hit)
                 seq.num_cached = computed
-                kv.hits += computed
+                kv.count_hit(computed)
                 self._set_computed(seq, computed)
             if need > 0:
                 seq.pages += kv.allocate(need)
@@ -291,10 +299,10 @@ class Scheduler(DecodeFastForward, SequenceEndings):
         kv.acquire(hit)
         seq.pages = hit + kv.allocate(need)
         seq.reserved = need
-        kv.num_reserved += need
+        kv.reserve(need)
         seq.num_registered = len(hit)
         seq.num_cached = seq.num_computed = seq.begin = matched
-        kv.hits += matched
+        kv.count_hit(matched)
         seq.status = RECEIVING
         seq.deadline = now + self.config.reservation_timeout_s
         self.receiving[seq.id] = seq
@@ -331,9 +339,7 @@ class Scheduler(DecodeFastForward, SequenceEndings):
             if seq.status != RUNNING:  # released while the step ran
                 t += sample
                 continue
-            before = seq.prefill_remaining
-            seq.num_computed = start + n
-            self.queued_prefill_tokens -= before - seq.prefill_remaining
+            self._set_computed(seq, start + n)
             self._register_full_pages(seq)
             if seq.kind == SEND:
                 result.sends.append((seq, start, start + n))

@@ -44,7 +44,7 @@ class SequenceEndings:
         return True
 
     def _unreserve(self, seq: Sequence) -> None:
-        self.kv.num_reserved -= seq.reserved
+        self.kv.unreserve(seq.reserved)
         seq.reserved = 0
 
     def finish_send(self, req_id: str) -> None:
@@ -107,6 +107,7 @@ class SequenceEndings:
             seq.num_registered = full
 
     def _set_computed(self, seq: Sequence, value: int) -> None:
+        """The one place a sequence's computed length changes, keeping queued_prefill_tokens."""
         before = seq.prefill_remaining
         seq.num_computed = value
         self.queued_prefill_tokens -= before - seq.prefill_remaining

@@ -19,7 +19,7 @@ import simpy
 from core_api.engine import EngineLoad
 from core_api.errors import RequestRejected, RequestReleased, ReservationExpired, TransferFailed
 from core_api.scheduler import Scheduler, SchedulerConfig
-from core_api.sequence import Sequence
+from core_api.sequence import FINISHED, SENT, Sequence
 from core_api.step import StepFeatures
 from core_api.types import KVAddr, Request, TokenChunk
 from sim.engine_faults import EngineFaults
@@ -113,7 +113,7 @@ class SimEngine(HostEffects, EngineFaults):
         seq = self._taking_pages(lambda: self.sched.add_send(req, begin, end))  # a cached range holds pages now
         seq.handle = send = _Send(self.env, receiver, begin)
         self._overhead += self.send_overhead_s
-        if seq.status == "sent":  # served whole by the prefix cache: ship at once
+        if seq.status == SENT:  # served whole by the prefix cache: ship at once
             self._ship(seq, end)
         else:
             self._poke()
@@ -133,7 +133,7 @@ class SimEngine(HostEffects, EngineFaults):
             raise failure
         yield TokenChunk(seq.output[:1], seq.token_times[:1], finished=seq.finish_reason is not None,
                          finish_reason=seq.finish_reason)
-        if seq.finish_reason is not None and seq.status == "finished":
+        if seq.finish_reason is not None and seq.status == FINISHED:
             return
         failure = await SimWait(stream.done)
         if failure is not None:

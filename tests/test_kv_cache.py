@@ -73,11 +73,11 @@ def test_invariants_hold_over_random_operation_sequences(sequence):
         elif op == "reserve":
             got = kv.allocate(a)
             if got is not None:
-                kv.num_reserved += len(got)
+                kv.reserve(len(got))
                 reservations.append(got)
         elif op == "unreserve" and reservations:
             pages = reservations.pop(b % len(reservations))
-            kv.num_reserved -= len(pages)
+            kv.unreserve(len(pages))
             kv.release(pages)
         elif op == "free" and held:
             kv.release(held.pop(b % len(held)))
@@ -98,6 +98,6 @@ def test_invariants_hold_over_random_operation_sequences(sequence):
     for pages in held:
         kv.release(pages)
     for pages in reservations:
-        kv.num_reserved -= len(pages)
+        kv.unreserve(len(pages))
         kv.release(pages)
     kv.check_no_leaks()
