@@ -371,6 +371,29 @@ class Scheduler(DecodeFastForward, SequenceEndings):
         """Every sequence this engine holds, in whatever state."""
         return [*self.running, *self.waiting, *self.receive_queue, *self.receiving.values(), *self.sending.values()]
 
+    def check_consistent(self) -> None:
+        """Raise AssertionError (KVLeakError from the block manager) unless every queue, index and
+        counter agrees with the sequences: the invariants each state change must keep
+        (tests/test_scheduler_state_machine.py drives random calls through them)."""
+        for queue, status in ((self.waiting, WAITING), (self.receive_queue, WAITING), (self.running, RUNNING),
+                              (self.receiving.values(), RECEIVING), (self.sending.values(), SENT)):
+            for seq in queue:
+                assert seq.status == status, f"{seq.id} is {seq.status} in the {status} set"
+        held = self.sequences()
+        assert len({id(s) for s in held}) == len(held), "a sequence sits in two sets"
+        assert {s.id: s for s in held if s.kind != SEND} == self._gen, "the request index disagrees with the sets"
+        assert {s.id: s for s in held if s.kind == SEND} == self._send, "the send index disagrees"
+        queued = sum(s.prefill_remaining for s in (*self.waiting, *self.running) if s.kind != RECEIVE)
+        assert queued == self.queued_prefill_tokens, f"queued prefill {self.queued_prefill_tokens} != {queued}"
+        assert self.reserved_pages == sum(len(s.pages) for s in self.receiving.values())
+        assert self.kv.num_reserved == sum(s.reserved for s in self.receiving.values())
+        refs = [0] * self.kv.num_pages
+        for seq in held:
+            for page in seq.pages:
+                refs[page] += 1
+        assert refs == self.kv._ref, "page references disagree with the sequences' page lists"
+        self.kv.check_consistent()
+
     def sequences_of(self, req_id: str) -> list[Sequence]:
         """What this engine holds for one request: its generating/receiving and its sending sequence."""
         return [s for s in (self._gen.get(req_id), self._send.get(req_id)) if s is not None]
