@@ -2,26 +2,50 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 
 from core_api.types import Request
 
-# What a sequence is for on this engine.
-GENERATE = "generate"  # start_generate: prefill the rest of the prompt, then decode
-SEND = "send"  # remote_send: compute KV of prompt[:target], ship [begin, target), never sample
-RECEIVE = "receive"  # prep_recv: pages reserved for KV that another engine writes
 
-# Where it is in its life.
-WAITING, RUNNING, RECEIVING, SENT, FINISHED, FAILED, ABORTED = (
-    "waiting", "running", "receiving", "sent", "finished", "failed", "aborted",
-)
+class _Name(str, Enum):
+    """A closed set of names that still reads and prints as its plain string (in messages, JSON)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
+
+
+class Kind(_Name):
+    """What a sequence is for on this engine."""
+
+    GENERATE = "generate"  # start_generate: prefill the rest of the prompt, then decode
+    SEND = "send"  # remote_send: compute KV of prompt[:target], ship [begin, target), never sample
+    RECEIVE = "receive"  # prep_recv: pages reserved for KV that another engine writes
+
+
+class Status(_Name):
+    """Where a sequence is in its life."""
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    RECEIVING = "receiving"
+    SENT = "sent"
+    FINISHED = "finished"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+GENERATE, SEND, RECEIVE = Kind.GENERATE, Kind.SEND, Kind.RECEIVE
+WAITING, RUNNING, RECEIVING, SENT, FINISHED, FAILED, ABORTED = Status
 
 
 @dataclass(slots=True, eq=False)
 class Sequence:
     req: Request
-    kind: str
+    kind: Kind
     target: int  # prompt tokens whose KV must exist before sampling (GENERATE) or finishing (SEND/RECEIVE)
     begin: int = 0  # SEND: first token to ship; RECEIVE: first reserved token (= matched length)
     pages: list[int] = field(default_factory=list)
@@ -30,7 +54,7 @@ class Sequence:
     num_cached: int = 0  # tokens the prefix cache served at admission
     output: list[int] = field(default_factory=list)
     token_times: list[float] = field(default_factory=list)
-    status: str = WAITING
+    status: Status = WAITING
     finish_reason: str | None = None
     deadline: float = float("inf")  # RECEIVE: when an unused reservation is reclaimed
     reserved: int = 0  # RECEIVE: pages still counted as reserved (awaiting incoming KV)

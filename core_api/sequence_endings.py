@@ -19,6 +19,7 @@ from core_api.sequence import (
     SENT,
     WAITING,
     Sequence,
+    Status,
 )
 
 
@@ -53,7 +54,7 @@ class SequenceEndings:
         if seq is not None:
             self._finish(seq, FINISHED)
 
-    def release(self, req_id: str, status: str = ABORTED) -> list[Sequence]:
+    def release(self, req_id: str, status: Status = ABORTED) -> list[Sequence]:
         """Drop whatever this engine holds for the request; computed full pages stay cached."""
         dropped = self.sequences_of(req_id)
         for seq in dropped:
@@ -73,7 +74,7 @@ class SequenceEndings:
         seq.finish_reason = reason
         self._finish(seq, FAILED)
 
-    def _finish(self, seq: Sequence, status: str) -> None:
+    def _finish(self, seq: Sequence, status: Status) -> None:
         if seq.status in (FINISHED, FAILED, ABORTED):
             return
         if seq.status in (WAITING, RUNNING) and seq.kind != RECEIVE:
