@@ -89,9 +89,7 @@ class SimEngine(HostEffects, EngineFaults):
         else:
             self._poke()
             seq.handle = self.env.event()
-            failure = await SimWait(seq.handle)
-            if failure is not None:
-                raise failure
+            await SimWait(seq.handle)  # a failed admission throws its error here
         first = seq.begin // self.sched.page_size
         addr = KVAddr(self.id, tuple(seq.pages[first:]), self.sched.page_size, seq.begin, seq.target)
         await self._hop()  # the reply reaches the router
@@ -117,10 +115,10 @@ class SimEngine(HostEffects, EngineFaults):
             self._ship(seq, end)
         else:
             self._poke()
-        failure = await SimWait(send.done)
-        await self._hop()
-        if failure is not None:
-            raise failure
+        try:
+            await SimWait(send.done)
+        finally:
+            await self._hop()  # the answer, done or failed, reaches the router
 
     async def start_generate(self, req: Request, begin: int = 0):
         await self._hop()
@@ -128,16 +126,12 @@ class SimEngine(HostEffects, EngineFaults):
         seq = self.sched.add_generate(req, begin)
         seq.handle = stream = _Stream(self.env)
         self._poke()
-        failure = await SimWait(stream.first)
-        if failure is not None:
-            raise failure
+        await SimWait(stream.first)
         yield TokenChunk(seq.output[:1], seq.token_times[:1], finished=seq.finish_reason is not None,
                          finish_reason=seq.finish_reason)
         if seq.finish_reason is not None and seq.status == FINISHED:
             return
-        failure = await SimWait(stream.done)
-        if failure is not None:
-            raise failure
+        await SimWait(stream.done)
         yield TokenChunk(seq.output[1:], seq.token_times[1:], finished=True, finish_reason=seq.finish_reason)
 
     async def release(self, req_id: str) -> None:
@@ -305,7 +299,7 @@ class SimEngine(HostEffects, EngineFaults):
         self.sched.finish_send(seq.id)
         self._pages_freed()
         if not send.done.triggered:
-            send.done.succeed(send.error)
+            _settle(send.done, send.error)
 
     def _notify_failure(self, seq: Sequence, error: Exception) -> None:
         handle = seq.handle
@@ -321,7 +315,7 @@ class SimEngine(HostEffects, EngineFaults):
         else:
             event = handle
         if event is not None and not event.triggered:
-            event.succeed(error)
+            _settle(event, error)
 
     def _next_expiry(self) -> float | None:
         """When the first held reservation expires (None if none is held)."""
@@ -380,3 +374,14 @@ class SimEngine(HostEffects, EngineFaults):
                 self._run_cut = done + 1
                 end = self._run_end
                 self.env.timeout(times[done] - now).callbacks.append(lambda _ev: end.triggered or end.succeed())
+
+
+def _settle(event: simpy.Event, error: Exception | None) -> None:
+    """Succeed `event`, or fail it with `error`: the runtime throws the error into whoever awaits it
+    (sim.runtime). Defused, because an abandoned stream's event may fail with nobody waiting, which
+    SimPy would otherwise raise out of the whole simulation."""
+    if error is None:
+        event.succeed(None)
+    else:
+        event.fail(error)
+        event.defused = True
