@@ -31,6 +31,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from core_api.trace_formats import TRACE_FORMATS
 from core_api.trace_io import (
     BadLines,
     RowError,
@@ -223,7 +224,7 @@ class TraceSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format: Literal["azure", "burstgpt", "mooncake", "sharegpt"]
+    format: Literal[TRACE_FORMATS]
     path: str
     options: TraceOptions = TraceOptions()
     args: dict[str, str | int | float] = Field(default_factory=dict)

@@ -51,15 +51,15 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from core_api.faults import recovery
-    from core_api.metrics import format_table
     from core_api.strategy import StrategyError, known_strategies
-    from experiments.trace_args import trace_spec_from_args
-    from sim.cluster import simulate
 
-    if args.list_strategies:
+    if args.list_strategies:  # before the simulator's imports: listing must be instant
         print(describe_strategies(known_strategies()))
         return 0
+    from core_api.faults import recovery
+    from core_api.metrics import format_table
+    from experiments.trace_args import trace_spec_from_args
+    from sim.cluster import simulate
     try:
         config = build_config(args)
         trace = trace_spec_from_args(args, args.rate, config.seed)

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 
-from core_api.traces import FORMATS, TraceSpec
+from core_api.trace_formats import TRACE_FORMATS
 
 
 def add_trace_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("trace workload (instead of the config's synthetic one)")
     g.add_argument("--trace", help="trace file")
-    g.add_argument("--trace-format", choices=sorted(FORMATS), help="format of --trace")
+    g.add_argument("--trace-format", choices=TRACE_FORMATS, help="format of --trace")
     g.add_argument("--trace-start-s", type=float, help="keep arrivals from this many seconds in")
     g.add_argument("--trace-end-s", type=float, help="...up to this many seconds in")
     g.add_argument("--max-requests", type=int, help="keep the first n requests (after the window)")
@@ -22,8 +22,10 @@ def add_trace_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip malformed lines with a warning instead of stopping at the first")
 
 
-def trace_spec_from_args(args: argparse.Namespace, rate: float | None = None, seed: int = 0) -> TraceSpec | None:
+def trace_spec_from_args(args: argparse.Namespace, rate: float | None = None, seed: int = 0):
     """The TraceSpec the flags describe, or None without --trace; errors name the flag."""
+    from core_api.traces import TraceSpec
+
     if not getattr(args, "trace", None):
         return None
     if not args.trace_format:

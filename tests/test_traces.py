@@ -230,3 +230,10 @@ def test_trace_command_line_flags(tmp_path):
     assert trace_spec_from_args(p.parse_args([])) is None
     with pytest.raises(ValueError, match="--trace needs --trace-format"):
         trace_spec_from_args(p.parse_args(["--trace", str(path)]))
+
+
+def test_every_listed_trace_format_has_a_reader_and_only_those():
+    from core_api.trace_formats import TRACE_FORMATS
+    from core_api.traces import FORMATS
+
+    assert tuple(FORMATS) == TRACE_FORMATS
