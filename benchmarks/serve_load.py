@@ -39,15 +39,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_server(addresses: list[str], strategy: str, keys: str) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "microserving.cli", "serve", "--port", "0", "--strategy", strategy,
-           "--max-concurrent", "4096", "--keys", keys]
-    for a in addresses:
-        cmd += ["--connect", a]
+def start_server(serve_args: list[str], timeout_s: float = 120.0) -> tuple[subprocess.Popen, str]:
+    """`microserving serve --port 0 SERVE_ARGS` as a separate process; (process, base url) once it listens."""
+    cmd = [sys.executable, "-m", "microserving.cli", "serve", "--port", "0", *serve_args]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH")) if x))
     env.pop("MICROSERVING_ADMIN_TOKEN", None)
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout_s
     lines = []
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
@@ -194,7 +192,9 @@ def main() -> int:
         keys = str(generate_keys(Path(tmp) / "keys"))
         config = RealClusterConfig(engines=[{"count": 2, "num_pages": 2048, "max_num_seqs": 64}], keys=keys)
         with RealCluster(config) as cluster:
-            proc, url = start_server([cluster.addresses[e] for e in cluster.engine_ids], args.strategy, keys)
+            connect = [x for e in cluster.engine_ids for x in ("--connect", cluster.addresses[e])]
+            proc, url = start_server(["--strategy", args.strategy, "--max-concurrent", "4096", "--keys", keys,
+                                      *connect])
             try:
                 over, levels = asyncio.run(bench(url, cluster, args))
             finally:

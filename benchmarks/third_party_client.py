@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import shutil
 import signal
 import subprocess
@@ -30,23 +28,13 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_server(tokenizer_dir: Path) -> tuple[subprocess.Popen, str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH")) if x))
-    cli = [sys.executable, "-m", "microserving.cli", "serve"]
-    subprocess.run([*cli, "--model", "tiny", "--export-tokenizer", str(tokenizer_dir)], check=True, env=env, cwd=ROOT,
-                   stdout=subprocess.DEVNULL)
-    proc = subprocess.Popen([*cli, "--engines", "2", "--model", "tiny", "--port", "0", "--strategy", "least_loaded"],
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        m = re.search(r"on (http://127\.0\.0\.1:\d+)/v1", line)
-        if m:
-            return proc, m.group(1)
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError("the server did not start")
+def start_tiny_server(tokenizer_dir: Path) -> tuple[subprocess.Popen, str]:
+    """The tiny model's tokenizer exported to `tokenizer_dir`, then a server over 2 tiny engines."""
+    from benchmarks.serve_load import start_server
+
+    subprocess.run([sys.executable, "-m", "microserving.cli", "serve", "--model", "tiny", "--export-tokenizer",
+                    str(tokenizer_dir)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return start_server(["--engines", "2", "--model", "tiny", "--strategy", "least_loaded"])
 
 
 def server_counts(url: str) -> dict[str, float]:
@@ -75,7 +63,7 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         tok, report = Path(tmp) / "tokenizer", Path(tmp) / "guidellm.json"
-        proc, url = start_server(tok)
+        proc, url = start_tiny_server(tok)
         try:
             before = server_counts(url)
             cmd = [args.guidellm, "run", "--backend", f"kind=openai_http,target={url},model=tiny",
