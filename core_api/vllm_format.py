@@ -57,8 +57,8 @@ def vllm_bench_result(records: Sequence[RequestRecord], metrics: dict, *, backen
 def traffic_of(workload) -> tuple[float, float | None]:
     """(request_rate, burstiness) as vLLM reports them, of a WorkloadSpec's arrivals (burstiness:
     the gamma shape of the gaps) or of a trace's (its mean rate; no burstiness parameter)."""
-    arrival = getattr(getattr(workload, "spec", None), "arrival", None) or getattr(workload, "arrival", None)
-    if arrival is not None and hasattr(arrival, "process"):
+    arrival = getattr(workload, "arrival", None)
+    if arrival is not None:
         return arrival.rate, 1.0 if arrival.process == "poisson" else 1.0 / arrival.cv**2
     return getattr(workload, "mean_rate", float("nan")), None
 

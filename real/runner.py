@@ -54,7 +54,7 @@ class ModelRunner:
             return self._run(rows)
         except Exception as exc:  # noqa: BLE001 - whatever one sequence raises must not fail the others
             if len(rows) == 1:
-                return StepTokens([0] if rows[0][3] else [], [(rows[0][0], _forward_failure(exc))])
+                return _failed(rows[0], exc)
             log.warning("forward pass of %d sequences failed (%s: %s); running them one by one",
                         len(rows), type(exc).__name__, exc)
         out = StepTokens()
@@ -62,7 +62,7 @@ class ModelRunner:
             try:
                 one = self._run([row])
             except Exception as exc:  # noqa: BLE001 - this sequence is the one that fails
-                one = StepTokens([0] if row[3] else [], [(row[0], _forward_failure(exc))])
+                one = _failed(row, exc)
             out.tokens += one.tokens
             out.failed += one.failed
         return out
@@ -94,8 +94,10 @@ class ModelRunner:
         self.model(torch.zeros(2, dtype=torch.int64, device=self.device), meta.positions, meta, self.kv_pool)
 
 
-def _forward_failure(exc: Exception) -> str:
-    return f"forward pass failed: {type(exc).__name__}: {exc}"
+def _failed(row: tuple[Sequence, int, int, bool], exc: Exception) -> StepTokens:
+    """A row whose forward pass raised: its sequence fails (a placeholder token if it samples)."""
+    seq, _, _, sample = row
+    return StepTokens([0] if sample else [], [(seq, f"forward pass failed: {type(exc).__name__}: {exc}")])
 
 
 def sample_tokens(logits: torch.Tensor, seqs: list[Sequence]) -> StepTokens:
