@@ -31,8 +31,8 @@ from core_api.engine import EngineLoad
 from core_api.errors import EngineCallError, EngineDown, error_of_kind
 from core_api.types import KVAddr, Request, TokenChunk
 from real import protocol as p
+from real.pool_files import host_key, unlink_pool
 from real.streams import StreamBuffer
-from real.transfer import host_key, unlink_pool
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from real.client import RealEngine
 from real.config import EngineSpec, RealClusterConfig, StrategyConfig
 from real.keys import ROUTER, EphemeralKeys, load_keys
 from real.pacer import paced
-from real.transfer import unlink_pool
+from real.pool_files import unlink_pool
 
 WATCHDOG_S = 0.1
 

@@ -37,7 +37,7 @@ class EngineSpec(Strict, SchedulerLimits):
     # How this engine ships KV it sends. auto: shared memory between CPU engines of one host, zmq
     # otherwise (GPU pages staged through pinned memory); cuda_ipc: device to device between GPU
     # engines of one host; nccl: torch.distributed between GPUs.
-    transport: Literal["auto", "zmq", "shm", "nccl", "cuda_ipc"] = "auto"
+    transport: str = "auto"  # a module of real.transports, or auto (real.transport.resolve_mode)
     peer_timeout_s: float = Field(10.0, gt=0)  # a receiver silent this long fails the transfer
     # Streamed tokens are sent to the router at most this often (a stream's first and last token
     # at once): 0 sends every step's tokens; a few ms cuts the router's messages (and the CPU it
@@ -77,7 +77,9 @@ class EngineSpec(Strict, SchedulerLimits):
 
     @model_validator(mode="after")
     def _transport_fits_device(self) -> EngineSpec:
-        if self.transport in ("cuda_ipc", "nccl") and not self.device.startswith("cuda"):
+        from real.transports import AUTO, transport_class
+
+        if self.transport != AUTO and transport_class(self.transport).cuda_only and not self.device.startswith("cuda"):
             raise ValueError(f"transport {self.transport!r} needs a CUDA device, this engine runs on {self.device!r}")
         return self
 

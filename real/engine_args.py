@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from real.transports import AUTO, transport_modes
+
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("engines")
@@ -20,7 +22,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-pages", type=int, default=1024)
     g.add_argument("--page-size", type=int, default=16)
     g.add_argument("--max-model-len", type=int, help="context limit per engine (default: the model's)")
-    g.add_argument("--transport", default="auto", choices=["auto", "zmq", "shm", "nccl", "cuda_ipc"])
+    g.add_argument("--transport", default=AUTO, choices=[AUTO, *transport_modes()],
+                   help="how KV pages travel between engines (real/transports/)")
     g.add_argument("--fast", action="store_true", help="turn off batch-invariant mode (faster, not bit-exact)")
 
 

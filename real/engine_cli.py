@@ -15,6 +15,8 @@ import sys
 
 from pydantic import ValidationError
 
+from real.transports import AUTO, transport_modes
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("engine", description=__doc__.split("\n\n")[0])
@@ -29,7 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("--num-pages", type=int, default=1024)
     p.add_argument("--page-size", type=int, default=16)
     p.add_argument("--max-num-batched-tokens", type=int, default=512)
-    p.add_argument("--transport", default="auto", choices=["auto", "zmq", "shm", "cuda_ipc"])
+    p.add_argument("--transport", default=AUTO, choices=[AUTO, *transport_modes()],
+                   help="how KV pages travel between engines (real/transports/)")
     p.add_argument("--fast", action="store_true", help="turn off batch-invariant mode")
 
 

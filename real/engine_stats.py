@@ -33,5 +33,5 @@ def engine_stats(worker) -> dict:
             "forward_tokens": worker.runner.forward_tokens, "idle": idle, "leak": leak, "running": len(sched.running),
             "waiting": len(sched.waiting) + len(sched.receive_queue),
             "receiving": len(sched.receiving), "sending": len(worker.sender.sends),
-            "kv_bytes_sent": worker.sender.bytes_sent, "kv_bytes_received": worker.receiver.bytes_received,
-            "kv_land_s": worker.receiver.land_s, "kv_chunks_sent": worker.sender.chunks_sent}
+            "kv_bytes_sent": worker.sender.bytes_sent, "kv_bytes_received": worker.transports.bytes_received,
+            "kv_land_s": worker.transports.land_s, "kv_chunks_sent": worker.sender.chunks_sent}

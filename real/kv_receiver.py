@@ -19,8 +19,8 @@ import time
 
 from core_api.scheduler import Scheduler
 from core_api.sequence import RECEIVE
+from real.engine_transports import EngineTransports
 from real.protocol import KVAck, KVChunk
-from real.transfer import PageReceiver
 
 log = logging.getLogger(__name__)
 
@@ -31,24 +31,23 @@ def issue_token() -> str:
 
 
 class KVReceiver:
-    def __init__(self, sched: Scheduler, engine_id: str, pages: PageReceiver, nccl=None) -> None:
-        self.sched, self.engine_id, self.pages, self.nccl = sched, engine_id, pages, nccl
+    def __init__(self, sched: Scheduler, engine_id: str, transports: EngineTransports) -> None:
+        self.sched, self.engine_id, self.transports = sched, engine_id, transports
 
     def on_chunk(self, msg: KVChunk, frames: list) -> KVAck:
         ack = KVAck(op="kv_ack", id=msg.id, req_id=msg.req_id, ok=True)
         try:
             page_ids = self.check(msg)
         except ValueError as exc:
-            if msg.mode == "nccl" and self.nccl is not None:
-                self.nccl.drain(msg)  # keep the NCCL pair matched
+            self.transports.drain(msg)  # e.g. keep an NCCL pair matched
             ack.ok, ack.error = False, str(exc)
             return ack
         try:
-            self.pages.land(msg, frames, page_ids)
+            self.transports.land(msg, frames, page_ids)
             if msg.last:
                 self.sched.complete_receive(msg.req_id, time.monotonic())
                 ack.done = True
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, RuntimeError) as exc:  # RuntimeError: torch refused the copy
             ack.ok, ack.error = False, str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
         return ack
 

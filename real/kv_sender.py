@@ -22,7 +22,9 @@ import zmq
 from core_api.errors import TransferFailed
 from core_api.scheduler import Scheduler
 from core_api.sequence import Sequence
+from real.page_copy import page_bytes
 from real.protocol import KVAck, KVChunk, encode
+from real.transport import Sender
 
 
 @dataclass(slots=True)
@@ -38,7 +40,7 @@ class OutgoingSend:
     token: str  # the receiver's capability for them
     begin: int
     end: int
-    transport: object
+    transport: Sender
     shipped: int = 0
     in_flight: int = 0
     last_sent: bool = False
@@ -93,19 +95,18 @@ class KVSender:
         first, last = (send.shipped - send.begin) // ps, -(-(stop - send.begin) // ps)
         base = send.begin // ps
         src = seq.pages[base + first: base + last]
-        header, frames = send.transport.pack(self.pool, src)
+        meta, frames = send.transport.pack(src)
         self._xfer += 1
         msg = KVChunk(op="kv", id=self._xfer, req_id=send.req_id, token_begin=send.shipped, token_end=stop,
-                      page_ids=list(send.page_ids[first:last]), last=done, token=send.token, **header)
+                      page_ids=list(send.page_ids[first:last]), last=done, token=send.token,
+                      mode=send.transport.mode, meta=meta.model_dump())
         try:
             self._peer(send.dst_address).send_multipart([encode(msg), *frames], copy=False, flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             self.fail(send, f"cannot send KV to {send.dst} at {send.dst_address}: {exc}")
             return
-        after = getattr(send.transport, "after_header", None)
-        if after is not None:  # NCCL: the data goes as a send matching the header
-            after()
-        nbytes = len(src) * self.pool[:, 0].numel() * self.pool.element_size()
+        send.transport.after_header()  # NCCL: the data goes as a send matching the header
+        nbytes = len(src) * page_bytes(self.pool)
         send.chunk_sent[self._xfer] = (time.monotonic(), nbytes)
         fault = self.link_faults.get(send.dst)
         if fault is not None and fault[1] is not None and send.dst in self._bw:

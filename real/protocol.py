@@ -203,10 +203,9 @@ class KVChunk(_Msg):
     """KV of prompt tokens [token_begin, token_end) of `req_id`, for the receiver's `page_ids`,
     written only if `token` is the capability the receiver issued for that reservation.
 
-    `mode` says where the bytes are: "zmq" in the frames after this header ([layers, pages, 2,
-    page_size, kv_heads, head_dim] of `dtype`), "shm" in the sender's shared pool segment
-    `shm_name` at `src_pages`, "nccl" in a matching torch.distributed send from `src_rank`,
-    "cuda_ipc" in the sender's GPU pool named by `ipc`, at `src_pages`.
+    `mode` names the transport that carries the bytes (a module of real.transports) and `meta`
+    holds that transport's own header fields, which it validates on arrival: where the bytes
+    are (frames after this header, the sender's shared pool, a matching NCCL send, ...).
     `last` marks the final chunk: once it has landed the receiver completes the reservation.
     """
 
@@ -218,14 +217,8 @@ class KVChunk(_Msg):
     page_ids: list[int]
     last: bool
     token: str = Field("", max_length=128)  # the reservation's capability, from the receiver's KVAddr
-    mode: Literal["zmq", "shm", "nccl", "cuda_ipc"]
-    shape: list[int] = []
-    dtype: str = "float32"
-    src_pages: list[int] = []
-    shm_name: str = ""
-    pool_shape: list[int] = []
-    src_rank: int = -1
-    ipc: dict[str, Any] | None = None  # "cuda_ipc": the sender pool's CUDA IPC descriptor (real.cuda_ipc)
+    mode: str = Field(max_length=32)
+    meta: dict[str, Any] = {}
 
 
 class KVAck(_Msg):

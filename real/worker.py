@@ -34,13 +34,16 @@ from core_api.sequence import FAILED, SENT, Sequence
 from real import protocol as p
 from real.config import EngineSpec
 from real.engine_stats import add_features, engine_stats, feature_totals
+from real.engine_transports import EngineTransports
 from real.keys import ENGINE, load_keys, start_authenticator
 from real.kv_receiver import KVReceiver, issue_token
 from real.kv_sender import KVSender, OutgoingSend
 from real.loading import load_model
+from real.pool_files import host_key
 from real.runner import ModelRunner
 from real.streams import Caller, Stream, StreamOut
-from real.transfer import PageReceiver, SharedPool, ShmTransport, ZmqTransport, host_key, shm_usable
+from real.transport import LocalKV, resolve_mode
+from real.transports import transport_class
 
 log = logging.getLogger(__name__)
 IDLE_POLL_MS = 100
@@ -53,9 +56,10 @@ class EngineWorker:
         self.model = load_model(spec.model_name, spec.device, spec.model_seed, spec.dtype, spec.batch_invariant)
         c = self.model.config
         shape = (c.num_layers, spec.num_pages, 2, spec.page_size, c.num_kv_heads, c.head_dim)
-        self.shared: SharedPool | None = None
-        if spec.transport in ("auto", "shm") and shm_usable(spec.device):
-            self.shared = SharedPool.create(shape, self.model.dtype)
+        self.transport_mode = resolve_mode(spec.transport, spec.device)
+        # Some transports need the pool where peers can reach it (shm: a /dev/shm file).
+        self.shared = transport_class(self.transport_mode).make_pool(shape, self.model.dtype, spec.device)
+        if self.shared is not None:
             self.pool = self.shared.tensor
         else:
             self.pool = self.model.allocate_kv_pool(spec.num_pages, spec.page_size)
@@ -74,20 +78,9 @@ class EngineWorker:
             spec.num_pages, c.eos_token_id, max_model_len=min(spec.max_model_len, c.max_position_embeddings)))
         self.runner = ModelRunner(self.model, self.pool, spec.page_size)
         self.runner.warmup()
-        self.nccl = None
-        if spec.transport == "nccl":
-            from real.nccl_transfer import NcclTransport
-
-            self.nccl = NcclTransport(spec.nccl_init, spec.nccl_rank, spec.nccl_world, self.model.device)
-        self.receiver = PageReceiver(self.pool, self.nccl, self.shared.path if self.shared else None)
-        self.kv_in = KVReceiver(self.sched, self.id, self.receiver, self.nccl)
-        self.zmq_transport = ZmqTransport()
-        self.shm_transport = ShmTransport(self.shared) if self.shared is not None else None
-        self.ipc_transport = None
-        if spec.transport == "cuda_ipc":
-            from real.cuda_ipc import CudaIpcTransport
-
-            self.ipc_transport = CudaIpcTransport(self.pool)
+        self.host = host_key()
+        self.transports = EngineTransports(LocalKV(self.pool, self.host, spec, self.shared), self.transport_mode)
+        self.kv_in = KVReceiver(self.sched, self.id, self.transports)
         # A context of its own unless given one: its ZAP handler then serves this engine alone.
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
@@ -107,7 +100,6 @@ class EngineWorker:
         self.poller.register(self.sock, zmq.POLLIN)
         self.sender = KVSender(self.ctx, self.poller, self.sched, self.id, spec.page_size, self.pool,
                                spec.peer_timeout_s, self._send_over, self.keys)
-        self.host = host_key()
         self.steps, self.busy_s = 0, 0.0
         self.incarnation = 0
         # What calibration compares with a profile's prediction: the whole loop iteration of every
@@ -288,9 +280,7 @@ class EngineWorker:
                     now=time.monotonic(), model=s.model_name, model_seed=s.model_seed, dtype=str(self.model.dtype),
                     vocab_size=c.vocab_size, eos_token_id=c.eos_token_id, page_size=s.page_size,
                     num_pages=s.num_pages, max_model_len=self.sched.config.max_model_len, device=s.device,
-                    batch_invariant=s.batch_invariant,
-                    shm=self.shared.path if self.shared else None,
-                    nccl_rank=self.nccl.rank if self.nccl else None)
+                    batch_invariant=s.batch_invariant, **self.transports.hello_fields())
 
     def _ping(self, ident, msg: p.Ping, frames) -> None:
         self._reply(ident, msg.id, now=time.monotonic())
@@ -320,19 +310,9 @@ class EngineWorker:
         seq = self.sched.add_send(req, msg.begin, end)
         seq.owner = self._principal
         self.sender.start(seq, OutgoingSend(ident, msg.id, req.id, msg.dst, msg.dst_address, tuple(kv.page_ids),
-                                            kv.token, msg.begin, end, self._transport_to(msg)))
+                                            kv.token, msg.begin, end, self.transports.sender_for(msg)))
         if seq.status == SENT:  # the prefix cache held the whole range: ship it now
             self.sender.ship(seq)
-
-    def _transport_to(self, msg: p.RemoteSend):
-        mode = self.spec.transport
-        if mode == "nccl" and self.nccl is not None and msg.dst_rank >= 0:
-            return self.nccl.sender_to(msg.dst_rank)
-        if mode in ("auto", "shm") and self.shm_transport is not None and msg.dst_host == self.host:
-            return self.shm_transport
-        if self.ipc_transport is not None and msg.dst_host == self.host:
-            return self.ipc_transport
-        return self.zmq_transport
 
     def _start_generate(self, ident, msg: p.StartGenerate, frames) -> None:
         self._check_owner(msg.req.id)

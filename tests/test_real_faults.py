@@ -109,7 +109,8 @@ async def _raw_calls(cluster: RealCluster):
         [msgpack.packb({"op": "start_generate", "id": 9, "req": {"id": "x", "prompt": b"\x01\x02\x03"}})],
         [msgpack.packb({"op": "start_generate", "id": 10, "req": {"id": "y", "prompt": [1, 2]}, "bogus": 1})],
         [msgpack.packb({"op": "kv", "id": 11, "req_id": "nobody", "token_begin": 0, "token_end": 16,
-                        "page_ids": [0], "last": True, "mode": "zmq", "shape": [2, 1, 2, 16, 2, 16]}), b"\x00" * 8],
+                        "page_ids": [0], "last": True, "mode": "zmq",
+                        "meta": {"shape": [2, 1, 2, 16, 2, 16], "dtype": "float32"}}), b"\x00" * 8],
         [msgpack.packb({"op": "ping", "id": 12})],
     ]
     answers = []

@@ -10,17 +10,12 @@ from real_helpers import reference, requests, run, serve_checked, tokens_of
 from core_api.types import KVAddr, Request, SamplingParams
 from real import protocol as p
 from real.cluster import RealCluster
+from real.engine_transports import EngineTransports
 from real.loading import load_model
-from real.transfer import (
-    PageReceiver,
-    SharedPool,
-    ShmTransport,
-    ZmqTransport,
-    copy_pages,
-    gather_pages,
-    runs,
-    scatter_pages,
-)
+from real.page_copy import copy_pages, gather_pages, runs, scatter_pages
+from real.shared_pool import SharedPool
+from real.transport import LocalKV, Transport
+from real.transports import transport_class, transport_modes
 
 SHAPE = (2, 12, 2, 4, 2, 8)  # layers, pages, K/V, page size, kv heads, head dim
 
@@ -62,25 +57,72 @@ def test_shared_pool_is_visible_to_another_mapping():
         a.unlink()
 
 
-def chunk(header: dict, n: int) -> p.KVChunk:
+def chunk(mode: str, meta: dict, n: int) -> p.KVChunk:
     return p.KVChunk(op="kv", id=1, req_id="r", token_begin=0, token_end=n * SHAPE[3], page_ids=list(range(n)),
-                     last=True, **header)
+                     last=True, mode=mode, meta=meta)
+
+
+def receiver(pool: torch.Tensor, mode: str = "zmq") -> EngineTransports:
+    return EngineTransports(LocalKV(pool, host="h", spec=None), mode)
 
 
 def test_zmq_and_shm_transports_land_the_same_pages():
     shared = SharedPool.create(SHAPE, torch.float32)
     try:
         shared.tensor.copy_(pool(3))
+        sending = LocalKV(shared.tensor, host="h", spec=None, shared=shared)
         src_ids, dst_ids = [4, 5, 9], [0, 2, 3]
-        for transport in (ZmqTransport(), ShmTransport(shared)):
-            header, frames = transport.pack(shared.tensor, src_ids)
+        for mode in ("zmq", "shm"):
+            meta, frames = transport_class(mode)(sending).pack(src_ids)
             dst = torch.zeros(SHAPE)
-            PageReceiver(dst).land(chunk(header, 3), frames, dst_ids)
-            assert torch.equal(dst[:, dst_ids], shared.tensor[:, src_ids]), transport.mode
+            into = receiver(dst)  # configured for zmq: shm chunks still land (created on the first one)
+            into.land(chunk(mode, meta.model_dump(), 3), frames, dst_ids)
+            assert torch.equal(dst[:, dst_ids], shared.tensor[:, src_ids]), mode
             assert not dst[:, [1, 4]].any()
-        bad = ZmqTransport().pack(shared.tensor, [1, 2])
+            assert into.bytes_received == 3 * dst[:, 0].numel() * 4
+        meta, frames = transport_class("zmq")(sending).pack([1, 2])
         with pytest.raises(ValueError, match="shape"):
-            PageReceiver(torch.zeros(SHAPE)).land(chunk(bad[0], 3), bad[1], dst_ids)
+            receiver(torch.zeros(SHAPE)).land(chunk("zmq", meta.model_dump(), 3), frames, dst_ids)
+    finally:
+        shared.unlink()
+
+
+@pytest.mark.parametrize(("mode", "meta", "why"), [
+    ("carrier_pigeon", {}, "unknown KV transport 'carrier_pigeon'"),
+    ("../keys", {}, "unknown KV transport"),
+    ("zmq", {"shape": [2, 3, 2, 4, 2, 8]}, "dtype"),  # a field missing
+    ("zmq", {"shape": [2, 3, 2, 4, 2, 8], "dtype": "float32", "extra": 1}, "extra"),  # a field too many
+    ("shm", {"shm_name": "/etc/passwd", "src_pages": [0, 1, 2], "pool_shape": list(SHAPE), "dtype": "float32"},
+     "not a microserving KV pool"),
+    ("nccl", {"shape": [1], "dtype": "float32", "src_rank": 0}, "not started with transport 'nccl'"),
+])
+def test_a_chunk_its_transport_cannot_land_is_refused_with_the_reason(mode, meta, why):
+    dst = torch.zeros(SHAPE)
+    with pytest.raises(ValueError, match=why):
+        receiver(dst).land(chunk(mode, meta, 3), [b"\0" * 4], [0, 1, 2])
+    assert not dst.any()
+
+
+def test_each_transport_is_one_module_named_by_its_mode():
+    assert {"zmq", "shm", "cuda_ipc", "nccl"} <= set(transport_modes())
+    for mode in transport_modes():
+        cls = transport_class(mode)
+        assert issubclass(cls, Transport) and cls.mode == mode and cls.Meta is not None
+
+
+def test_senders_prefer_the_configured_transport_and_fall_back_to_zmq_frames():
+    shared = SharedPool.create(SHAPE, torch.float32)
+    try:
+        engine = EngineTransports(LocalKV(shared.tensor, host="h", spec=None, shared=shared), "shm")
+
+        def to(host: str):
+            return engine.sender_for(p.RemoteSend(op="remote_send", id=1, req=p.WireRequest(id="r", prompt=[1]),
+                                                  kv_addr=p.WireKVAddr(engine_id="d", page_ids=[0], page_size=4,
+                                                                       begin=0, end=4),
+                                                  dst="d", dst_address="tcp://x:1", dst_host=host, begin=0))
+
+        assert to("h").mode == "shm" and to("another host").mode == "zmq"
+        assert engine.hello_fields() == {"shm": shared.path}
     finally:
         shared.unlink()
 
@@ -130,7 +172,7 @@ def test_pd_over_the_zmq_transport_is_exact():
 
 @pytest.mark.gpu
 def test_pd_over_nccl_between_two_gpus_is_exact():
-    from real.nccl_transfer import nccl_available
+    from real.transports.nccl import nccl_available
 
     if not nccl_available() or torch.cuda.device_count() < 2:
         pytest.skip("needs two CUDA devices and NCCL")

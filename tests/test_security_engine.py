@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from real import protocol as p
 from real.config import EngineSpec
 from real.keys import ENGINE, ROUTER, generate_keys, is_loopback, load_keys
-from real.transfer import SHM_DIR, SHM_PREFIX
+from real.pool_files import SHM_DIR, SHM_PREFIX
 from tests.inproc_engine import InProcEngine
 
 PROMPT = np.arange(40, 88, dtype=np.int32)  # 48 tokens: 3 pages of 16
@@ -112,8 +112,8 @@ def _zmq_chunk(engine: InProcEngine, addr: p.WireKVAddr, token: str, value: floa
     shape = [pool.shape[0], len(addr.page_ids), *pool.shape[2:]]
     data = np.full(shape, value, dtype=np.float32)
     msg = p.KVChunk(op="kv", id=1, req_id="victim", token_begin=addr.begin,
-                    token_end=addr.end, page_ids=addr.page_ids, last=True, mode="zmq", shape=shape,
-                    dtype="float32", token=token)
+                    token_end=addr.end, page_ids=addr.page_ids, last=True, mode="zmq",
+                    meta={"shape": shape, "dtype": "float32"}, token=token)
     return msg, data.tobytes()
 
 
@@ -150,8 +150,9 @@ def test_a_chunk_naming_the_engines_own_pool_is_refused(engine, keydir):
     addr = _reserve(engine, router, "attacker")
     own = engine.worker.shared.path
     msg = p.KVChunk(op="kv", id=1, req_id="attacker", token_begin=addr.begin, token_end=addr.end,
-                    page_ids=addr.page_ids, last=True, mode="shm", shm_name=own, src_pages=victim_pages,
-                    pool_shape=list(engine.worker.pool.shape), dtype="float32", token=addr.token)
+                    page_ids=addr.page_ids, last=True, mode="shm", token=addr.token,
+                    meta={"shm_name": own, "src_pages": victim_pages, "pool_shape": list(engine.worker.pool.shape),
+                          "dtype": "float32"})
     engine.send(msg, sock=router)
     (ack,) = engine.answers(router)
     assert not ack.ok and "own pool" in ack.error
@@ -203,8 +204,9 @@ def test_a_planted_pool_never_maps_another_file(engine, keydir, tmp_path, plant)
         path = f"{SHM_DIR}/{SHM_PREFIX}{secrets.token_hex(16)}/../../../{secret}"
     try:
         msg = p.KVChunk(op="kv", id=1, req_id="attacker", token_begin=addr.begin, token_end=addr.end,
-                        page_ids=addr.page_ids, last=True, mode="shm", shm_name=path, src_pages=[0, 1, 2],
-                        pool_shape=list(pool.shape), dtype="float32", token=addr.token)
+                        page_ids=addr.page_ids, last=True, mode="shm", token=addr.token,
+                        meta={"shm_name": path, "src_pages": [0, 1, 2], "pool_shape": list(pool.shape),
+                              "dtype": "float32"})
         engine.send(msg, sock=router)
         (ack,) = engine.answers(router)
     finally:

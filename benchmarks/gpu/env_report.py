@@ -39,7 +39,7 @@ def main() -> int:
         info["flashinfer"] = flashinfer.__version__
     except Exception as exc:  # noqa: BLE001 - reported: the attention falls back to torch without it
         info["flashinfer"] = f"not importable: {type(exc).__name__}: {exc}"
-    from real.nccl_transfer import nccl_available
+    from real.transports.nccl import nccl_available
 
     info["nccl_available"] = nccl_available()
     from importlib.metadata import PackageNotFoundError, version

@@ -8,7 +8,7 @@ open, as with shared memory on CPU), waits for the copy, and acknowledges. The s
 pages until the acknowledgement, so they cannot change under the copy.
 
 Engines on one GPU and engines on different GPUs of one host (with peer access) both work this
-way; across hosts, pages take the zmq path. Imported only on CUDA engines.
+way; across hosts, pages take the zmq path.
 """
 from __future__ import annotations
 
@@ -16,7 +16,14 @@ from typing import Any
 
 import torch
 
-from real.transfer import DTYPES, copy_pages, dtype_name
+from real.page_copy import DTYPES, copy_pages, dtype_name, page_bytes
+from real.protocol import RemoteSend
+from real.transport import Sender, Transport, TransportMeta
+
+
+class CudaIpcMeta(TransportMeta):
+    ipc: dict[str, Any]  # the sender pool's descriptor (export_pool)
+    src_pages: list[int]
 
 
 def export_pool(pool: torch.Tensor) -> dict[str, Any]:
@@ -31,48 +38,50 @@ def export_pool(pool: torch.Tensor) -> dict[str, Any]:
             "storage_offset": int(pool.storage_offset()), "dtype": dtype_name(pool.dtype)}
 
 
-def open_pool(desc: dict[str, Any], device: torch.device) -> torch.Tensor:
-    """The peer's pool as a tensor on `device`'s process (mapped, not copied)."""
+def open_pool(desc: dict[str, Any]) -> torch.Tensor:
+    """The peer's pool as a tensor in this process (mapped, not copied)."""
     try:
         dtype = DTYPES[desc["dtype"]]
         storage = torch.UntypedStorage._new_shared_cuda(
             desc["device"], desc["handle"], desc["size"], desc["offset"], desc["ref_handle"], desc["ref_offset"],
             desc["event_handle"], desc["event_sync"])
-    except (KeyError, TypeError) as exc:
+        pool = torch.empty(0, dtype=dtype, device=f"cuda:{desc['device']}")
+        pool.set_(storage, desc["storage_offset"], desc["shape"], desc["stride"])
+    except (KeyError, TypeError, RuntimeError) as exc:
         raise ValueError(f"malformed CUDA IPC pool descriptor: {exc}") from None
-    pool = torch.empty(0, dtype=dtype, device=f"cuda:{desc['device']}")
-    pool.set_(storage, desc["storage_offset"], desc["shape"], desc["stride"])
     return pool
 
 
-class CudaIpcTransport:
-    """Sender side: names pages of this engine's exported pool."""
-
+class CudaIpcTransport(Transport, Sender):
     mode = "cuda_ipc"
+    Meta = CudaIpcMeta
+    cuda_only = True
 
-    def __init__(self, pool: torch.Tensor) -> None:
-        self.desc = export_pool(pool)
+    def __init__(self, local) -> None:
+        super().__init__(local)
+        self._desc: dict[str, Any] | None = None  # exported on the first send
+        self._peers: dict[bytes, torch.Tensor] = {}
 
-    def pack(self, pool: torch.Tensor, src_ids: list[int]) -> tuple[dict, list]:
-        return {"mode": "cuda_ipc", "ipc": self.desc, "src_pages": list(src_ids),
-                "pool_shape": self.desc["shape"], "dtype": self.desc["dtype"]}, []
+    def sender_for(self, dst: RemoteSend) -> Sender | None:
+        return self if dst.dst_host == self.local.host else None
 
+    def pack(self, src_ids: list[int]) -> tuple[CudaIpcMeta, list]:
+        if self._desc is None:
+            self._desc = export_pool(self.local.pool)
+        return CudaIpcMeta(ipc=self._desc, src_pages=list(src_ids)), []
 
-class CudaIpcPeers:
-    """Receiver side: peers' pools opened once each, pages copied device to device."""
-
-    def __init__(self) -> None:
-        self._pools: dict[bytes, torch.Tensor] = {}
-
-    def land(self, pool: torch.Tensor, desc: dict[str, Any], src_ids: list[int], dst_ids: list[int]) -> int:
-        src = self._pools.get(desc.get("handle"))
+    def land(self, meta: CudaIpcMeta, frames: list, dst_ids: list[int]) -> int:
+        pool = self.local.pool
+        if pool.device.type != "cuda":
+            raise ValueError("a cuda_ipc chunk reached an engine without a CUDA pool")
+        handle = meta.ipc.get("handle")
+        src = self._peers.get(handle)
         if src is None:
-            src = open_pool(desc, pool.device)
-            self._pools[desc["handle"]] = src
-        if list(src.shape[:1]) + list(src.shape[2:]) != list(pool.shape[:1]) + list(pool.shape[2:]):
-            raise ValueError(f"peer pool of shape {list(src.shape)} cannot fill pages of this pool {list(pool.shape)}")
-        if len(src_ids) != len(dst_ids) or max(src_ids) >= src.shape[1] or min(src_ids) < 0:
-            raise ValueError(f"{len(src_ids)} source pages for {len(dst_ids)} destination pages")
-        copy_pages(pool, dst_ids, src, src_ids)
+            src = open_pool(meta.ipc)
+            self._peers[handle] = src
+        copy_pages(pool, dst_ids, src, meta.src_pages)
         torch.cuda.synchronize(pool.device)  # landed before the acknowledgement frees the sender's pages
-        return len(dst_ids) * pool[:, 0].numel() * pool.element_size()
+        return len(dst_ids) * page_bytes(pool)
+
+
+TRANSPORT = CudaIpcTransport
