@@ -29,12 +29,12 @@ def fit_error_of(profile: CostProfile, key: str = "overall") -> float:
 def run_scaled(cluster: ClusterConfig, workload: Workload, scale: float | dict[str, float], seed: int = 0) -> RunResult:
     """Simulate with every engine's fitted coefficients multiplied by `scale` (one factor, or
     one per engine id; an engine not named keeps 1.0)."""
-    if cluster.cost_model == "roofline":
-        raise ValueError("intervals need a fitted profile as the cluster's cost_model, not 'roofline'")
+    if cluster.cost_model.kind != "fitted":
+        raise ValueError(f"intervals need a fitted profile as the cluster's cost_model, not {cluster.cost_model.kind!r}")
     sim = SimCluster(cluster)  # loads the profile and checks it against every engine
     for eid, engine in sim.engines.items():
         factor = scale.get(eid, 1.0) if isinstance(scale, dict) else scale
-        engine.cost_model = FittedCostModel.from_profile(cluster.cost_model, scale=factor)
+        engine.cost_model = FittedCostModel.from_profile(cluster.cost_model.path, scale=factor)
         sim.cost_models[eid] = engine.cost_model.describe()
     return sim.run(workload, seed=seed)
 
@@ -44,7 +44,7 @@ def metric_intervals(cluster: ClusterConfig, workload: Workload, seed: int = 0, 
     """{metric: (low, mid, high)}: mid at the fitted coefficients, low/high the extremes of the
     runs at (1 - error) and (1 + error); error defaults to the profile's held-out MAPE."""
     if error is None:
-        error = fit_error_of(CostProfile.load(cluster.cost_model))
+        error = fit_error_of(CostProfile.load(cluster.cost_model.path))
     if not 0 <= error < 1:
         raise ValueError(f"error must be in [0, 1), got {error}")
     runs = [run_scaled(cluster, workload, s, seed).metrics() for s in (1 - error, 1.0, 1 + error)]

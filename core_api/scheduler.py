@@ -25,27 +25,16 @@ admitted send completes, which completes reservations, whose sequences then gene
 """
 from __future__ import annotations
 
-from collections import deque
 from enum import Enum
 
+from core_api import fast_forward
 from core_api.batch import Batch, ScheduleOutput, StepResult
 from core_api.engine import EngineLoad
-from core_api.fast_forward import DecodeFastForward
 from core_api.hashing import request_page_keys
 from core_api.kv_cache import BlockManager
 from core_api.scheduler_config import RequestRejected, SchedulerConfig
-from core_api.sequence import (
-    FINISHED,
-    GENERATE,
-    RECEIVE,
-    RECEIVING,
-    RUNNING,
-    SEND,
-    SENT,
-    WAITING,
-    Sequence,
-)
-from core_api.sequence_endings import SequenceEndings
+from core_api.scheduler_state import SchedulerState
+from core_api.sequence import ABORTED, FINISHED, GENERATE, RECEIVE, RECEIVING, RUNNING, SEND, Sequence, Status
 from core_api.types import Request
 
 __all__ = ["Batch", "RequestRejected", "ScheduleOutput", "Scheduler", "SchedulerConfig", "StepResult"]
@@ -59,26 +48,40 @@ class Room(Enum):
     NO_VICTIM = "no_victim"  # nothing could be preempted (the sequence is a send or a reservation)
 
 
-class Scheduler(DecodeFastForward, SequenceEndings):
+class Scheduler:
+    """The policy over a SchedulerState (`state`), which owns the sequences and counters and
+    carries each decision out; the queues are readable here as views."""
+
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
-        self.kv = BlockManager(config.num_pages, config.page_size)
         self.page_size = config.page_size
-        self.waiting: deque[Sequence] = deque()  # generating and sending sequences not admitted yet
-        self.receive_queue: deque[Sequence] = deque()  # reservations (prep_recv) not admitted yet
-        self.running: list[Sequence] = []
-        self.receiving: dict[str, Sequence] = {}  # admitted reservations, by request id
-        self.sending: dict[str, Sequence] = {}  # computed SEND sequences whose pages are in flight
-        self._gen: dict[str, Sequence] = {}  # GENERATE or RECEIVE sequence of each request id
-        self._send: dict[str, Sequence] = {}  # SEND sequence of each request id
+        self.state = SchedulerState(BlockManager(config.num_pages, config.page_size), config.reservation_timeout_s)
         self.policy = config.policy
         self._watermark_pages = int(config.policy.watermark * config.num_pages)
         share = config.policy.reservation_share
         self._receive_cap = int(share * config.num_pages)  # pages reservations may hold
         self._receive_slots = int(share * config.max_num_seqs)  # of max_num_seqs, likewise
-        self.reserved_pages = 0  # pages held by admitted reservations (until start_generate, release or expiry)
-        self.queued_prefill_tokens = 0
-        self.num_preemptions = 0
+
+    # -- views of the state -------------------------------------------------------------------
+    kv = property(lambda self: self.state.kv)
+    waiting = property(lambda self: self.state.waiting)
+    receive_queue = property(lambda self: self.state.receive_queue)
+    running = property(lambda self: self.state.running)
+    receiving = property(lambda self: self.state.receiving)
+    sending = property(lambda self: self.state.sending)
+    queued_prefill_tokens = property(lambda self: self.state.queued_prefill_tokens)
+    reserved_pages = property(lambda self: self.state.reserved_pages)
+    num_preemptions = property(lambda self: self.state.num_preemptions)
+    holds_sequences = property(lambda self: self.state.holds_sequences)
+
+    def sequences(self) -> list[Sequence]:
+        return self.state.sequences()
+
+    def sequences_of(self, req_id: str) -> list[Sequence]:
+        return self.state.sequences_of(req_id)
+
+    def check_consistent(self) -> None:
+        self.state.check_consistent()
 
     # -- intake ---------------------------------------------------------------------------
     def _check_fits(self, req: Request, tokens: int) -> None:
@@ -99,7 +102,7 @@ class Scheduler(DecodeFastForward, SequenceEndings):
         without a reservation, begin is advisory and the prefix cache supplies what it holds."""
         begin = req.resolve(begin)
         self._check_fits(req, req.prompt_len + req.sampling.max_tokens)
-        seq = self._gen.get(req.id)
+        seq = self.state.generating(req.id)
         if seq is not None:
             if seq.kind != RECEIVE:
                 raise ValueError(f"request {req.id} is already generating on this engine")
@@ -110,29 +113,21 @@ class Scheduler(DecodeFastForward, SequenceEndings):
                 )
             if seq.status != RECEIVING:
                 raise ValueError(f"request {req.id}: start_generate before its prep_recv was admitted")
-            # Already admitted (it holds its pages): it joins the running set directly, so a
-            # reservation queued behind it can never block the sequence that would free memory.
-            self.receiving.pop(req.id, None)
-            self._unreserve(seq)
-            self.reserved_pages -= len(seq.pages)
-            seq.kind, seq.target, seq.status = GENERATE, req.prompt_len, RUNNING
-            seq.deadline = float("inf")
-            self.running.append(seq)
-            self.queued_prefill_tokens += seq.prefill_remaining
+            self.state.generate_reserved(seq)
             return seq
         seq = Sequence(req, GENERATE, target=req.prompt_len)
-        self._gen[req.id] = seq
-        self.waiting.append(seq)
-        self.queued_prefill_tokens += seq.target
+        self.state.queue(seq)
         return seq
 
     def add_send(self, req: Request, begin: int, end: int | None) -> Sequence:
         """remote_send: compute KV of prompt[:end] and ship [begin, end); never samples.
-        The sequence comes back already SENT when the prefix cache holds the whole range."""
+        The sequence comes back already SENT when the prefix cache holds the whole range: a
+        send that needs no compute skips the queue (a context migration off a busy engine must
+        not wait behind that engine's prefills), and the backend ships its pages at once."""
         end = req.resolve(end)
         if not 0 <= begin <= end:
             raise ValueError(f"request {req.id}: remote_send range [{begin}, {end}) is empty or reversed")
-        if req.id in self._send:
+        if self.state.is_sending(req.id):
             raise ValueError(f"request {req.id} is already sending from this engine")
         self._check_fits(req, end)
         own = self.config.num_pages - self._receive_cap
@@ -140,33 +135,19 @@ class Scheduler(DecodeFastForward, SequenceEndings):
             raise RequestRejected(f"request {req.id}: remote_send of {end} tokens needs {self.kv.pages_for(end)} KV "
                                   f"pages, more than the {own} this engine keeps for its own work")
         seq = Sequence(req, SEND, target=end, begin=begin)
-        self._send[req.id] = seq
-        if end % self.page_size == 0 and self._send_from_cache(seq):
-            return seq
-        self.waiting.append(seq)
-        self.queued_prefill_tokens += seq.target
-        return seq
-
-    def _send_from_cache(self, seq: Sequence) -> bool:
-        """A send whose whole range is cached needs no compute, so it skips the queue (a context
-        migration off a busy engine must not wait behind that engine's prefills). The returned
-        sequence is then already SENT: the backend ships its pages at once."""
-        hit = self._match_prefix(seq)
-        if len(hit) * self.page_size < seq.target:
+        if end % self.page_size == 0:
+            hit = self._match_prefix(seq)
+            if len(hit) * self.page_size >= seq.target:
+                self.state.send_cached(seq, hit)
+                return seq
             seq.matched = False
-            return False
-        self.kv.acquire(hit)
-        self.kv.count_hit(seq.target)
-        seq.pages, seq.num_registered = hit, len(hit)
-        seq.num_cached = seq.num_computed = seq.target
-        seq.status = SENT
-        self.sending[seq.id] = seq
-        return True
+        self.state.queue(seq)
+        return seq
 
     def add_receive(self, req: Request, end: int | None) -> Sequence:
         """prep_recv: queue a reservation for prompt[matched:end]; admitted by schedule()."""
         end = req.resolve(end)
-        if req.id in self._gen:
+        if self.state.generating(req.id) is not None:
             raise ValueError(f"request {req.id} already has a sequence on this engine")
         self._check_fits(req, req.prompt_len + req.sampling.max_tokens)
         if not self._receive_slots:
@@ -176,8 +157,7 @@ class Scheduler(DecodeFastForward, SequenceEndings):
             raise RequestRejected(f"request {req.id}: prep_recv of {end} tokens needs {self.kv.pages_for(end)} KV pages, "
                                   f"more than reservations may hold on this engine ({self._receive_cap})")
         seq = Sequence(req, RECEIVE, target=end)
-        self._gen[req.id] = seq
-        self.receive_queue.append(seq)
+        self.state.queue(seq)
         return seq
 
     # -- the step -------------------------------------------------------------------------
@@ -197,7 +177,7 @@ class Scheduler(DecodeFastForward, SequenceEndings):
                 if room is Room.NO_VICTIM:  # it waits for a step that frees pages
                     i += 1
                     continue
-                seq.pages += self.kv.allocate(need)
+                self.state.grow(seq, need)
             batch.add(seq, n)
             budget -= n
             i += 1
@@ -216,29 +196,20 @@ class Scheduler(DecodeFastForward, SequenceEndings):
                 if seq.kind != GENERATE:
                     return Room.NO_VICTIM
                 victim = seq
-            self._preempt(victim)
+            self.state.preempt(victim)
             out.preempted.append(victim)
             if victim is seq:
                 return Room.SELF_PREEMPTED
         return Room.MADE
 
-    def _preempt(self, seq: Sequence) -> None:
-        self.running.remove(seq)
-        self._register_full_pages(seq)
-        self.kv.release(seq.pages)
-        self._set_computed(seq, 0)
-        seq.pages, seq.num_registered = [], 0
-        seq.matched, seq.status = False, WAITING
-        self.waiting.appendleft(seq)
-        self.num_preemptions += 1
-
     def _admit(self, out: ScheduleOutput, budget: int, now: float) -> None:
         kv, waiting, cfg = self.kv, self.waiting, self.config
         receives = self.receive_queue
         while receives:
-            if not self._admit_receive(receives[0], now):
+            plan = self._fit_reservation(receives[0])
+            if plan is None:
                 break
-            out.admitted_receives.append(receives.popleft())
+            out.admitted_receives.append(self.state.admit_reservation(*plan, now))
         while waiting:
             seq = waiting[0]
             if budget <= 0 or len(self.running) + len(self.receiving) >= cfg.max_num_seqs:
@@ -254,68 +225,43 @@ class Scheduler(DecodeFastForward, SequenceEndings):
                 must_fit = kv.pages_for(seq.known_len) - held if self.policy.admit_whole_sequence else need
             room = kv.num_available - kv.count_unreferenced(hit) - must_fit
             if room < self._reserve_for_running():
-                if room < 0 and self._idle():
+                if room < 0 and self.state.idle():
                     # Nothing will ever free pages: this sequence alone does not fit.
                     waiting.popleft()
-                    self._fail(seq, f"needs {need} more KV pages, only {kv.num_available} can ever be free")
+                    self.state.fail(seq, f"needs {need} more KV pages, only {kv.num_available} can ever be free")
                     out.failed.append(seq)
                     continue
                 seq.matched = False
                 return
-            waiting.popleft()
-            if hit:
-                kv.acquire(hit)
-                seq.pages = hit
-                seq.num_registered = len(hit)
-                seq.num_cached = computed
-                kv.count_hit(computed)
-                self._set_computed(seq, computed)
-            if need > 0:
-                seq.pages += kv.allocate(need)
-            seq.status = RUNNING
-            self.running.append(seq)
+            self.state.admit_waiting(hit, computed, need)
             out.batch.add(seq, n)
             budget -= n
 
     def try_admit_receive(self, seq: Sequence, now: float) -> bool:
         """Admit a reservation at once if it heads its queue and fits (saves a scheduling round)."""
         receives = self.receive_queue
-        if not receives or receives[0] is not seq or not self._admit_receive(seq, now):
+        plan = self._fit_reservation(seq) if receives and receives[0] is seq else None
+        if plan is None:
             return False
-        receives.popleft()
+        self.state.admit_reservation(*plan, now)
         return True
 
-    def _admit_receive(self, seq: Sequence, now: float) -> bool:
+    def _fit_reservation(self, seq: Sequence) -> tuple[list[int], int] | None:
+        """(cached pages it reuses, pages it needs) if the reservation heading its queue fits now."""
         kv = self.kv
         if len(self.receiving) >= self._receive_slots or len(self.running) + len(self.receiving) >= self.config.max_num_seqs:
-            return False
+            return None
         hit = self._match_prefix(seq) if not seq.pages else []
         need = kv.pages_for(seq.target) - len(hit)
         over_share = self.reserved_pages + len(hit) + need > self._receive_cap
         if over_share or kv.num_available - kv.count_unreferenced(hit) - need < self._reserve_for_running():
             seq.matched = False  # match again next time: the cache may change meanwhile
-            return False
-        matched = len(hit) * self.page_size
-        kv.acquire(hit)
-        seq.pages = hit + kv.allocate(need)
-        seq.reserved = need
-        kv.reserve(need)
-        seq.num_registered = len(hit)
-        seq.num_cached = seq.num_computed = seq.begin = matched
-        kv.count_hit(matched)
-        seq.status = RECEIVING
-        seq.deadline = now + self.config.reservation_timeout_s
-        self.receiving[seq.id] = seq
-        self.reserved_pages += len(seq.pages)
-        return True
-
-    def _idle(self) -> bool:
-        """No admitted work that will ever give pages back."""
-        return not (self.running or self.receiving or self.sending)
+            return None
+        return hit, need
 
     def _reserve_for_running(self) -> int:
         """Pages new admissions must leave free: the watermark, unless nothing else runs."""
-        return 0 if self._idle() else self._watermark_pages
+        return 0 if self.state.idle() else self._watermark_pages
 
     def _match_prefix(self, seq: Sequence) -> list[int]:
         """Cached pages for the sequence's prefix, capped so a generating sequence still computes
@@ -334,19 +280,18 @@ class Scheduler(DecodeFastForward, SequenceEndings):
         """Apply a finished step. `tokens` holds one id per sampling row (None: the simulator's 0)."""
         result = StepResult([], [], [])
         eos = self.config.eos_token_id
+        state = self.state
         t = 0
         for seq, start, n, sample in zip(batch.seqs, batch.starts, batch.num_new, batch.sample):
             if seq.status != RUNNING:  # released while the step ran
                 t += sample
                 continue
-            self._set_computed(seq, start + n)
-            self._register_full_pages(seq)
+            state.set_computed(seq, start + n)
+            state.register_full_pages(seq)
             if seq.kind == SEND:
                 result.sends.append((seq, start, start + n))
                 if seq.num_computed >= seq.target:
-                    self.running.remove(seq)
-                    seq.status = SENT
-                    self.sending[seq.id] = seq
+                    state.computed_send(seq)
                 continue
             if not sample:
                 continue
@@ -362,47 +307,33 @@ class Scheduler(DecodeFastForward, SequenceEndings):
                 seq.finish_reason = "stop"
             else:
                 continue
-            self._finish(seq, FINISHED)
+            state.finish(seq, FINISHED)
             result.finished.append(seq)
         return result
 
+    def decode_run_length(self, batch: Batch, out: ScheduleOutput) -> int:
+        return fast_forward.decode_run_length(self.state, self.config.eos_token_id, batch, out)
+
+    def apply_decode_run(self, batch: Batch, times: list[float]) -> StepResult:
+        return fast_forward.apply_decode_run(self.state, batch, times)
+
+    # -- how sequences end (SchedulerState.finish does the work) --------------------------------
+    def complete_receive(self, req_id: str, now: float) -> Sequence:
+        return self.state.complete_receive(req_id, now)
+
+    def touch_receive(self, req_id: str, now: float) -> bool:
+        return self.state.touch_receive(req_id, now)
+
+    def finish_send(self, req_id: str) -> None:
+        self.state.finish_send(req_id)
+
+    def release(self, req_id: str, status: Status = ABORTED) -> list[Sequence]:
+        return self.state.release(req_id, status)
+
+    def expire(self, now: float) -> list[Sequence]:
+        return self.state.expire(now)
+
     # -- views ----------------------------------------------------------------------------
-    def sequences(self) -> list[Sequence]:
-        """Every sequence this engine holds, in whatever state."""
-        return [*self.running, *self.waiting, *self.receive_queue, *self.receiving.values(), *self.sending.values()]
-
-    def check_consistent(self) -> None:
-        """Raise AssertionError (KVLeakError from the block manager) unless every queue, index and
-        counter agrees with the sequences: the invariants each state change must keep
-        (tests/test_scheduler_state_machine.py drives random calls through them)."""
-        for queue, status in ((self.waiting, WAITING), (self.receive_queue, WAITING), (self.running, RUNNING),
-                              (self.receiving.values(), RECEIVING), (self.sending.values(), SENT)):
-            for seq in queue:
-                assert seq.status == status, f"{seq.id} is {seq.status} in the {status} set"
-        held = self.sequences()
-        assert len({id(s) for s in held}) == len(held), "a sequence sits in two sets"
-        assert {s.id: s for s in held if s.kind != SEND} == self._gen, "the request index disagrees with the sets"
-        assert {s.id: s for s in held if s.kind == SEND} == self._send, "the send index disagrees"
-        queued = sum(s.prefill_remaining for s in (*self.waiting, *self.running) if s.kind != RECEIVE)
-        assert queued == self.queued_prefill_tokens, f"queued prefill {self.queued_prefill_tokens} != {queued}"
-        assert self.reserved_pages == sum(len(s.pages) for s in self.receiving.values())
-        assert self.kv.num_reserved == sum(s.reserved for s in self.receiving.values())
-        refs = [0] * self.kv.num_pages
-        for seq in held:
-            for page in seq.pages:
-                refs[page] += 1
-        assert refs == self.kv._ref, "page references disagree with the sequences' page lists"
-        self.kv.check_consistent()
-
-    def sequences_of(self, req_id: str) -> list[Sequence]:
-        """What this engine holds for one request: its generating/receiving and its sending sequence."""
-        return [s for s in (self._gen.get(req_id), self._send.get(req_id)) if s is not None]
-
-    @property
-    def holds_sequences(self) -> bool:
-        """Anything at all for any request: queued, running, reserved or sending."""
-        return bool(self.running or self.waiting or self.receive_queue or self.receiving or self.sending)
-
     def cached_prefix_len(self, req: Request) -> int:
         if not self.policy.prefix_caching:
             return 0

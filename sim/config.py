@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from core_api.config_base import StrategyConfig, Strict, check_unique, expand_engine_ids
 from core_api.faults import FaultSchedule
 from core_api.scheduler_config import SchedulerLimits
 from core_api.workload import WorkloadSpec
+from sim.cost_models import CostModelSpec, parse_cost_model
 from sim.hardware import GPUSpec, ModelSpec
 from sim.network import LinkSpec
 
@@ -38,8 +39,9 @@ class ClusterConfig(Strict):
     link: LinkSpec | None = None  # default: the first engine GPU's NVLink, 5 us latency
     links: list[LinkOverride] = Field(default_factory=list)
     strategy: StrategyConfig = StrategyConfig()
-    cost_model: str = "roofline"  # or the path of a fitted profile JSON
-    efficiency: dict[str, float] = Field(default_factory=dict)  # roofline efficiency overrides
+    cost_model: SerializeAsAny[CostModelSpec] = Field("roofline", validate_default=True, description=(
+        "how a step is priced: {kind: roofline | fitted | layers, ...} or the shorthand 'roofline' / "
+        "a profile path (sim.cost_models)"))
     rpc_latency_s: float = Field(0.0, ge=0, description=(
         "round trip of a control call router <-> engine: prep_recv and remote_send pay it, "
         "start_generate half (a fitted profile measures it; 0: calls are instantaneous)"))
@@ -54,6 +56,19 @@ class ClusterConfig(Strict):
     calls_between_steps: bool = Field(False, description=(
         "engines answer prep_recv and take in KV chunks and acknowledgements only between steps, as a real "
         "engine loop does (sim.engine.SimEngine)"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _efficiency_moved(cls, data):
+        if isinstance(data, dict) and "efficiency" in data:
+            raise ValueError("efficiency belongs to the roofline cost model now: write "
+                             "cost_model: {kind: roofline, efficiency: {...}}")
+        return data
+
+    @field_validator("cost_model", mode="before")
+    @classmethod
+    def _cost_model_of_its_kind(cls, value):
+        return parse_cost_model(value)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> ClusterConfig:
@@ -113,6 +128,8 @@ def resolve_paths(data, base: Path):
     cost = cluster.get("cost_model")
     if isinstance(cost, str) and cost != "roofline" and not Path(cost).is_absolute():
         cluster["cost_model"] = str(base / cost)
+    elif isinstance(cost, dict) and isinstance(cost.get("path"), str) and not Path(cost["path"]).is_absolute():
+        cost["path"] = str(base / cost["path"])
     for engine in cluster.get("engines") or []:
         model = engine.get("model") if isinstance(engine, dict) else None
         if isinstance(model, str) and not Path(model).is_absolute() and (base / model).exists():

@@ -353,12 +353,12 @@ class SimEngine(HostEffects, EngineFaults):
         batch = self._run_batch
         if batch is None:
             return
-        kv, times = self.sched.kv, self._run_times
+        state, times = self.sched.state, self._run_times
         started = min(bisect_left(times, self.env.now) + 1, len(times))  # the step in progress included
         for seq in batch.seqs:
-            need = kv.pages_for(seq.num_computed + started) - len(seq.pages)
+            need = state.kv.pages_for(seq.num_computed + started) - len(seq.pages)
             if need > 0:
-                seq.pages += kv.allocate(need)
+                state.grow(seq, need)
 
     def _poke(self, at: float | None = None) -> None:
         """New work arrived (or something is due `at` a later time): wake an idle loop, or end a

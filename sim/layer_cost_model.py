@@ -14,8 +14,10 @@ that share of the way towards a uniform batch at the longest context.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from core_api.step import StepFeatures
-from sim.cost_models import register
+from sim.cost_models import ProfileSpec, load_profile, register
 from sim.hardware import GPUSpec, ModelSpec, get_gpu, get_model
 from sim.interpolate import Grid4D, Table1D
 from sim.layer_profile import Curve, LayerProfile
@@ -77,11 +79,16 @@ class LayerCostModel:
                 "engine_version": p.engine_version, "fit_error": dict(p.fit_error)}
 
 
-def _build(profile: LayerProfile, cluster, engine, engine_id: str | None, path: str) -> LayerCostModel:
+class LayersSpec(ProfileSpec):
+    kind: Literal["layers"] = "layers"
+
+
+def _build(spec: LayersSpec, cluster, engine, engine_id: str | None) -> LayerCostModel:
     from sim.profile_match import check_profile_matches
 
-    check_profile_matches(profile, engine, path, engine_id)  # other model/page size/TP: refused
-    return LayerCostModel(profile, get_model(engine.model, engine.dtype), engine.gpu, path=path)
+    profile = load_profile(spec.path, spec.kind)
+    check_profile_matches(profile, engine, spec.path, engine_id)  # other model/page size/TP: refused
+    return LayerCostModel(profile, get_model(engine.model, engine.dtype), engine.gpu, path=spec.path)
 
 
-register("layers", lambda data, source: LayerProfile.from_dict(data, source=source), _build)
+register(LayersSpec, _build, lambda data, source: LayerProfile.from_dict(data, source=source))

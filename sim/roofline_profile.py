@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from sim.cost_model import RooflineEfficiency
-from sim.cost_models import register
+from sim.cost_models import CostModelSpec, load_profile, register
 from sim.layer_profile import ProfileSource
 from sim.profile import IsoDate, ProfileFile
 
@@ -30,14 +30,27 @@ class RooflineProfile(ProfileFile):
     created: IsoDate
 
 
-def _build(profile: RooflineProfile, cluster, engine, engine_id: str | None, path: str):
+class RooflineSpec(CostModelSpec):
+    """The roofline: datasheet peaks of the engine's GPU times efficiency factors: the built-in ones
+    (fitted on all public GPU data), or those of a roofline profile at `path`; `efficiency`
+    overrides single factors of either (sim.cost_model.RooflineEfficiency names them)."""
+
+    kind: Literal["roofline"] = "roofline"
+    path: str | None = None
+    efficiency: dict[str, float] = Field(default_factory=dict)
+
+
+def _build(spec: RooflineSpec, cluster, engine, engine_id: str | None):
     from sim.cost_model import RooflineCostModel
     from sim.hardware import get_model
     from sim.profile_match import check_roofline_gpu
 
-    check_roofline_gpu(profile, engine, path, engine_id)
-    efficiency = {**profile.efficiency.model_dump(), **cluster.efficiency}  # the cluster's overrides win
-    return RooflineCostModel(engine.gpu, get_model(engine.model, engine.dtype), engine.tp, efficiency)
+    efficiency = dict(spec.efficiency)
+    if spec.path is not None:
+        profile = load_profile(spec.path, spec.kind)
+        check_roofline_gpu(profile, engine, spec.path, engine_id)
+        efficiency = {**profile.efficiency.model_dump(), **efficiency}  # the overrides win
+    return RooflineCostModel(engine.gpu, get_model(engine.model, engine.dtype), engine.tp, efficiency or None)
 
 
-register("roofline", lambda data, source: RooflineProfile.from_dict(data, source=source), _build)
+register(RooflineSpec, _build, lambda data, source: RooflineProfile.from_dict(data, source=source))

@@ -19,6 +19,7 @@ from core_api.workload import WorkloadSpec, generate
 from microserving.cli import main
 from sim.cluster import SimCluster
 from sim.config import ClusterConfig, EngineConfig
+from sim.cost_models import parse_cost_model
 from sim.profile import CostProfile
 from sim.profile_match import ProfileMismatch
 
@@ -75,7 +76,7 @@ def test_intervals_bracket_the_fitted_run(tmp_path):
         assert lo < mid < hi
     assert SimCluster(cluster).run(workload).metrics()["mean_e2el_ms"] == pytest.approx(iv["mean_e2el_ms"][1])
     with pytest.raises(ValueError, match="fit_error"):
-        metric_intervals(cluster.model_copy(update={"cost_model": tiny_profile(tmp_path, fit_error={})}), workload)
+        metric_intervals(cluster.model_copy(update={"cost_model": parse_cost_model(tiny_profile(tmp_path, fit_error={}))}), workload)
 
 
 def test_validation_case_matches_the_sim_to_the_real_engines():

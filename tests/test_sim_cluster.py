@@ -251,7 +251,7 @@ def test_relative_paths_in_a_config_are_relative_to_the_config_file(tmp_path, mo
         "workload: {num_requests: 3, vocab_size: 256, prompt_len: {kind: fixed, value: 20}}\n")
     monkeypatch.chdir(tmp_path)  # somewhere else than the config
     config = load_config("conf/c.yaml")
-    assert config.cluster.cost_model == str(tmp_path / "conf/profiles/p.json")
+    assert config.cluster.cost_model.path == str(tmp_path / "conf/profiles/p.json")
     assert config.cluster.engines[0].model == str(tmp_path / "conf/hf")
     result = SimCluster(config.cluster).run(generate(config.workload))
     assert all(r.status == "ok" for r in result.records)
