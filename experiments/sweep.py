@@ -28,7 +28,7 @@ from pathlib import Path
 from core_api.validation_errors import error_text
 from experiments.sweep_spec import RunSpec, SweepSpec, load_spec
 
-__all__ = ["SweepProgress", "execute", "finished_keys", "read_results", "run_one", "run_sweep"]
+__all__ = ["RayTarget", "SweepProgress", "execute", "finished_keys", "read_results", "run_one", "run_sweep"]
 
 
 def run_one(run: RunSpec) -> dict:
@@ -81,8 +81,21 @@ def _worker(run_json: str) -> str:
     return json.dumps(run_one(RunSpec.model_validate_json(run_json)), allow_nan=True)
 
 
-def execute(runs: list[RunSpec], jobs: int | None = None) -> Iterable[dict]:
+@dataclass(frozen=True)
+class RayTarget:
+    """Run on Ray instead of local processes (experiments.sweep_ray)."""
+
+    address: str | None = None  # None: a local Ray instance; "auto", "ray://HEAD:10001", ...
+    working_dir: str | None = None  # ship this folder to the workers (Ray runtime_env)
+
+
+def execute(runs: list[RunSpec], jobs: int | None = None, ray: RayTarget | None = None) -> Iterable[dict]:
     """Result lines as runs finish (completion order). jobs=1 runs in this process."""
+    if ray is not None:
+        from experiments.sweep_ray import execute_on_ray
+
+        yield from execute_on_ray(runs, ray.address, jobs, ray.working_dir)
+        return
     jobs = min(jobs or os.cpu_count() or 1, max(1, len(runs)))
     if jobs == 1:
         for run in runs:
@@ -141,8 +154,8 @@ class SweepProgress:
 
 
 def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, resume: bool = False,
-              retry_failed: bool = False, progress: Callable[[SweepProgress], None] | None = None
-              ) -> SweepProgress:
+              retry_failed: bool = False, progress: Callable[[SweepProgress], None] | None = None,
+              ray: RayTarget | None = None) -> SweepProgress:
     """Run every run not yet in `out` (with `resume`), appending result lines as they finish."""
     out = Path(out)
     runs = spec.runs()
@@ -167,7 +180,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, resume:
     with open(out, "a") as f:
         if needs_newline:
             f.write("\n")
-        for line in execute(runs, jobs):
+        for line in execute(runs, jobs, ray):
             f.write(json.dumps(line, allow_nan=True) + "\n")
             f.flush()
             state.done += 1
@@ -184,7 +197,13 @@ def add_parser(sub) -> None:
     p = sub.add_parser("sweep", description=__doc__.splitlines()[0])
     p.add_argument("spec", type=Path, help="sweep file (YAML or JSON), e.g. experiments/specs/default_sweep.yaml")
     p.add_argument("-o", "--out", type=Path, default=Path("results/sweep.jsonl"), help="results JSONL")
-    p.add_argument("-j", "--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("-j", "--jobs", type=int, default=None,
+                   help="worker processes (default: all cores); with --ray, runs in flight (default: all)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster (extra [ray]): no ADDRESS starts a local Ray instance, "
+                        "'auto' joins this node's cluster, 'ray://HEAD:10001' a remote one")
+    p.add_argument("--ray-working-dir", metavar="DIR",
+                   help="with --ray: ship DIR (this checkout) to the workers instead of relying on an install there")
     p.add_argument("--resume", action="store_true", help="skip runs whose key is already in --out")
     p.add_argument("--retry-failed", action="store_true", help="with --resume: rerun runs that errored")
     p.add_argument("--overwrite", action="store_true", help="delete --out first")
@@ -240,7 +259,17 @@ def run(args: argparse.Namespace) -> int:
     if args.overwrite and args.out.exists():
         args.out.unlink()
     t0 = time.perf_counter()
-    state = run_sweep(spec, args.out, args.jobs, args.resume, args.retry_failed, print_progress)
+    if args.ray_working_dir and args.ray is None:
+        print("error: --ray-working-dir goes with --ray", file=sys.stderr)
+        return 2
+    ray = RayTarget(args.ray or None, args.ray_working_dir) if args.ray is not None else None
+    from experiments.sweep_ray import RayUnavailable
+
+    try:
+        state = run_sweep(spec, args.out, args.jobs, args.resume, args.retry_failed, print_progress, ray)
+    except RayUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"{state.done} runs ({state.failed} failed, {state.skipped} already done) in "
           f"{time.perf_counter() - t0:.1f} s -> {args.out}")
     errors = [r for r in read_results(args.out) if r.get("status") != "ok"]

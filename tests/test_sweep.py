@@ -153,3 +153,18 @@ def test_a_metric_plot_has_one_panel_per_workload_and_names_the_cluster(tmp_path
     one = plot_metric([ln for ln in lines if ln["labels"]["workload"] == "short"], tmp_path / "one.png")
     two = plot_metric(lines, tmp_path / "two.png")
     assert image.imread(two).shape[1] > 1.6 * image.imread(one).shape[1], "one panel per workload"
+
+
+def test_sweep_on_ray_without_ray_installed_says_how_to_get_it(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from microserving.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if not installed
+    spec = tmp_path / "s.json"
+    spec.write_text(json.dumps({**TINY, "seeds": [0]}))
+    out = tmp_path / "r.jsonl"
+    assert main(["sweep", str(spec), "-o", str(out), "--ray", "--no-plots"]) == 2
+    assert "pip install 'llm-microserving[ray]'" in capsys.readouterr().err
+    assert main(["sweep", str(spec), "-o", str(out), "--ray-working-dir", ".", "--no-plots"]) == 2
+    assert "--ray-working-dir goes with --ray" in capsys.readouterr().err
