@@ -21,7 +21,7 @@ def decode_run_length(state: SchedulerState, eos: int | None, batch: Batch, out:
     instead of stepping each; 1 means step normally. Waiting sequences stay blocked meanwhile:
     they were not admitted now, and decoding only takes pages and budget away."""
     seqs = batch.seqs
-    if (out.admitted_receives or out.preempted or len(seqs) != len(state.running)
+    if (out.admitted_receives or out.preempted or state.waiting or len(seqs) != len(state.running)
             or batch.features.decode_seqs != len(seqs) or not seqs):
         return 1
     k = min(s.req.sampling.max_tokens - len(s.output) for s in seqs)
@@ -43,12 +43,14 @@ def apply_decode_run(state: SchedulerState, batch: Batch, times: list[float]) ->
     result = StepResult([], [], [])
     zeros = [0] * k
     kv = state.kv
-    for seq in batch.seqs:
-        if seq.status != RUNNING:
-            continue
+    running = [seq for seq in batch.seqs if seq.status == RUNNING]
+    # Every step's pages before any sequence finishes: stepping takes them at each step's start,
+    # and releases a finished sequence's pages only at the end of its last step.
+    for seq in running:
         need = kv.pages_for(seq.num_computed + k) - len(seq.pages)
         if need > 0:
             state.grow(seq, need)
+    for seq in running:
         seq.num_computed += k  # decoding: no prefill left, queued_prefill_tokens unchanged
         seq.output += zeros
         seq.token_times += times

@@ -42,7 +42,7 @@ class BlockManager:
         self._page_of: dict[bytes, int] = {}
         # Insertion order = LRU order. OrderedDict pops its oldest in O(1); a plain dict's
         # next(iter()) degrades to O(deleted entries) once many were removed from its front.
-        self._evictable: OrderedDict[int, None] = OrderedDict()
+        self._evictable: OrderedDict[int, bytes] = OrderedDict()  # page -> its key
         self.num_reserved = 0
         self.hits = 0  # prefix-cache tokens served, for stats
         self.evictions = 0
@@ -76,10 +76,10 @@ class BlockManager:
         pages = free[len(free) - k :][::-1]  # the order pop() would give
         del free[len(free) - k :]
         if k < n:
-            evictable, page_of, key_of = self._evictable, self._page_of, self._key_of
+            pop, page_of, key_of = self._evictable.popitem, self._page_of, self._key_of
             for _ in range(n - k):
-                page = evictable.popitem(last=False)[0]
-                del page_of[key_of[page]]
+                page, key = pop(False)
+                del page_of[key]
                 key_of[page] = None
                 pages.append(page)
             self.evictions += n - k
@@ -109,10 +109,11 @@ class BlockManager:
                 raise KVLeakError(f"page {page} released more often than acquired")
             ref[page] = r
             if r == 0:
-                if key_of[page] is None:
+                key = key_of[page]
+                if key is None:
                     self._free.append(page)
                 else:
-                    self._evictable[page] = None
+                    self._evictable[page] = key
 
     # -- prefix cache ---------------------------------------------------------------------
     def match(self, keys: list[bytes]) -> list[int]:

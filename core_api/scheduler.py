@@ -61,14 +61,12 @@ class Scheduler:
         share = config.policy.reservation_share
         self._receive_cap = int(share * config.num_pages)  # pages reservations may hold
         self._receive_slots = int(share * config.max_num_seqs)  # of max_num_seqs, likewise
+        # Read-only views of the state's containers (the same objects: the state never replaces them).
+        state = self.state
+        self.kv, self.waiting, self.receive_queue = state.kv, state.waiting, state.receive_queue
+        self.running, self.receiving, self.sending = state.running, state.receiving, state.sending
 
-    # -- views of the state -------------------------------------------------------------------
-    kv = property(lambda self: self.state.kv)
-    waiting = property(lambda self: self.state.waiting)
-    receive_queue = property(lambda self: self.state.receive_queue)
-    running = property(lambda self: self.state.running)
-    receiving = property(lambda self: self.state.receiving)
-    sending = property(lambda self: self.state.sending)
+    # -- views of the state's counters ----------------------------------------------------------
     queued_prefill_tokens = property(lambda self: self.state.queued_prefill_tokens)
     reserved_pages = property(lambda self: self.state.reserved_pages)
     num_preemptions = property(lambda self: self.state.num_preemptions)
@@ -164,12 +162,13 @@ class Scheduler:
     def schedule(self, now: float = 0.0) -> ScheduleOutput:
         out = ScheduleOutput(Batch(), [], [], [])
         budget = self.config.max_num_batched_tokens
-        batch, running = out.batch, self.running
+        state = self.state
+        batch, running, pages_for = out.batch, state.running, state.kv.pages_for
         i = 0
         while i < len(running) and budget > 0:
             seq = running[i]
             n = min(seq.known_len - seq.num_computed, budget)
-            need = self.kv.pages_for(seq.num_computed + n) - len(seq.pages)
+            need = pages_for(seq.num_computed + n) - len(seq.pages)
             if need > 0:
                 room = self._make_room(need, i, out)
                 if room is Room.SELF_PREEMPTED:  # running[i] is now the next sequence
@@ -177,7 +176,7 @@ class Scheduler:
                 if room is Room.NO_VICTIM:  # it waits for a step that frees pages
                     i += 1
                     continue
-                self.state.grow(seq, need)
+                state.grow(seq, need)
             batch.add(seq, n)
             budget -= n
             i += 1
@@ -203,8 +202,8 @@ class Scheduler:
         return Room.MADE
 
     def _admit(self, out: ScheduleOutput, budget: int, now: float) -> None:
-        kv, waiting, cfg = self.kv, self.waiting, self.config
-        receives = self.receive_queue
+        state, cfg = self.state, self.config
+        kv, waiting, receives = state.kv, state.waiting, state.receive_queue
         while receives:
             plan = self._fit_reservation(receives[0])
             if plan is None:
@@ -212,7 +211,7 @@ class Scheduler:
             out.admitted_receives.append(self.state.admit_reservation(*plan, now))
         while waiting:
             seq = waiting[0]
-            if budget <= 0 or len(self.running) + len(self.receiving) >= cfg.max_num_seqs:
+            if budget <= 0 or len(state.running) + len(state.receiving) >= cfg.max_num_seqs:
                 return
             hit = self._match_prefix(seq) if not seq.pages else []
             held = len(seq.pages) + len(hit)
@@ -248,12 +247,13 @@ class Scheduler:
 
     def _fit_reservation(self, seq: Sequence) -> tuple[list[int], int] | None:
         """(cached pages it reuses, pages it needs) if the reservation heading its queue fits now."""
-        kv = self.kv
-        if len(self.receiving) >= self._receive_slots or len(self.running) + len(self.receiving) >= self.config.max_num_seqs:
+        state = self.state
+        kv, receiving = state.kv, state.receiving
+        if len(receiving) >= self._receive_slots or len(state.running) + len(receiving) >= self.config.max_num_seqs:
             return None
         hit = self._match_prefix(seq) if not seq.pages else []
         need = kv.pages_for(seq.target) - len(hit)
-        over_share = self.reserved_pages + len(hit) + need > self._receive_cap
+        over_share = state.reserved_pages + len(hit) + need > self._receive_cap
         if over_share or kv.num_available - kv.count_unreferenced(hit) - need < self._reserve_for_running():
             seq.matched = False  # match again next time: the cache may change meanwhile
             return None
@@ -340,8 +340,9 @@ class Scheduler:
         return len(self.kv.match(request_page_keys(req, self.page_size))) * self.page_size
 
     def load(self, engine_id: str) -> EngineLoad:
-        kv = self.kv
+        state = self.state
+        kv = state.kv
         return EngineLoad(
-            engine_id, len(self.waiting) + len(self.receive_queue), len(self.running), len(self.receiving),
-            self.queued_prefill_tokens, kv.num_free, kv.num_cached, kv.num_pages, self.page_size,
+            engine_id, len(state.waiting) + len(state.receive_queue), len(state.running), len(state.receiving),
+            state.queued_prefill_tokens, kv.num_free, kv.num_cached, kv.num_pages, self.page_size,
         )

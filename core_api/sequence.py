@@ -65,14 +65,15 @@ class Sequence:
     # KV into it (issued by the receiver with its KVAddr). The simulator leaves both unset.
     owner: object = None
     kv_token: str = ""
+    # The prompt's length, read on every scheduling decision: kept as a plain int.
+    prompt_len: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.prompt_len = self.req.prompt.shape[0]
 
     @property
     def id(self) -> str:
         return self.req.id
-
-    @property
-    def prompt_len(self) -> int:
-        return self.req.prompt.shape[0]
 
     @property
     def known_len(self) -> int:

@@ -40,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from core_api.step import StepFeatures
@@ -56,6 +57,16 @@ class CostModel(Protocol):
     def describe(self) -> dict:
         """JSON-able description echoed into RunResult (kind, gpu, model, tp, profile...)."""
         ...
+
+
+def decode_contexts(f: StepFeatures, k: int) -> np.ndarray:
+    """decode_context of k pure-decode steps from `f` on (each step adds one token per sequence),
+    as floats: what step_time multiplies them as."""
+    return (f.decode_context + f.decode_seqs * np.arange(k, dtype=np.int64)).astype(np.float64)
+
+# A cost model may also offer `decode_step_times(f, k) -> np.ndarray`: step_time of k pure-decode
+# steps from `f` on, bit for bit what k calls would give (the same float operations in the same
+# order, element-wise), so the simulator prices a decode run in one call (sim.engine).
 
 
 class RooflineEfficiency(BaseModel):
@@ -138,6 +149,20 @@ class RooflineCostModel:
             t += roof(f.sampled * self._s_head_row, self._s_head_weights)
         return t
 
+    def decode_step_times(self, f: StepFeatures, k: int) -> np.ndarray:
+        """step_time of k pure-decode steps from `f` on (see decode_contexts), element-wise the
+        operations step_time does."""
+        tokens = f.prefill_tokens + f.decode_seqs
+        roof = self._roof
+        t = self._s_fixed + self._s_ar_fixed + tokens * (self._s_act_token + self._s_ar_token + self._s_kv_token)
+        t += roof(tokens * self._s_lin_token, self._s_lin_weights)
+        ctx = decode_contexts(f, k)
+        a, b = ctx * self._s_attn_unit, ctx * self._s_kv_token
+        times = t + (a + b - self._overlap * np.minimum(a, b))
+        if f.sampled:
+            times = times + roof(f.sampled * self._s_head_row, self._s_head_weights)
+        return times
+
     def linear_layer_time(self, tokens: int) -> float:
         """Linear layers of one layer (QKV, O, MLP) for `tokens` tokens: the term calibrated
         against Vidur; includes the per-layer kernel floor."""
@@ -206,6 +231,13 @@ class FittedCostModel:
              + self._p_attn * f.prefill_attn + self._p_ctx * f.prefill_context + self._d_seq * f.decode_seqs
              + self._d_ctx * f.decode_context + self._sampled * f.sampled)
         return max(0.0, t)  # an extrapolating fit must never move the clock backwards
+
+    def decode_step_times(self, f: StepFeatures, k: int) -> np.ndarray:
+        """step_time of k pure-decode steps from `f` on, element-wise the same operations."""
+        head = (self._const + self._p_tok * f.prefill_tokens + self._p_seq * f.prefill_seqs
+                + self._p_attn * f.prefill_attn + self._p_ctx * f.prefill_context + self._d_seq * f.decode_seqs)
+        times = head + self._d_ctx * decode_contexts(f, k) + self._sampled * f.sampled
+        return np.maximum(times, 0.0)
 
     def describe(self) -> dict:
         return {"kind": "fitted", **self.info, "coefficients": dict(self.coefficients)}

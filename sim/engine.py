@@ -19,9 +19,9 @@ import simpy
 from core_api.engine import EngineLoad
 from core_api.errors import RequestRejected, RequestReleased, ReservationExpired, TransferFailed
 from core_api.scheduler import Scheduler, SchedulerConfig
-from core_api.sequence import FINISHED, SENT, Sequence
-from core_api.step import StepFeatures
+from core_api.sequence import FINISHED, RUNNING, SENT, Sequence
 from core_api.types import KVAddr, Request, TokenChunk
+from sim.decode_run import decode_run_times
 from sim.engine_faults import EngineFaults
 from sim.host import HostEffects
 from sim.runtime import SimWait
@@ -69,6 +69,7 @@ class SimEngine(HostEffects, EngineFaults):
         self._run_times: list[float] = []
         self._run_cut: int | None = None  # steps of the run to apply, when cut short
         self._run_batch = None  # the batch a decode run repeats
+        self._run_claimed = 0  # steps of the run whose pages its sequences hold (_claim_run_pages)
         self.steps = 0
         self.busy_s = 0.0
         # Apply runs of identical decode steps at once (exact same times; see decode_run_length).
@@ -137,6 +138,7 @@ class SimEngine(HostEffects, EngineFaults):
     async def release(self, req_id: str) -> None:
         if self.down is not None:
             return  # nothing of it is left there
+        self._claim_run_pages()  # pages a run's steps took so far go first, as when stepping
         for seq in self.sched.release(req_id):
             self._notify_failure(seq, RequestReleased(f"request {req_id} released on engine {self.id}"))
         self._pages_freed()
@@ -202,20 +204,12 @@ class SimEngine(HostEffects, EngineFaults):
     def _decode_run(self, batch, run: int, life: int):
         """Up to `run` pure-decode steps as one timeout. A wake-up (new work) cuts the run short
         at the end of the step in progress, so nothing is scheduled later than it would be."""
-        env, f = self.env, batch.features
-        start, step_time, features = env.now, self.cost_model.step_time, StepFeatures(
-            decode_seqs=f.decode_seqs, sampled=f.sampled)
-        times, t, context, longest = [], start, f.decode_context, f.decode_max_context
-        deadline = self._next_expiry()
-        for _ in range(run):
-            if deadline is not None and times and t >= deadline:
-                break  # a reservation expires: the loop must look at it before the next step
-            features.decode_context, features.decode_max_context = context, longest
-            t += step_time(features) * self._speed_factor(t)
-            times.append(t)
-            context += f.decode_seqs
-            longest += 1
-        self._run_times, self._run_cut, self._run_batch = times, None, batch
+        env = self.env
+        start = env.now
+        times, durations = decode_run_times(self.cost_model, batch.features, run, start, self._next_expiry(),
+                                            None if not self._slow else self._speed_factor)
+        t = times[-1]
+        self._run_times, self._run_cut, self._run_batch, self._run_claimed = times, None, batch, 0
         self._run_end = end = env.event()
         env.timeout(t - start).callbacks.append(lambda _ev: end.triggered or end.succeed())
         yield end
@@ -229,7 +223,10 @@ class SimEngine(HostEffects, EngineFaults):
         if life != self.incarnation:
             return  # the engine died during the run
         self.steps += len(times)
-        self.busy_s += times[-1] - start
+        busy = self.busy_s
+        for d in durations[: len(times)]:  # step by step, as stepping adds them
+            busy += d
+        self.busy_s = busy
         self._after_step(self.sched.apply_decode_run(batch, times), len(times))
 
     def _after_schedule(self, out) -> None:
@@ -296,6 +293,7 @@ class SimEngine(HostEffects, EngineFaults):
 
     def _send_over(self, seq: Sequence) -> None:
         send: _Send = seq.handle
+        self._claim_run_pages()
         self.sched.finish_send(seq.id)
         self._pages_freed()
         if not send.done.triggered:
@@ -310,6 +308,7 @@ class SimEngine(HostEffects, EngineFaults):
             if handle.in_flight:
                 return  # _land finishes it once the bytes in flight are accounted
             event = handle.done
+            self._claim_run_pages()
             self.sched.finish_send(seq.id)
             self._pages_freed()
         else:
@@ -348,14 +347,22 @@ class SimEngine(HostEffects, EngineFaults):
 
     def _claim_run_pages(self) -> None:
         """During a decode run, give its sequences the pages stepping would have given them by
-        now (each step takes its pages when it is scheduled), so that whatever looks at or takes
-        pages meanwhile sees what it would see between real steps."""
+        now (each step takes its pages when it is scheduled), so that whatever looks at, takes or
+        gives back pages meanwhile sees what it would see between real steps: called before each
+        of those, the run's pages are taken in the order stepping takes them."""
         batch = self._run_batch
         if batch is None:
             return
         state, times = self.sched.state, self._run_times
-        started = min(bisect_left(times, self.env.now) + 1, len(times))  # the step in progress included
+        # The step in progress included; at a step boundary the next step has begun (stepping
+        # schedules it when the step ending then completes, before events queued for that instant).
+        started = min(bisect_left(times, self.env.now) + 1, len(times))
+        if started == self._run_claimed:  # pages only change hands here and in the run itself
+            return
+        self._run_claimed = started
         for seq in batch.seqs:
+            if seq.status != RUNNING:  # released during the run: its pages are gone for good
+                continue
             need = state.kv.pages_for(seq.num_computed + started) - len(seq.pages)
             if need > 0:
                 state.grow(seq, need)

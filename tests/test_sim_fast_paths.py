@@ -1,0 +1,76 @@
+"""The simulator's fast paths change nothing it reports: decode runs applied in one go (priced
+in one call when the cost model can) give byte-identical results to stepping every step and
+pricing each, on configurations that exercise what could make them differ: PD and balanced PD
+transfers, prefix-cache hits, preemption under memory pressure, context migration, reservations
+admitted and pages taken while a run is in progress."""
+from __future__ import annotations
+
+import pytest
+
+from core_api.workload import generate
+from sim.cluster import SimCluster
+from sim.config import SimConfig
+from sim.cost_model import FittedCostModel, RooflineCostModel
+
+WORKLOAD = {"num_requests": 120, "arrival": {"rate": 25},
+            "prompt_len": {"kind": "lognormal", "mean": 800, "sigma": 0.8, "max": 6000},
+            "output_len": {"kind": "uniform", "low": 1, "high": 300},
+            "prefix": {"num_groups": 4, "prefix_len": 512, "fraction": 0.5}}
+
+CONFIGS = {
+    "pd": {"engines": [{"count": 3}], "strategy": {"name": "pd", "params": {"prefill": ["e0"], "decode": ["e1", "e2"]}}},
+    "balanced_pd": {"engines": [{"count": 2}], "strategy": {"name": "balanced_pd", "params": {"ratio": 0.3}}},
+    "prefix_caching": {"engines": [{"count": 2}], "strategy": {"name": "prefix_aware"}},
+    "preemption": {"engines": [{"count": 2, "num_pages": 700}], "strategy": {"name": "round_robin"}},
+    "migration": {"engines": [{"count": 3}], "strategy": {"name": "prefix_migration"}},
+    "pages_taken_mid_run": {"engines": [{"count": 4, "num_pages": 800}], "strategy": {"name": "pd_prefix_aware"}},
+    "fitted_cost_model": {"engines": [{"count": 2, "num_pages": 900}], "strategy": {"name": "pd"}},
+}
+
+
+class StepPriced:
+    """A cost model without the one-call decode pricing: the simulator prices each step."""
+
+    def __init__(self, model) -> None:
+        self.step_time, self.describe = model.step_time, model.describe
+
+
+def _run(name: str, fast: bool, priced_runs: bool = True, seed: int = 5):
+    config = SimConfig.model_validate({"cluster": CONFIGS[name], "workload": WORKLOAD, "seed": seed})
+    cluster = SimCluster(config.cluster)
+    for engine in cluster.engines.values():
+        if name == "fitted_cost_model":  # a linear step model with every decode coefficient set
+            engine.cost_model = FittedCostModel({"const": 4e-3, "prefill_tokens": 5e-5, "decode_seqs": 2e-5,
+                                                 "decode_context": 3e-8, "sampled": 1e-5, "prefill_attn": 1e-9})
+        engine.fast_forward = fast
+        if not priced_runs:
+            engine.cost_model = StepPriced(engine.cost_model)
+    result = cluster.run(generate(config.workload), seed=config.seed)
+    cluster.check_no_leaks()
+    return result
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_fast_paths_give_byte_identical_results(name):
+    fast, stepped = _run(name, fast=True), _run(name, fast=False, priced_runs=False)
+    fast_step_priced = _run(name, fast=True, priced_runs=False)
+    assert fast.to_json() == stepped.to_json() == fast_step_priced.to_json()
+    assert all(r.status == "ok" for r in fast.records)
+    steps = sum(s["steps"] for s in fast.engine_stats.values())
+    assert steps > len(fast.records)  # decode steps did happen (and were fast-forwarded)
+    if name == "preemption":
+        assert sum(s["preemptions"] for s in fast.engine_stats.values()) > 0
+
+
+def test_a_decode_run_priced_in_one_call_equals_its_steps_bit_for_bit():
+    from core_api.step import StepFeatures
+
+    for model in (RooflineCostModel("H100-SXM", "Llama-3.1-8B", tp=2),
+                  FittedCostModel({"const": 1e-3, "decode_seqs": 1e-5, "decode_context": 2e-8, "sampled": 3e-6})):
+        f = StepFeatures(decode_seqs=37, decode_context=37 * 900, decode_max_context=1500, sampled=37)
+        priced = model.decode_step_times(f, 500).tolist()
+        stepped = []
+        for i in range(500):
+            stepped.append(model.step_time(StepFeatures(decode_seqs=37, decode_context=37 * 900 + 37 * i,
+                                                        decode_max_context=1500 + i, sampled=37)))
+        assert priced == stepped
