@@ -104,3 +104,13 @@ def test_many_records_pool_itl_and_attainment():
     records = [rec(f"r{i}", a, (a + 0.05 + 0.02 * np.arange(20)).tolist()) for i, a in enumerate(arr)]
     m = summarize(records, slos={"ttft_ms": 60, "tpot_ms": 25})
     assert m["mean_itl_ms"] == pytest.approx(20) and m["slo_attainment"] == 1.0
+
+
+def test_median_is_numpys_to_the_bit():
+    from core_api.metrics import median
+
+    rng = np.random.default_rng(7)
+    for n in [*range(1, 40), 1000, 1001]:
+        values = rng.lognormal(3, 2, n) * 1000.0
+        assert median(values) == float(np.median(values))
+    assert np.isnan(median(np.array([1.0, np.nan, 3.0])))
