@@ -1,4 +1,4 @@
-"""What a KV transport is, and the registry that finds one by its mode.
+"""What a KV transport is; the package real.transports holds one module per transport and finds them.
 
 A transfer is always: the sender names pages of its pool and the receiver's pages for the same
 tokens (page j of the reservation holds tokens [begin + j*ps, begin + (j+1)*ps), same alignment

@@ -354,8 +354,8 @@ class SimEngine(HostEffects, EngineFaults):
         if batch is None:
             return
         state, times = self.sched.state, self._run_times
-        # The step in progress included; at a step boundary the next step has begun (stepping
-        # schedules it when the step ending then completes, before events queued for that instant).
+        # The step in progress included; at a step boundary, the step ending then but not the next
+        # one (what stepping does for the events of that instant: tests/test_sim_fast_paths.py).
         started = min(bisect_left(times, self.env.now) + 1, len(times))
         if started == self._run_claimed:  # pages only change hands here and in the run itself
             return
