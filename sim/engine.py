@@ -111,7 +111,7 @@ class SimEngine(HostEffects, EngineFaults):
             )
         seq = self._taking_pages(lambda: self.sched.add_send(req, begin, end))  # a cached range holds pages now
         seq.handle = send = _Send(self.env, receiver, begin)
-        self._overhead += self.send_overhead_s
+        self.charge(self.send_overhead_s)
         if seq.status == SENT:  # served whole by the prefix cache: ship at once
             self._ship(seq, end)
         else:

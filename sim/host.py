@@ -67,4 +67,9 @@ class HostEffects:
             return
         share = tokens * self.router_cpu_per_token_s / len(busy)
         for e in busy:
-            e._overhead += share
+            e.charge(share)
+
+    def charge(self, seconds: float) -> None:
+        """CPU time this engine owes to work outside its steps (calls, a router on its core),
+        added to its next step."""
+        self._overhead += seconds
