@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from core_api.engine import Engine
 from core_api.errors import EngineCallError
+from core_api.hashing import forget_page_keys
 from core_api.runtime import Runtime
 from core_api.strategy import Strategy
 from core_api.types import Request, RequestRecord
@@ -34,3 +35,4 @@ async def serve_request(strategy: Strategy, engines: Sequence[Engine], req: Requ
     tags = strategy.pop_tags(req.id)
     if tags:
         record.tags = tags
+    forget_page_keys(req)

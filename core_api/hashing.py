@@ -40,6 +40,13 @@ def prefix_keys(tokens: np.ndarray, page_size: int) -> list[bytes]:
     return keys
 
 
+def forget_page_keys(req: Request) -> None:
+    """Drop the request's cached keys once it is served: engines keep the keys of the pages they
+    cache, and a request that comes back gets the same keys computed again. (A 100k-request
+    simulation otherwise holds every prompt's keys to the end.)"""
+    req._page_hashes.clear()
+
+
 def request_page_keys(req: Request, page_size: int) -> list[bytes]:
     """prefix_keys of the request's prompt, computed once per page size."""
     keys = req._page_hashes.get(page_size)
