@@ -16,6 +16,7 @@ instance on this machine (what the tests do); `--ray auto` joins the cluster thi
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterable, Iterator
 
 from experiments.sweep_spec import RunSpec
@@ -29,6 +30,17 @@ def _task(run_json: str) -> str:
     from experiments.sweep import _worker
 
     return _worker(run_json)
+
+
+def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """Fail at once when a head's port does not answer: Ray itself retries for minutes."""
+    if not address or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        raise RayUnavailable(f"cannot reach a Ray head at {address}: {exc}") from None
 
 
 def _failed_line(run: RunSpec, exc: BaseException) -> dict:
@@ -46,8 +58,12 @@ def execute_on_ray(runs: list[RunSpec], address: str | None, jobs: int | None = 
         raise RayUnavailable("--ray needs Ray: pip install 'llm-microserving[ray]'") from None
     started_here = not ray.is_initialized()
     if started_here:
+        _check_reachable(address)
         runtime_env = {"working_dir": working_dir} if working_dir else None
-        ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError) as exc:  # e.g. `auto` with no cluster on this node
+            raise RayUnavailable(f"cannot start or join Ray at {address or 'a new local instance'}: {exc}") from None
     try:
         yield from _drain(ray, runs, jobs)
     finally:

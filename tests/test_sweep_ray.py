@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 WRONG_ENGINE = {"name": "pd", "label": "pd_e9", "params": {"prefill": ["e0"], "decode": ["e9"]}}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
@@ -68,3 +68,19 @@ def test_a_run_whose_task_dies_is_recorded_as_failed(local_ray, tmp_path, monkey
     failed = [ln for ln in read_results(out) if ln["status"] == "error"]
     assert {ln["labels"]["seed"] for ln in failed} == {1}
     assert all("Ray task of this run failed" in ln["error"] for ln in failed)
+
+
+def test_an_unreachable_head_is_an_error_at_once(tmp_path, capsys):
+    import socket
+
+    from microserving.cli import main
+
+    assert not ray.is_initialized()  # else the sweep would run on the instance already joined
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = tmp_path / "s.json"
+    spec.write_text(json.dumps({**TINY, "seeds": [0]}))
+    assert main(["sweep", str(spec), "-o", str(tmp_path / "r.jsonl"), "--ray", f"127.0.0.1:{port}",
+                 "--no-plots"]) == 2
+    assert f"cannot reach a Ray head at 127.0.0.1:{port}" in capsys.readouterr().err
