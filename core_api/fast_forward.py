@@ -18,8 +18,9 @@ def decode_run_length(state: SchedulerState, eos: int | None, batch: Batch, out:
     interrupts: the batch holds every running sequence, each decodes one token, none can stop
     early (no stop tokens), and the pages all of them will need fit. Then the next steps differ
     only in context length, and the simulator may apply them in one go (`apply_decode_run`)
-    instead of stepping each; 1 means step normally. Waiting sequences stay blocked meanwhile:
-    they were not admitted now, and decoding only takes pages and budget away."""
+    instead of stepping each; 1 means step normally. Nothing may wait: stepping would try to admit
+    it at every step, and what it finds (free pages, the prefix cache as decoding evicts) can let it
+    in mid-run, which a run applied in one go would miss (tests/test_sim_fast_paths.py)."""
     seqs = batch.seqs
     if (out.admitted_receives or out.preempted or state.waiting or len(seqs) != len(state.running)
             or batch.features.decode_seqs != len(seqs) or not seqs):
