@@ -66,10 +66,8 @@ class SchedulerState:
     def send_cached(self, seq: Sequence, hit: list[int]) -> None:
         """A new send whose whole range the prefix cache holds: SENT at once, no compute."""
         self._send[seq.id] = seq
-        self.kv.acquire(hit)
-        self.kv.count_hit(seq.target)
-        seq.pages, seq.num_registered = hit, len(hit)
-        seq.num_cached = seq.num_computed = seq.target
+        self._take_hit(seq, hit, seq.target)
+        seq.num_computed = seq.target
         seq.status = SENT
         self.sending[seq.id] = seq
 

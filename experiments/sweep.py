@@ -39,7 +39,7 @@ def run_one(run: RunSpec) -> dict:
     from core_api.workload import generate
     from sim.cluster import SimCluster
 
-    line = {"key": run.key, "labels": run.labels, "config": run.config()}
+    line = line_head(run)
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -62,6 +62,11 @@ def run_one(run: RunSpec) -> dict:
                  "traceback": traceback.format_exc(limit=-3)}
     line["wall_s"] = time.perf_counter() - t0
     return line
+
+
+def line_head(run: RunSpec) -> dict:
+    """What every result line of a run starts with, however the run ended."""
+    return {"key": run.key, "labels": run.labels, "config": run.config()}
 
 
 def samples(records) -> dict[str, list[float]]:

@@ -44,8 +44,10 @@ def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
 
 
 def _failed_line(run: RunSpec, exc: BaseException) -> dict:
-    return {"key": run.key, "labels": run.labels, "config": run.config(), "status": "error",
-            "error": f"{type(exc).__name__}: the Ray task of this run failed: {exc}".strip(), "wall_s": 0.0}
+    from experiments.sweep import line_head
+
+    return line_head(run) | {"status": "error", "wall_s": 0.0,
+                             "error": f"{type(exc).__name__}: the Ray task of this run failed: {exc}".strip()}
 
 
 def execute_on_ray(runs: list[RunSpec], address: str | None, jobs: int | None = None,
