@@ -1,11 +1,12 @@
 """Fit the roofline's efficiency factors to public GPU measurements, and measure how it generalizes.
 
 The roofline (sim.cost_model.RooflineCostModel) turns datasheet peaks into step times with a
-handful of factors: the fraction of peak FLOP/s GEMMs reach, of HBM bandwidth, of peak for
-attention, and fixed costs per layer and per step. Fitted here by least squares on the log
-ratio of predicted to measured time (a relative error, so a 10 us kernel and a 1 s prefill
-count alike), each group of observations (source, GPU, model, TP) weighted equally so the
-largest file does not decide the fit.
+handful of factors: the fractions of peak FLOP/s GEMMs reach and of HBM bandwidth (the GPU's),
+the fraction of peak attention kernels reach and fixed costs per layer and per step (the
+software's, fitted per source). Fitted by least squares on the log ratio of predicted to
+measured time (a relative error, so a 10 us kernel and a 1 s prefill count alike), each group
+of observations (source, GPU, model, TP) weighted equally so the largest file does not decide
+the fit.
 
 Three fits answer three questions:
 - per GPU: the best roofline for a GPU that has measurements (a `kind: roofline` profile);
@@ -29,17 +30,21 @@ from sim.cost_model import RooflineCostModel, RooflineEfficiency
 from sim.layer_profile import ProfileSource
 from sim.roofline_profile import RooflineProfile
 
-# name -> (lower, upper bound). The efficiencies describe the GPU and are shared by every
-# source; the fixed costs per layer and per step describe the software that ran the kernels
-# (eager Hugging Face layers, vLLM with CUDA graphs, Splitwise's engine) and are fitted per
-# source, so one engine's launch overheads do not distort another's or the GPU's factors.
+# name -> (lower, upper bound). The efficiencies of GEMMs and HBM describe the GPU and are shared
+# by every source. What describes the software that ran the kernels is fitted per source: its
+# fixed costs per layer and per step (eager Hugging Face layers, vLLM with CUDA graphs,
+# Splitwise's engine), and how fast its attention kernels are, which depends on the kernels an
+# engine ships (FlashAttention's generation, or none) as much as on the GPU: Splitwise's
+# Llama-2-70B steps, the only attention measured on A100 and H100, reach 0.08 of peak, vLLM's
+# kernels on the RTX cards 0.7-0.8. As a GPU factor, Splitwise's value became the attention of
+# every A100 and H100 roofline and priced a vLLM engine's prefill attention 10x too slow.
 GPU_PARAMS: dict[str, tuple[float, float]] = {
     "compute": (0.05, 1.0),
     "memory": (0.05, 1.0),
-    "attention": (0.02, 1.0),
     "overlap": (0.0, 1.0),
 }
 ENGINE_PARAMS: dict[str, tuple[float, float]] = {
+    "attention": (0.02, 1.0),
     "layer_overhead_s": (0.0, 2e-4),
     "step_overhead_s": (0.0, 5e-2),
 }
@@ -85,14 +90,19 @@ class RooflineFit:
 
     def efficiency(self, gpu: str = ANY_GPU, source: str | None = None) -> RooflineEfficiency:
         """The factors for `gpu` (its own when fitted per GPU, else the shared ones) with `source`'s
-        fixed costs (default: the vLLM source's, else the median over sources)."""
+        software factors (default: the vLLM source's). A factor the source did not fit (a source of
+        single layers has no steps, so no attention or per-step cost) is the median over the sources
+        that fitted it, or the model's default if none did."""
         factors = self.gpus.get(gpu) or self.gpus[ANY_GPU]
-        source = source or DEFAULT_ENGINE_SOURCE
-        if source in self.engines:
-            fixed = self.engines[source]
-        else:
-            fixed = {k: float(np.median([e[k] for e in self.engines.values()])) for k in ENGINE_PARAMS}
-        return RooflineEfficiency.model_validate({**RooflineEfficiency().model_dump(), **factors, **fixed})
+        own = self.engines.get(source or DEFAULT_ENGINE_SOURCE, {})
+        software = {}
+        for name in ENGINE_PARAMS:
+            fitted = [e[name] for e in self.engines.values() if name in e]
+            if name in own:
+                software[name] = own[name]
+            elif fitted:
+                software[name] = float(np.median(fitted))
+        return RooflineEfficiency.model_validate({**RooflineEfficiency().model_dump(), **factors, **software})
 
 
 def fit(observations: Sequence[Observation], per_gpu: bool = False) -> RooflineFit:
@@ -108,7 +118,7 @@ def fit(observations: Sequence[Observation], per_gpu: bool = False) -> RooflineF
     weights = np.array([1.0 / math.sqrt(counts[group_of(o)]) for o in observations])
     measured = np.log([o.seconds for o in observations])
     base = RooflineEfficiency()
-    # A source that timed only single layers says nothing about per-step costs: it gets none.
+    # A source that timed only single layers says nothing about attention or per-step costs.
     stepped = {o.source for o in observations if o.kind == "step"}
     blocks = [(GPU_PARAMS, g) for g in gpus] + [
         (ENGINE_PARAMS if src in stepped else LAYER_ONLY_PARAMS, src) for src in sources]
@@ -120,12 +130,8 @@ def fit(observations: Sequence[Observation], per_gpu: bool = False) -> RooflineF
         out: dict[str, dict] = {"gpus": {}, "engines": {}}
         k = 0
         for params, key in blocks:
-            values = {"step_overhead_s": 0.0, **dict(zip(params, map(float, x[k: k + len(params)])))}
-            if params is GPU_PARAMS:
-                out["gpus"][key] = values
-                del values["step_overhead_s"]
-            else:
-                out["engines"][key] = values
+            values = dict(zip(params, map(float, x[k: k + len(params)])))
+            out["gpus" if params is GPU_PARAMS else "engines"][key] = values
             k += len(params)
         return RooflineFit(out["gpus"], out["engines"])
 

@@ -44,7 +44,7 @@ def fit_public_rooflines(data: Path, out: Path, progress: Callable[[str], None] 
         errors = {"in_sample": row["per_gpu_mape"], "gpu_holdout": row["gpu_holdout_mape"]}
         errors |= {f"tp_holdout.{r['source']}.{r['model']}.tp{r['tp_left_out']}": r["heldout_mape"]
                    for r in tp_rows if r["gpu"] == gpu}
-        to_profile(per_gpu.efficiency(gpu), gpu, mine, errors, "fitted on this GPU's measurements, fixed costs "
+        to_profile(per_gpu.efficiency(gpu), gpu, mine, errors, "fitted on this GPU's measurements, attention and fixed costs "
                    "of the vLLM engine").save(out / f"roofline-{gpu}.json")
         others = [o for o in observations if o.gpu != gpu]
         to_profile(holdout[gpu].efficiency(gpu), gpu, others, {"on_this_gpu": row["gpu_holdout_mape"]},
@@ -62,6 +62,6 @@ def fit_public_rooflines(data: Path, out: Path, progress: Callable[[str], None] 
     (out / "roofline-report.json").write_text(json.dumps(report, indent=1) + "\n")
     print("\n".join(lines))
     print(f"all-GPU factors (the defaults): {json.dumps({k: round(v, 4) for k, v in shared.gpus[ANY_GPU].items()})}; "
-          f"vLLM fixed costs {json.dumps({k: float(f'{v:.3g}') for k, v in shared.engines.get('vllm-layers', {}).items()})}")
+          f"vLLM attention and fixed costs {json.dumps({k: float(f'{v:.3g}') for k, v in shared.engines.get('vllm-layers', {}).items()})}")
     print(f"wrote {out}/roofline-<gpu>.json, roofline-<gpu>.holdout.json, roofline-any.json, roofline-report.json")
     return 0

@@ -12,7 +12,8 @@ sweep (0 .. 0.5) at the highest rate shows where balanced PD's best ratio lies.
 
 Steps are priced by the roofline fitted to the public H100 measurements
 (calibration/profiles/roofline-H100-SXM.json: Vidur's and Hugging Face layer timings, Splitwise's
-Llama-2-70B prefill and decode steps on H100, with vLLM's fixed costs); `--profile` takes another.
+Llama-2-70B prefill and decode steps on H100, with vLLM's attention and fixed costs); `--profile`
+takes another.
 
 Runs go through the sweep runner (parallel, resumable: results/paper_microserving/*.jsonl).
 Writes table.md / table.csv, ratio_sweep.md, paper_microserving.png under --out; with
@@ -160,6 +161,16 @@ fixed per-layer costs do not shrink with more GPUs per engine, so that edge is s
 old pricing said. At the highest rate balanced PD still wins, by a wider margin, and the best
 ratio is unchanged. Treat the absolute numbers with the H100 fit's own error in mind (about 9%
 over the H100 measurements, 12% for a fit that never saw an H100; docs/fidelity.md).
+
+Later the same month attention moved from the GPU's factors to the engine's: how fast attention
+runs depends on the kernels an engine ships as much as on the GPU, and the 0.07 of peak above was
+Splitwise's engine, not what a vLLM engine reaches on an H100. The fitted roofline now carries
+vLLM's attention (0.69 of peak, fitted on vLLM's own per-layer profiles) with the H100's GEMM and
+memory factors. Prefill of these 3000-token prompts got cheaper: mean TTFT fell by 12-48% (most
+where queues had formed), JCTs by 2-16%, TPOT by up to 13% where prefills share steps with
+decodes (data parallel, TP8) and not on PD's decode engines. The conclusions hold: 1P1D has the
+lowest p99 JCT at 1.6 req/s, balanced PD at 5.6 req/s (now 5% below 1P1D instead of 14%), and
+the best balance ratio is still 0.15.
 """
 
 

@@ -2,6 +2,8 @@
 a fit that recovers known factors, roofline profiles that price any model and TP on their GPU."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from calibration.public_data import Observation, h100_v0_layers, splitwise, vidur_mlp
@@ -112,3 +114,17 @@ def test_a_roofline_profile_prices_any_model_and_tp_on_its_gpu_only(tmp_path):
         assert cm.describe()["efficiency"]["compute"] == pytest.approx(TRUE.compute, rel=0.02)
     with pytest.raises(ProfileMismatch, match="roofline fitted for GPU 'H100-SXM', engine e0 runs on 'A100-80G'"):
         SimCluster(ClusterConfig(engines=[EngineConfig(gpu="A100-80G")], cost_model=str(tmp_path / "h100.json")))
+
+
+def test_attention_speed_belongs_to_the_engine_that_measured_it_not_to_the_gpu():
+    """An old engine's slow attention, the only attention measured on one GPU besides a modern
+    engine's, must not become that GPU's attention for every engine: each source keeps its own."""
+    slow = TRUE.model_copy(update={"attention": 0.08, "step_overhead_s": 5e-3})
+    old_engine = [dataclasses.replace(o, source="old-engine")
+                  for o in synthetic_observations(slow, gpus=("A100-80G",))
+                  if o.kind == "step" and not o.features.decode_seqs]  # whole prefill steps only
+    obs = synthetic_observations(TRUE) + old_engine
+    fitted = fit(obs, per_gpu=True)
+    assert fitted.efficiency("A100-80G", "engine").attention == pytest.approx(TRUE.attention, rel=0.02)
+    assert fitted.efficiency("A100-80G", "old-engine").attention == pytest.approx(0.08, rel=0.02)
+    assert mape(obs, fitted) < 1e-3
