@@ -5,8 +5,11 @@ Layout (as written by vLLM benchmark recorders such as LLMServingSim's `bench`):
 - `requests.jsonl`: per request `request_id, input_toks, output_toks, queued_ts, first_token_ts,
   last_token_ts` (engine-monotonic seconds; `queued_ts` is the arrival on that clock);
 - `meta.json`: `engine_kwargs` (max_num_seqs, max_num_batched_tokens, max_model_len, dtype,
-  tensor_parallel_size), `model`, and where recorded `kv_cache` (num_gpu_blocks, block_size,
-  enable_prefix_caching, gpu_memory_utilization) and `hardware.device_name`;
+  tensor_parallel_size, quantization, kv_cache_dtype), `model`, and where recorded `kv_cache`
+  (num_gpu_blocks, block_size, enable_prefix_caching, gpu_memory_utilization),
+  `hardware.device_name` and `resolved_config` (vLLM's configuration as it ran: its scheduler,
+  model, parallel and cache sections, which take precedence, since they include the defaults the
+  engine filled in);
 - `timeseries.csv` (optional): per tick `t, running, waiting, kv_cache_pct, ...`;
 - the workload it replayed (optional; `meta.dataset_path`, JSONL with `input_tok_ids`), which
   gives the prompts' real token ids and so their shared prefixes.
@@ -48,21 +51,54 @@ class RequestLine(BaseModel):
         return self
 
 
-class EngineKwargs(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    max_num_seqs: int = Field(256, ge=1)
-    max_num_batched_tokens: int = Field(2048, ge=1)
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+
+class EngineKwargs(_Section):
+    """What the recorder passed to the engine; unset fields took the engine's defaults, which
+    `resolved_config` (when recorded) states."""
+    max_num_seqs: int | None = Field(None, ge=1)
+    max_num_batched_tokens: int | None = Field(None, ge=1)
     max_model_len: int | None = Field(None, ge=1)
-    dtype: str = "bfloat16"
-    tensor_parallel_size: int = Field(1, ge=1)
+    dtype: str | None = None
+    tensor_parallel_size: int | None = Field(None, ge=1)
+    quantization: str | None = None
+    kv_cache_dtype: str | None = None
 
 
-class KVCacheInfo(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class KVCacheInfo(_Section):
     num_gpu_blocks: int | None = Field(None, ge=1)
-    block_size: int = Field(16, ge=1)
-    enable_prefix_caching: bool = True
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    block_size: int | None = Field(None, ge=1)
+    enable_prefix_caching: bool | None = None
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+
+
+class _ResolvedScheduler(_Section):
+    max_num_seqs: int | None = Field(None, ge=1)
+    max_num_batched_tokens: int | None = Field(None, ge=1)
+
+
+class _ResolvedModel(_Section):
+    max_model_len: int | None = Field(None, ge=1)
+    dtype: str | None = None
+    quantization: str | None = None
+
+
+class _ResolvedParallel(_Section):
+    tensor_parallel_size: int | None = Field(None, ge=1)
+
+
+class _ResolvedCache(KVCacheInfo):
+    cache_dtype: str | None = None
+
+
+class ResolvedConfig(_Section):
+    """The engine's configuration as it ran (vLLM's resolved config), defaults filled in."""
+    scheduler_config: _ResolvedScheduler = _ResolvedScheduler()
+    model_config_: _ResolvedModel = Field(_ResolvedModel(), alias="model_config")
+    parallel_config: _ResolvedParallel = _ResolvedParallel()
+    cache_config: _ResolvedCache = _ResolvedCache()
 
 
 class HardwareInfo(BaseModel):
@@ -78,6 +114,46 @@ class RunMeta(BaseModel):
     hardware: HardwareInfo | None = None
     dataset_path: str | None = None
     vllm_version: str | None = None
+    resolved_config: ResolvedConfig | None = None
+
+    def settings(self) -> RunSettings:
+        """The engine's settings: as it resolved them where recorded, else as the recorder passed
+        them, else vLLM's defaults for what neither says."""
+        kw, kv = self.engine_kwargs, self.kv_cache or KVCacheInfo()
+        rc = self.resolved_config or ResolvedConfig()
+        sched, model, cache = rc.scheduler_config, rc.model_config_, rc.cache_config
+
+        def first(*values, default=None):
+            return next((v for v in values if v is not None), default)
+
+        dtype = first(model.dtype, kw.dtype, default="auto")
+        return RunSettings(
+            max_num_seqs=first(sched.max_num_seqs, kw.max_num_seqs, default=256),
+            max_num_batched_tokens=first(sched.max_num_batched_tokens, kw.max_num_batched_tokens, default=2048),
+            max_model_len=first(model.max_model_len, kw.max_model_len),
+            dtype=dtype.removeprefix("torch."),
+            quantization=first(model.quantization, kw.quantization),
+            kv_cache_dtype=first(cache.cache_dtype, kw.kv_cache_dtype, default="auto"),
+            tp=first(rc.parallel_config.tensor_parallel_size, kw.tensor_parallel_size, default=1),
+            num_gpu_blocks=first(cache.num_gpu_blocks, kv.num_gpu_blocks),
+            block_size=first(cache.block_size, kv.block_size, default=16),
+            prefix_caching=first(cache.enable_prefix_caching, kv.enable_prefix_caching, default=True),
+            gpu_memory_utilization=first(cache.gpu_memory_utilization, kv.gpu_memory_utilization, default=0.9))
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int | None
+    dtype: str
+    quantization: str | None
+    kv_cache_dtype: str
+    tp: int
+    num_gpu_blocks: int | None
+    block_size: int
+    prefix_caching: bool
+    gpu_memory_utilization: float
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calibration.real_run import RealRun, RunDirError
+from calibration.real_run import RealRun, RunDirError, RunSettings
 from core_api.metrics import latency_stats
 from core_api.scheduler_config import SchedulingPolicy
 from core_api.types import Request, SamplingParams
@@ -22,11 +22,14 @@ from sim.cluster import RunResult, SimCluster
 from sim.config import ClusterConfig, EngineConfig, StrategyConfig
 from sim.cost_models import load_profile
 from sim.hardware import get_model, gpu_for_device
+from sim.model_names import says_fp8
 
 STATS = ("mean", "median", "p90", "p95", "p99")
 METRICS = ("ttft", "tpot", "e2el")
 _DTYPES = {"bfloat16": "bf16", "bf16": "bf16", "float16": "bf16", "half": "bf16", "auto": "bf16",
            "fp8": "fp8", "float8": "fp8"}
+_FP8_QUANTIZATIONS = ("fp8", "fbgemm_fp8")
+_FP8_IF_NAMED = ("compressed-tensors", "modelopt")  # these carry several formats; the name says which
 
 
 def summary(values_s: np.ndarray) -> dict[str, float]:
@@ -62,23 +65,32 @@ def resolve_gpu(run: RealRun, override: str | None, profile_gpu: str | None) -> 
 
 
 def engine_config(run: RealRun, gpu: str, model: str | None = None) -> EngineConfig:
-    kw, kv = run.meta.engine_kwargs, run.meta.kv_cache
-    dtype = _DTYPES.get(kw.dtype.lower())
-    if dtype is None:
-        raise RunDirError(f"{run.path}/meta.json: engine_kwargs.dtype {kw.dtype!r} not understood; "
-                          f"one of {', '.join(_DTYPES)}")
-    spec = get_model(model or run.meta.model, dtype)
-    fields = {"gpu": gpu, "model": spec, "tp": kw.tensor_parallel_size, "max_num_seqs": kw.max_num_seqs,
-              "max_num_batched_tokens": kw.max_num_batched_tokens,
-              "max_model_len": kw.max_model_len or spec.max_context,
-              "policy": SchedulingPolicy.vllm(prefix_caching=kv.enable_prefix_caching if kv else True)}
-    if kv is not None:
-        fields["page_size"] = kv.block_size
-        fields["mem_util"] = kv.gpu_memory_utilization
-        if kv.num_gpu_blocks:
-            # vLLM's block pool keeps one null block that no request can use.
-            fields["num_pages"] = max(1, kv.num_gpu_blocks - 1)
+    st = run.meta.settings()
+    name = model or run.meta.model
+    spec = get_model(name, _dtype(run, st, name))
+    fields = {"gpu": gpu, "model": spec, "tp": st.tp, "max_num_seqs": st.max_num_seqs,
+              "max_num_batched_tokens": st.max_num_batched_tokens,
+              "max_model_len": st.max_model_len or spec.max_context,
+              "policy": SchedulingPolicy.vllm(prefix_caching=st.prefix_caching),
+              "page_size": st.block_size, "mem_util": st.gpu_memory_utilization}
+    if st.num_gpu_blocks:
+        # vLLM's block pool keeps one null block that no request can use.
+        fields["num_pages"] = max(1, st.num_gpu_blocks - 1)
     return EngineConfig(**fields)
+
+
+def _dtype(run: RealRun, st: RunSettings, model: str) -> str:
+    """bf16 or fp8 weights, from the run's dtype and quantization (or an FP8 checkpoint's name)."""
+    dtype = _DTYPES.get(st.dtype.lower())
+    if dtype is None:
+        raise RunDirError(f"{run.path}/meta.json: dtype {st.dtype!r} not understood; one of {', '.join(_DTYPES)}")
+    quant = (st.quantization or "").lower()
+    if quant in _FP8_QUANTIZATIONS or (quant in ("", *_FP8_IF_NAMED) and says_fp8(model)):
+        return "fp8"
+    if quant:
+        raise RunDirError(f"{run.path}/meta.json: quantization {st.quantization!r} is not modelled; weights in "
+                          f"16 bits or FP8 ({', '.join(_FP8_QUANTIZATIONS)}, or an FP8 checkpoint) are")
+    return dtype
 
 
 def workload(run: RealRun, seed: int = 0) -> Workload:

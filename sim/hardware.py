@@ -14,6 +14,7 @@ KV accounting, defined once here so every caller agrees:
 from __future__ import annotations
 
 import os
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -51,11 +52,50 @@ GPU_PRESETS: dict[str, GPUSpec] = {
         # A100 SXM4 80GB: 312 TFLOPS bf16 dense, no FP8, HBM2e 2039 GB/s, NVLink3 600 GB/s total.
         GPUSpec(name="A100-80G", peak_bf16_flops=312e12, peak_fp8_flops=None, hbm_bandwidth_Bps=2.039e12,
                 memory_bytes=81920 * MiB, nvlink_bandwidth_Bps=300e9, pcie_bandwidth_Bps=32e9,
-                device_names=("NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB PCIe")),
+                device_names=("NVIDIA A100-SXM4-80GB",)),
+        # A100 PCIe 80GB: A100 compute, HBM2e 1935 GB/s. NVLink bridges join pairs at most, so TP
+        # beyond two GPUs talks over PCIe 4.0 x16 (32 GB/s per direction): priced as PCIe.
+        GPUSpec(name="A100-80G-PCIe", peak_bf16_flops=312e12, peak_fp8_flops=None, hbm_bandwidth_Bps=1.935e12,
+                memory_bytes=81920 * MiB, nvlink_bandwidth_Bps=32e9, pcie_bandwidth_Bps=32e9,
+                device_names=("NVIDIA A100 80GB PCIe",)),
+        # A100 40GB (SXM4 and PCIe): A100 compute, HBM2 1555 GB/s, NVLink3 600 GB/s total (SXM4).
+        GPUSpec(name="A100-40G", peak_bf16_flops=312e12, peak_fp8_flops=None, hbm_bandwidth_Bps=1.555e12,
+                memory_bytes=40960 * MiB, nvlink_bandwidth_Bps=300e9, pcie_bandwidth_Bps=32e9,
+                device_names=("NVIDIA A100-SXM4-40GB", "NVIDIA A100-PCIE-40GB")),
+        # A10: 125 TFLOPS bf16 dense, no FP8, GDDR6 600 GB/s, 24 GB; PCIe 4.0 x16, no NVLink.
+        GPUSpec(name="A10", peak_bf16_flops=125e12, peak_fp8_flops=None, hbm_bandwidth_Bps=600e9,
+                memory_bytes=23028 * MiB, nvlink_bandwidth_Bps=32e9, pcie_bandwidth_Bps=32e9,
+                device_names=("NVIDIA A10",)),
+        # L4: 121 TFLOPS bf16 / 242.5 fp8 dense, GDDR6 300 GB/s, 24 GB; PCIe 4.0 x16, no NVLink.
+        GPUSpec(name="L4", peak_bf16_flops=121e12, peak_fp8_flops=242.5e12, hbm_bandwidth_Bps=300e9,
+                memory_bytes=23034 * MiB, nvlink_bandwidth_Bps=32e9, pcie_bandwidth_Bps=32e9,
+                device_names=("NVIDIA L4",)),
+        # L40S: 362.05 TFLOPS bf16 / 733 fp8 dense, GDDR6 864 GB/s, 48 GB; PCIe 4.0 x16, no NVLink.
+        GPUSpec(name="L40S", peak_bf16_flops=362.05e12, peak_fp8_flops=733e12, hbm_bandwidth_Bps=864e9,
+                memory_bytes=46068 * MiB, nvlink_bandwidth_Bps=32e9, pcie_bandwidth_Bps=32e9,
+                device_names=("NVIDIA L40S",)),
         # H100 SXM5: 989.4 TFLOPS bf16 / 1978.9 fp8 dense, HBM3 3.35 TB/s, NVLink4 900 GB/s total.
         GPUSpec(name="H100-SXM", peak_bf16_flops=989.4e12, peak_fp8_flops=1978.9e12, hbm_bandwidth_Bps=3.35e12,
                 memory_bytes=81559 * MiB, nvlink_bandwidth_Bps=450e9, pcie_bandwidth_Bps=64e9,
                 device_names=("NVIDIA H100 80GB HBM3", "NVIDIA H100")),
+        # H100 PCIe: 756 TFLOPS bf16 / 1513 fp8 dense, HBM2e 2.0 TB/s, 80 GB; PCIe 5.0 x16 (NVLink
+        # bridges join pairs at most: priced as PCIe).
+        GPUSpec(name="H100-PCIe", peak_bf16_flops=756e12, peak_fp8_flops=1513e12, hbm_bandwidth_Bps=2.0e12,
+                memory_bytes=81559 * MiB, nvlink_bandwidth_Bps=64e9, pcie_bandwidth_Bps=64e9,
+                device_names=("NVIDIA H100 PCIe",)),
+        # H100 NVL: 835 TFLOPS bf16 / 1671 fp8 dense, HBM3 3.9 TB/s, 94 GB (nominal); NVLink bridge
+        # 600 GB/s total between the two GPUs of a pair.
+        GPUSpec(name="H100-NVL", peak_bf16_flops=835e12, peak_fp8_flops=1671e12, hbm_bandwidth_Bps=3.9e12,
+                memory_bytes=94 * 10**9, nvlink_bandwidth_Bps=300e9, pcie_bandwidth_Bps=64e9,
+                device_names=("NVIDIA H100 NVL",)),
+        # GH200 (96 GB HBM3): H100 compute, HBM3 4.0 TB/s, NVLink4 900 GB/s total.
+        GPUSpec(name="GH200", peak_bf16_flops=989.4e12, peak_fp8_flops=1978.9e12, hbm_bandwidth_Bps=4.0e12,
+                memory_bytes=96 * 10**9, nvlink_bandwidth_Bps=450e9, pcie_bandwidth_Bps=64e9,
+                device_names=("NVIDIA GH200 480GB",)),
+        # H20: 148 TFLOPS bf16 / 296 fp8 dense, HBM3 4.0 TB/s, 96 GB (nominal), NVLink 900 GB/s total.
+        GPUSpec(name="H20", peak_bf16_flops=148e12, peak_fp8_flops=296e12, hbm_bandwidth_Bps=4.0e12,
+                memory_bytes=96 * 10**9, nvlink_bandwidth_Bps=450e9, pcie_bandwidth_Bps=64e9,
+                device_names=("NVIDIA H20",)),
         # H200 SXM: H100 compute, HBM3e 4.8 TB/s, 141 GB, NVLink4 900 GB/s total.
         GPUSpec(name="H200", peak_bf16_flops=989.4e12, peak_fp8_flops=1978.9e12, hbm_bandwidth_Bps=4.8e12,
                 memory_bytes=143771 * MiB, nvlink_bandwidth_Bps=450e9, pcie_bandwidth_Bps=64e9,
@@ -70,20 +110,32 @@ GPU_PRESETS: dict[str, GPUSpec] = {
         GPUSpec(name="RTX4090", peak_bf16_flops=165.2e12, peak_fp8_flops=330.3e12, hbm_bandwidth_Bps=1.008e12,
                 memory_bytes=25_250_627_584, nvlink_bandwidth_Bps=32e9, pcie_bandwidth_Bps=32e9,
                 device_names=("NVIDIA GeForce RTX 4090",)),
+        # GeForce RTX 5090 (RTX Blackwell whitepaper): 209.5 TFLOPS bf16 / 419 fp8 dense tensor with
+        # FP32 accumulate, GDDR7 1792 GB/s, 32 GB. No NVLink: PCIe 5.0 x16 (64 GB/s per direction).
+        GPUSpec(name="RTX5090", peak_bf16_flops=209.5e12, peak_fp8_flops=419e12, hbm_bandwidth_Bps=1.792e12,
+                memory_bytes=32607 * MiB, nvlink_bandwidth_Bps=64e9, pcie_bandwidth_Bps=64e9,
+                device_names=("NVIDIA GeForce RTX 5090",)),
         # RTX PRO 6000 Blackwell Server Edition: 503.8 TFLOPS bf16 / 1007.6 fp8 dense tensor, GDDR7
         # 1597 GB/s, 96 GB. No NVLink: PCIe 5.0 x16 (64 GB/s per direction).
         GPUSpec(name="RTXPRO6000", peak_bf16_flops=503.8e12, peak_fp8_flops=1007.6e12, hbm_bandwidth_Bps=1.597e12,
                 memory_bytes=97887 * MiB, nvlink_bandwidth_Bps=64e9, pcie_bandwidth_Bps=64e9,
-                device_names=("NVIDIA RTX PRO 6000 Blackwell Server Edition", "NVIDIA RTX PRO 6000")),
+                device_names=("NVIDIA RTX PRO 6000 Blackwell Server Edition",
+                              "NVIDIA RTX PRO 6000 Blackwell Workstation Edition", "NVIDIA RTX PRO 6000")),
     )
 }
 
 
+def _plain(name: str) -> str:
+    """A GPU name without case, punctuation or the vendor words, which reports vary in."""
+    words = re.findall(r"[a-z0-9]+", name.lower())
+    return "".join(w for w in words if w not in ("nvidia", "geforce"))
+
+
 def gpu_for_device(device_name: str) -> GPUSpec | None:
     """The preset for a device name as torch/nvidia-smi report it (or a preset name), if any."""
-    wanted = device_name.strip().lower()
+    wanted = _plain(device_name)
     for gpu in GPU_PRESETS.values():
-        if wanted == gpu.name.lower() or any(wanted == d.lower() for d in gpu.device_names):
+        if wanted == _plain(gpu.name) or any(wanted == _plain(d) for d in gpu.device_names):
             return gpu
     return None
 
@@ -155,6 +207,12 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
                   ffn_size=14336, vocab_size=128256),
         ModelSpec(name="Llama-3.1-70B", num_layers=80, hidden_size=8192, num_heads=64, num_kv_heads=8,
                   ffn_size=28672, vocab_size=128256),
+        ModelSpec(name="Llama-3-8B", num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=8,
+                  ffn_size=14336, vocab_size=128256, max_context=8192),
+        ModelSpec(name="Llama-3-70B", num_layers=80, hidden_size=8192, num_heads=64, num_kv_heads=8,
+                  ffn_size=28672, vocab_size=128256, max_context=8192),
+        ModelSpec(name="Llama-2-13B", num_layers=40, hidden_size=5120, num_heads=40, num_kv_heads=40,
+                  ffn_size=13824, vocab_size=32000, max_context=4096),
         ModelSpec(name="Llama-2-70B", num_layers=80, hidden_size=8192, num_heads=64, num_kv_heads=8,
                   ffn_size=28672, vocab_size=32000, max_context=4096),
         ModelSpec(name="Llama-2-7B", num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=32,
@@ -167,6 +225,25 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
                   ffn_size=28672, vocab_size=128256),
         ModelSpec(name="Mistral-7B-v0.3", num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=8,
                   ffn_size=14336, vocab_size=32768, max_context=32768),
+        ModelSpec(name="Mistral-7B-v0.2", num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=8,
+                  ffn_size=14336, vocab_size=32000, max_context=32768),
+        ModelSpec(name="Mistral-7B-v0.1", num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=8,
+                  ffn_size=14336, vocab_size=32000, max_context=32768),
+        # Qwen2.5 dense (q/k/v biases are too small to price); the three smallest tie their embeddings.
+        ModelSpec(name="Qwen2.5-0.5B", num_layers=24, hidden_size=896, num_heads=14, num_kv_heads=2,
+                  ffn_size=4864, vocab_size=151936, max_context=32768, tied_embeddings=True),
+        ModelSpec(name="Qwen2.5-1.5B", num_layers=28, hidden_size=1536, num_heads=12, num_kv_heads=2,
+                  ffn_size=8960, vocab_size=151936, max_context=32768, tied_embeddings=True),
+        ModelSpec(name="Qwen2.5-3B", num_layers=36, hidden_size=2048, num_heads=16, num_kv_heads=2,
+                  ffn_size=11008, vocab_size=151936, max_context=32768, tied_embeddings=True),
+        ModelSpec(name="Qwen2.5-7B", num_layers=28, hidden_size=3584, num_heads=28, num_kv_heads=4,
+                  ffn_size=18944, vocab_size=152064, max_context=32768),
+        ModelSpec(name="Qwen2.5-14B", num_layers=48, hidden_size=5120, num_heads=40, num_kv_heads=8,
+                  ffn_size=13824, vocab_size=152064, max_context=32768),
+        ModelSpec(name="Qwen2.5-32B", num_layers=64, hidden_size=5120, num_heads=40, num_kv_heads=8,
+                  ffn_size=27648, vocab_size=152064, max_context=32768),
+        ModelSpec(name="Qwen2.5-72B", num_layers=80, hidden_size=8192, num_heads=64, num_kv_heads=8,
+                  ffn_size=29568, vocab_size=152064, max_context=32768),
         # Qwen3 dense: QK-norm, head_dim 128 whatever the width; the small ones tie their embeddings.
         ModelSpec(name="Qwen3-0.6B", num_layers=28, hidden_size=1024, num_heads=16, num_kv_heads=8, head_dim=128,
                   ffn_size=3072, vocab_size=151936, max_context=40960, qk_norm=True, tied_embeddings=True),
@@ -220,11 +297,27 @@ def get_model(spec: str | dict | ModelSpec, dtype: str | None = None) -> ModelSp
 
         model = load_hf_config(spec)
     else:
-        raise ValueError(f"unknown model {spec!r}; known: {', '.join(sorted(MODEL_PRESETS))}, "
-                         f"or the path of a Hugging Face config.json or model directory")
+        model = _named_model(spec)
     if dtype is not None and dtype != model.dtype:
         model = ModelSpec.model_validate({**model.model_dump(), "dtype": dtype})
     return model
+
+
+def _named_model(name: str) -> ModelSpec:
+    """A checkpoint by its Hugging Face id: its config.json from the local hub cache, else the
+    preset of its base model (sim.model_names)."""
+    from sim.hf_config import load_hf_config
+    from sim.model_names import hub_cache_config, preset_for
+
+    cached = hub_cache_config(name)
+    if cached is not None:
+        return load_hf_config(cached)
+    preset = preset_for(name, MODEL_PRESETS)
+    if preset is None:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODEL_PRESETS))} (and their "
+                         f"fine-tunes, e.g. -Instruct), a Hugging Face id in the local hub cache, or the "
+                         f"path of a Hugging Face config.json or model directory")
+    return MODEL_PRESETS[preset]
 
 
 def weight_bytes_per_gpu(model: ModelSpec, tp: int = 1, include_lm_head: bool = True) -> float:

@@ -8,6 +8,7 @@ import pytest
 from sim.cost_model import RooflineCostModel
 from sim.hardware import MODEL_PRESETS, get_model, gpu_for_device
 from sim.hf_config import HFConfigError, load_hf_config
+from sim.model_names import says_fp8
 
 LLAMA3_8B = {"model_type": "llama", "num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32,
              "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256,
@@ -46,6 +47,29 @@ def test_hugging_face_ids_resolve_to_presets():
     assert get_model("Qwen/Qwen3-32B").qk_norm
 
 
+@pytest.mark.parametrize("name,preset", [
+    ("meta-llama/Meta-Llama-3.1-8B-Instruct", "Llama-3.1-8B"), ("meta-llama/Llama-3.3-70B-Instruct", "Llama-3.3-70B"),
+    ("meta-llama/Meta-Llama-3-8B-Instruct", "Llama-3-8B"), ("meta-llama/Llama-2-7b-chat-hf", "Llama-2-7B"),
+    ("mistralai/Mistral-7B-Instruct-v0.3", "Mistral-7B-v0.3"), ("Qwen/Qwen2.5-7B-Instruct", "Qwen2.5-7B"),
+    ("neuralmagic/Meta-Llama-3.1-70B-Instruct-FP8", "Llama-3.1-70B")])
+def test_fine_tunes_are_priced_as_their_base_model(name, preset, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty hub cache
+    assert get_model(name) is MODEL_PRESETS[preset]
+    assert says_fp8(name) == name.endswith("FP8")
+
+
+def test_a_model_in_the_local_hub_cache_is_read_from_its_config(monkeypatch, tmp_path):
+    snapshot = tmp_path / "models--acme--Llama-3.1-8B-Custom" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps({**LLAMA3_8B, "num_hidden_layers": 40}))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    assert get_model("acme/Llama-3.1-8B-Custom").num_layers == 40  # its own config, not the preset
+    with pytest.raises(ValueError, match="unknown model 'acme/Other'.*local hub cache"):
+        get_model("acme/Other")
+    with pytest.raises(ValueError, match="unknown model"):
+        get_model("google/gemma-2-9b-it")  # another architecture is not a Llama preset
+
+
 @pytest.mark.parametrize("change,message", [
     ({"model_type": "mixtral"}, "model_type 'mixtral' is not supported"),
     ({"num_local_experts": 8}, "mixture-of-experts"),
@@ -68,7 +92,10 @@ def test_unreadable_config_names_the_file(tmp_path):
 @pytest.mark.parametrize("device,preset", [
     ("NVIDIA GeForce RTX 4090", "RTX4090"), ("NVIDIA RTX PRO 6000 Blackwell Server Edition", "RTXPRO6000"),
     ("NVIDIA H100 80GB HBM3", "H100-SXM"), ("NVIDIA H200", "H200"), ("NVIDIA B200", "B200"),
-    ("NVIDIA A100-SXM4-80GB", "A100-80G"), ("h200", "H200")])
+    ("NVIDIA A100-SXM4-80GB", "A100-80G"), ("h200", "H200"), ("NVIDIA A100 80GB PCIe", "A100-80G-PCIe"),
+    ("NVIDIA A100-SXM4-40GB", "A100-40G"), ("NVIDIA H100 PCIe", "H100-PCIe"), ("NVIDIA H100 NVL", "H100-NVL"),
+    ("NVIDIA GH200 480GB", "GH200"), ("NVIDIA H20", "H20"), ("NVIDIA L40S", "L40S"), ("NVIDIA L4", "L4"),
+    ("NVIDIA A10", "A10"), ("NVIDIA GeForce RTX 5090", "RTX5090"), ("nvidia rtx 4090", "RTX4090")])
 def test_gpus_are_found_by_the_name_the_driver_reports(device, preset):
     assert gpu_for_device(device).name == preset
 

@@ -8,7 +8,7 @@ import pytest
 
 from calibration.importers.vllm_layers import import_bundle
 from calibration.real_run import RunDirError, load_run
-from calibration.replay import replay
+from calibration.replay import engine_config, replay
 from calibration.run_writer import write_run
 from core_api.scheduler_config import SchedulingPolicy
 from microserving.cli import main
@@ -116,3 +116,42 @@ def test_workload_token_ids_must_line_up_with_the_log(tmp_path):
     (run_dir / "workload.jsonl").write_text("\n".join([json.dumps(first)] + rows[1:]) + "\n")
     with pytest.raises(RunDirError, match="line 1 has no input_tok_ids of length"):
         load_run(run_dir)
+
+
+def test_the_engine_is_built_from_what_vllm_resolved_then_what_it_was_passed(tmp_path):
+    """vLLM fills in defaults the recorder never passed; its resolved config says what ran."""
+    run_dir, _ = simulated_run(tmp_path)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    resolved = {"scheduler_config": {"max_num_seqs": 8, "max_num_batched_tokens": 256},
+                "model_config": {"max_model_len": 2048, "dtype": "torch.bfloat16", "quantization": None},
+                "parallel_config": {"tensor_parallel_size": 2},
+                "cache_config": {"block_size": 32, "num_gpu_blocks": 101, "enable_prefix_caching": False}}
+    (run_dir / "meta.json").write_text(json.dumps({**meta, "resolved_config": resolved}))
+    engine = engine_config(load_run(run_dir), "RTX4090")
+    assert (engine.max_num_seqs, engine.max_num_batched_tokens, engine.max_model_len, engine.tp) == (8, 256, 2048, 2)
+    assert (engine.page_size, engine.num_pages, engine.policy.prefix_caching) == (32, 100, False)
+    # Without it, what the recorder passed; without that, vLLM's defaults.
+    (run_dir / "meta.json").write_text(json.dumps({**meta, "engine_kwargs": {"max_num_seqs": 8}, "kv_cache": None}))
+    engine = engine_config(load_run(run_dir), "RTX4090")
+    assert (engine.max_num_seqs, engine.max_num_batched_tokens, engine.tp, engine.page_size) == (8, 2048, 1, 16)
+
+
+@pytest.mark.parametrize("model,kwargs,dtype", [
+    ("Llama-3.1-8B", {"quantization": "fp8"}, "fp8"),
+    ("neuralmagic/Meta-Llama-3.1-8B-Instruct-FP8", {}, "fp8"),
+    ("neuralmagic/Meta-Llama-3.1-8B-Instruct-FP8", {"quantization": "compressed-tensors"}, "fp8"),
+    ("meta-llama/Meta-Llama-3.1-8B-Instruct", {"dtype": "auto"}, "bf16")])
+def test_fp8_checkpoints_are_priced_in_fp8(tmp_path, model, kwargs, dtype):
+    run_dir, _ = simulated_run(tmp_path)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    (run_dir / "meta.json").write_text(json.dumps({**meta, "model": model, "engine_kwargs": kwargs}))
+    engine = engine_config(load_run(run_dir), "H100-SXM")
+    assert engine.model.dtype == dtype and engine.model.num_layers == 32
+
+
+def test_a_quantization_the_simulator_does_not_model_is_named(tmp_path):
+    run_dir, _ = simulated_run(tmp_path)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    (run_dir / "meta.json").write_text(json.dumps({**meta, "engine_kwargs": {"quantization": "awq"}}))
+    with pytest.raises(RunDirError, match="quantization 'awq' is not modelled"):
+        engine_config(load_run(run_dir), "H100-SXM")
