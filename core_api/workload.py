@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import chain
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from core_api.types import Request, SamplingParams
+from core_api.request_stream import RequestStream
+from core_api.types import Request
 
 __all__ = ["ArrivalSpec", "LengthDist", "PrefixSpec", "Workload", "WorkloadSpec", "generate"]
 
@@ -176,47 +176,19 @@ class Workload:
         temperature: float = 0.0,
         name: str = "trace",
         spec: BaseModel | None = None,
+        lazy: bool = False,
     ) -> Workload:
         """Build requests from per-request lengths (what a trace holds), with random token ids.
 
         ``prefix_ids[i]`` lists hash ids of ``block_size``-token blocks at the start of prompt i
         (as in Mooncake-style traces): equal ids give equal tokens, so shared blocks hit a prefix
-        cache; tokens past the blocks are the request's own. Ids are ``r0, r1, ...`` in arrival
-        order. All token ids come from one ``rng.integers`` call per kind, split into prompts.
+        cache; tokens past the blocks are the request's own (core_api.request_stream). ``lazy``:
+        build the requests as they are iterated, a chunk at a time, instead of holding them all
+        (a simulation of millions of requests); the requests are the same either way.
         """
-        t = np.asarray(arrivals, dtype=np.float64)
-        plen = np.asarray(prompt_lens, dtype=np.int64)
-        olen = np.asarray(output_lens, dtype=np.int64)
-        if not t.shape == plen.shape == olen.shape or t.ndim != 1:
-            raise ValueError(f"arrivals, prompt_lens, output_lens differ in shape: "
-                             f"{t.shape}, {plen.shape}, {olen.shape}")
-        for what, arr in (("prompt_len", plen), ("output_len", olen)):
-            if arr.size and arr.min() < 1:
-                raise ValueError(f"{what} must be >= 1; request {int(np.argmin(arr))} has {int(arr.min())}")
-        if not np.isfinite(t).all():
-            raise ValueError("arrival times must be finite")
-        ids: Sequence[Sequence[int]] = prefix_ids if prefix_ids is not None else [()] * t.size
-        if len(ids) != t.size:
-            raise ValueError(f"prefix_ids has {len(ids)} entries for {t.size} requests")
-        index = {h: k for k, h in enumerate(dict.fromkeys(chain.from_iterable(ids)))}
-        blocks = rng.integers(0, vocab_size, size=(len(index), block_size), dtype=np.int32)
-        covered = np.minimum(np.fromiter(map(len, ids), np.int64, t.size) * block_size, plen)
-        own = plen - covered
-        ends = np.cumsum(own)
-        tokens = rng.integers(0, vocab_size, size=int(ends[-1]) if t.size else 0, dtype=np.int32)
-        tokens.flags.writeable = False
-        requests = []
-        for rank, i in enumerate(np.argsort(t, kind="stable").tolist()):
-            prompt = tokens[ends[i] - own[i]: ends[i]]
-            c = int(covered[i])
-            if c:
-                head = blocks[[index[h] for h in ids[i]]].ravel()[:c]
-                prompt = np.concatenate([head, prompt])
-                prompt.flags.writeable = False
-            sampling = SamplingParams(max_tokens=int(olen[i]), temperature=temperature, ignore_eos=True)
-            requests.append(Request(f"r{rank}", prompt, sampling, float(t[i]),
-                                    prefix_group=int(ids[i][0]) if c else None, prefix_len=c))
-        return cls(requests, name=name, spec=spec)
+        stream = RequestStream(arrivals, prompt_lens, output_lens, rng, vocab_size, prefix_ids, block_size,
+                               temperature)
+        return LazyWorkload(stream, name=name, spec=spec) if lazy else cls(stream, name=name, spec=spec)
 
     def scaled_to_rate(self, rate: float) -> Workload:
         """Same requests with arrival gaps rescaled so mean_rate == rate (inf: all at the first)."""
@@ -246,8 +218,35 @@ class Workload:
         return Workload([self.requests[i] for i in keep], name=f"{self.name}~{n}", spec=self.spec)
 
 
-def generate(spec: WorkloadSpec) -> Workload:
-    """Draw the workload a spec describes (numpy Generators seeded from spec.seed only)."""
+class LazyWorkload(Workload):
+    """A generated workload whose requests are built as they are iterated (RequestStream), so a
+    simulation of millions of requests holds only those in flight. Iterating is cheap and gives
+    the same requests every time; `requests` materializes them all."""
+
+    def __init__(self, stream: RequestStream, name: str = "workload", spec: BaseModel | None = None):
+        self._stream, self.name, self.spec = stream, name, spec
+
+    @property
+    def requests(self) -> list[Request]:  # type: ignore[override]
+        return list(self._stream)
+
+    def __len__(self) -> int:
+        return len(self._stream)
+
+    def __iter__(self) -> Iterator[Request]:
+        return iter(self._stream)
+
+    def __getitem__(self, i: int) -> Request:
+        return self.requests[i]
+
+    @property
+    def arrival_times(self) -> np.ndarray:
+        return self._stream.arrival_times
+
+
+def generate(spec: WorkloadSpec, lazy: bool = False) -> Workload:
+    """Draw the workload a spec describes (numpy Generators seeded from spec.seed only); `lazy`
+    builds requests as they are iterated (LazyWorkload), with the same result."""
     r_arr, r_prompt, r_out, r_prefix, r_tok = (
         np.random.Generator(np.random.PCG64(s)) for s in np.random.SeedSequence(spec.seed).spawn(5))
     n = spec.num_requests
@@ -267,4 +266,4 @@ def generate(spec: WorkloadSpec) -> Workload:
         block = p.prefix_len
     return Workload.from_lengths(arrivals, prompt_lens, output_lens, r_tok, spec.vocab_size,
                                  prefix_ids=prefix_ids, block_size=block,
-                                 temperature=spec.temperature, name=spec.name, spec=spec)
+                                 temperature=spec.temperature, name=spec.name, spec=spec, lazy=lazy)

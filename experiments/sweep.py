@@ -44,7 +44,7 @@ def run_one(run: RunSpec) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # skipped trace lines are counted in the line instead
-            workload = run.trace.load() if run.trace is not None else generate(run.workload)
+            workload = run.trace.load() if run.trace is not None else generate(run.workload, lazy=True)
         result = SimCluster(run.cluster).run(workload, seed=run.seed)
         measured = result.records[run.warmup_requests:]  # records are in arrival order
         if not measured:

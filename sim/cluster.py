@@ -108,16 +108,16 @@ class SimCluster:
     def run(self, workload: Workload, seed: int = 0, config_echo: dict | None = None,
             faults: FaultSchedule | None = None) -> RunResult:
         wall0 = time.perf_counter()
-        records = [RequestRecord(r.id, r.arrival_time, r.prompt_len, r.sampling.max_tokens) for r in workload]
+        records: list[RequestRecord] = []  # in arrival order, each made as its request arrives
         self.env.process(self._arrivals(workload, records))
         if faults is not None and faults.faults:
             faults.check_engines(list(self.engines))
             self.env.process(self._faults(faults))
-        self._open, self._all_done = len(records), self.env.event()
+        self._open, self._all_done = len(workload), self.env.event()
         try:
             # Until the last request ends: a timer left behind (a released reservation's expiry)
             # must not carry the clock on. With events left but requests open, that is a stall.
-            self.env.run(until=self._all_done) if records else None
+            self.env.run(until=self._all_done) if self._open else None
         except RuntimeError:
             if self.env.peek() != float("inf"):
                 raise  # not SimPy's "no events left": a real error in a process
@@ -135,10 +135,14 @@ class SimCluster:
         )
 
     def _arrivals(self, workload: Workload, records: list[RequestRecord]):
+        """Each request in arrival order at its time. A lazy workload is built as this goes, and a
+        served request is dropped, so only the requests in flight hold their prompts."""
         env, process = self.env, self.runtime.process
-        for req, record in zip(workload, records):
+        for req in workload:
             if req.arrival_time > env.now:
                 yield env.timeout(req.arrival_time - env.now)
+            record = RequestRecord(req.id, req.arrival_time, req.prompt_len, req.sampling.max_tokens)
+            records.append(record)
             process(self._serve(req, record))
 
     def _faults(self, schedule: FaultSchedule):
@@ -193,7 +197,8 @@ def simulate(config, workload: Workload | None = None) -> RunResult:
     """Run a SimConfig (its workload unless one is given)."""
     from core_api.workload import generate
 
-    workload = workload if workload is not None else generate(config.workload.model_copy(update={"seed": config.seed}))
+    workload = workload if workload is not None else generate(config.workload.model_copy(update={"seed": config.seed}),
+                                                              lazy=True)
     cluster = SimCluster(config.cluster)
     result = cluster.run(workload, seed=config.seed, config_echo=config.model_dump(mode="json"), faults=config.faults)
     cluster.check_no_leaks()  # every page of every live engine free or cached: raises KVLeakError if not
