@@ -117,7 +117,7 @@ class Replay:
         ttft, tpot, e2el = [], [], []
         for line in self.run.requests:
             rec = recs[line.request_id]
-            first, last = rec.token_times[0], rec.token_times[-1]
+            first, last = rec.first_token_time, rec.last_token_time
             ttft.append(first - rec.arrival_time)
             tpot.append((last - first) / max(1, rec.output_len - 1))
             e2el.append(last - rec.arrival_time)

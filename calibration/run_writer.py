@@ -32,7 +32,7 @@ def write_run(result: RunResult, engine: EngineConfig, workload: Workload, out: 
             rec = records[req.id]
             f.write(json.dumps({"request_id": f"{req.id}-{i}", "input_toks": req.prompt_len,
                                 "output_toks": rec.output_len, "queued_ts": rec.arrival_time,
-                                "first_token_ts": rec.token_times[0], "last_token_ts": rec.token_times[-1]}) + "\n")
+                                "first_token_ts": rec.first_token_time, "last_token_ts": rec.last_token_time}) + "\n")
     with (out / WORKLOAD_FILE).open("w") as f:
         for req in workload:
             f.write(json.dumps({"input_toks": req.prompt_len, "input_tok_ids": req.prompt.tolist()}) + "\n")

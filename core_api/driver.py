@@ -31,7 +31,7 @@ async def serve_request(strategy: Strategy, engines: Sequence[Engine], req: Requ
                     await engine.release(req.id)
                 except EngineCallError:
                     pass  # it died meanwhile: a dead engine holds nothing
-    record.finish_time = record.token_times[-1] if record.status == "ok" and record.token_times else runtime.now()
+    record.finish_time = record.last_token_time if record.status == "ok" and record.output_len else runtime.now()
     tags = strategy.pop_tags(req.id)
     if tags:
         record.tags = tags

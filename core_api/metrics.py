@@ -20,17 +20,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from core_api.types import RequestRecord
+
+if TYPE_CHECKING:
+    from core_api.itl_histogram import ItlHistogram
 
 LATENCIES = ("ttft", "tpot", "itl", "e2el")
 SLO_KEYS = ("ttft_ms", "tpot_ms", "e2el_ms")
 _ALWAYS_PERCENTILES = (90, 99)
 
 
-def _p_name(p: float) -> str:
+def percentile_name(p: float) -> str:
     """vLLM's key spelling: 99 -> 'p99', 99.9 -> 'p99.9'."""
     return f"p{int(p)}" if float(p) == int(p) else f"p{p}"
 
@@ -54,13 +58,13 @@ def latency_stats(name: str, values_s: np.ndarray, percentiles: Sequence[float])
         nan = float("nan")
         out[f"mean_{name}_ms"] = out[f"median_{name}_ms"] = out[f"std_{name}_ms"] = nan
         for p in percentiles:
-            out[f"{_p_name(p)}_{name}_ms"] = nan
+            out[f"{percentile_name(p)}_{name}_ms"] = nan
         return out
     out[f"mean_{name}_ms"] = float(ms.mean())
     out[f"median_{name}_ms"] = median(ms)
     out[f"std_{name}_ms"] = float(ms.std())
     for p, v in zip(percentiles, np.percentile(ms, list(percentiles))):
-        out[f"{_p_name(p)}_{name}_ms"] = float(v)
+        out[f"{percentile_name(p)}_{name}_ms"] = float(v)
     return out
 
 
@@ -85,8 +89,12 @@ def summarize(
     records: Iterable[RequestRecord],
     slos: Mapping[str, float] | None = None,
     percentiles: Sequence[float] = (50, 90, 99),
+    itl: ItlHistogram | None = None,
 ) -> dict[str, float]:
     """All metrics of one run as a flat dict (vLLM key names). See the module docstring.
+
+    ``itl``: the run's histogram of inter-token gaps, for records whose per-token times were
+    dropped (core_api.itl_histogram); without it ITL comes exactly from the records' token times.
 
     ``slos`` maps any of ``ttft_ms``, ``tpot_ms``, ``e2el_ms`` to a limit in ms; when given,
     ``request_goodput`` (good requests / duration) and ``slo_attainment`` (good / all records)
@@ -105,7 +113,7 @@ def summarize(
     n = len(records)
     arrival_all = np.fromiter((r.arrival_time for r in records), dtype=np.float64, count=n)
     end_all = np.fromiter(
-        (r.finish_time if r.finish_time is not None else (r.token_times[-1] if r.token_times else np.nan)
+        (r.finish_time if r.finish_time is not None else (r.last_token_time if r.output_len else np.nan)
          for r in records), dtype=np.float64, count=n)
     status = [r.status for r in records]
     ok = np.fromiter((s == "ok" for s in status), dtype=bool, count=n)
@@ -113,8 +121,8 @@ def summarize(
     m = len(ok_recs)
 
     arrival, end = arrival_all[ok], end_all[ok]
-    out_len = np.fromiter((len(r.token_times) for r in ok_recs), dtype=np.int64, count=m)
-    first = np.fromiter((r.token_times[0] if r.token_times else np.nan for r in ok_recs),
+    out_len = np.fromiter((r.output_len for r in ok_recs), dtype=np.int64, count=m)
+    first = np.fromiter((r.first_token_time if r.output_len else np.nan for r in ok_recs),
                         dtype=np.float64, count=m)
     prompt_tokens = int(sum(r.prompt_len for r in ok_recs))
     output_tokens = int(out_len.sum())
@@ -156,10 +164,13 @@ def summarize(
         result["request_goodput"] = per_s(n_good)
         result["slo_attainment"] = n_good / n if n else 0.0
 
-    itl = _pooled_itl([r.token_times for r in ok_recs])
-    for name, values in (("ttft", ttft[~np.isnan(ttft)]), ("tpot", tpot), ("itl", itl),
-                         ("e2el", e2el[~np.isnan(e2el)])):
-        result.update(latency_stats(name, values, pcts))
+    if itl is None and any(r.summary is not None for r in ok_recs):
+        raise ValueError("these records dropped their token times: their ITL needs the run's ItlHistogram")
+    result.update(latency_stats("ttft", ttft[~np.isnan(ttft)], pcts))
+    result.update(latency_stats("tpot", tpot, pcts))
+    result.update(itl.stats("itl", pcts) if itl is not None else
+                  latency_stats("itl", _pooled_itl([r.token_times for r in ok_recs]), pcts))
+    result.update(latency_stats("e2el", e2el[~np.isnan(e2el)], pcts))
     return result
 
 

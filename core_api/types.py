@@ -114,6 +114,7 @@ class TokenChunk:
 
 
 Status = Literal["ok", "failed", "aborted"]
+_DROPPED = ()  # what a record's token lists become once dropped: empty, and adding to it fails loudly
 
 
 @dataclass(slots=True)
@@ -130,18 +131,34 @@ class RequestRecord:
     status: Status = "ok"
     reason: str | None = None
     tags: dict = field(default_factory=dict)
+    # (output_len, first token time, last token time) once drop_tokens() let the lists go.
+    summary: tuple[int, float | None, float | None] | None = None
 
     @property
     def first_token_time(self) -> float | None:
+        if self.summary is not None:
+            return self.summary[1]
         return self.token_times[0] if self.token_times else None
 
     @property
+    def last_token_time(self) -> float | None:
+        if self.summary is not None:
+            return self.summary[2]
+        return self.token_times[-1] if self.token_times else None
+
+    @property
     def output_len(self) -> int:
-        return len(self.token_times)
+        return self.summary[0] if self.summary is not None else len(self.token_times)
 
     def add(self, chunk: TokenChunk) -> None:
         self.token_ids.extend(chunk.token_ids)
         self.token_times.extend(chunk.times)
+
+    def drop_tokens(self) -> None:
+        """Keep what the per-request metrics need (count, first and last token time) and let the
+        per-token lists go: a run of millions of requests cannot hold every token's time."""
+        self.summary = (self.output_len, self.first_token_time, self.last_token_time)
+        self.token_times = self.token_ids = _DROPPED  # type: ignore[assignment]
 
     def to_dict(self, token_ids: bool = False) -> dict:
         """The record as JSON data; `token_ids` adds the generated ids (real runs: the simulator's
@@ -152,7 +169,8 @@ class RequestRecord:
             "prompt_len": self.prompt_len,
             "max_tokens": self.max_tokens,
             "output_len": self.output_len,
-            "token_times": self.token_times,
+            **({"token_times": self.token_times} if self.summary is None else
+               {"first_token_time": self.summary[1], "last_token_time": self.summary[2]}),
             "finish_time": self.finish_time,
             "status": self.status,
             "reason": self.reason,

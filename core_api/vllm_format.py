@@ -22,6 +22,9 @@ STAT_METRICS = ("_ttft_ms", "_tpot_ms", "_itl_ms", "_e2el_ms")
 def vllm_bench_result(records: Sequence[RequestRecord], metrics: dict, *, backend: str, model_id: str,
                       request_rate: float, burstiness: float = 1.0, max_concurrency: int | None = None,
                       generated_texts: Sequence[str] | None = None, date: str | None = None) -> dict:
+    if any(r.summary is not None for r in records):
+        raise ValueError("vLLM's result format lists every request's inter-token gaps; these records dropped "
+                         "their token times")
     ok = [r.status == "ok" for r in records]
     result = {
         "date": date or datetime.datetime.now().strftime("%Y%m%d-%H%M%S"),
@@ -42,8 +45,8 @@ def vllm_bench_result(records: Sequence[RequestRecord], metrics: dict, *, backen
         "output_throughput": metrics.get("output_throughput"),
         "total_token_throughput": metrics.get("total_token_throughput"),
         "input_lens": [r.prompt_len for r in records],
-        "output_lens": [len(r.token_times) if good else 0 for r, good in zip(records, ok)],
-        "ttfts": [r.token_times[0] - r.arrival_time if good and r.token_times else 0.0
+        "output_lens": [r.output_len if good else 0 for r, good in zip(records, ok)],
+        "ttfts": [r.first_token_time - r.arrival_time if good and r.output_len else 0.0
                   for r, good in zip(records, ok)],
         "itls": [[b - a for a, b in zip(r.token_times, r.token_times[1:])] if good else []
                  for r, good in zip(records, ok)],

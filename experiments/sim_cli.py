@@ -21,6 +21,9 @@ def add_parser(sub) -> None:
     p.add_argument("--num-requests", type=int, help="number of requests")
     p.add_argument("--seed", type=int, help="workload seed")
     p.add_argument("--profile", type=Path, help="fitted cost profile JSON (instead of the roofline model)")
+    p.add_argument("--no-token-times", action="store_true",
+                   help="keep each request's token count and first/last token time, not every token's time "
+                        "(ITL percentiles from a histogram within 0.1%%): for runs of millions of requests")
     p.add_argument("--out", type=Path, help="write the full RunResult JSON here")
     p.add_argument("--out-vllm", type=Path, metavar="PATH",
                    help="also write the results as `vllm bench serve --save-result` does (its keys and units)")
@@ -47,6 +50,8 @@ def build_config(args: argparse.Namespace):
         data["seed"] = args.seed
     if args.profile is not None:
         data["cluster"]["cost_model"] = str(args.profile)
+    if getattr(args, "no_token_times", False):  # `capacity` shares this function, not the flag
+        data["token_times"] = False
     return type(config).model_validate(data)
 
 
@@ -62,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
     from sim.cluster import simulate
     try:
         config = build_config(args)
+        if args.out_vllm and not config.token_times:
+            raise ValueError("--out-vllm writes every request's inter-token gaps: it needs token times "
+                             "(drop --no-token-times, or token_times: false from the config)")
         trace = trace_spec_from_args(args, args.rate, config.seed)
         workload = trace.load() if trace is not None else None
         result = simulate(config, workload)

@@ -73,12 +73,12 @@ def samples(records) -> dict[str, list[float]]:
     """Per-request latencies (ms, 3 decimals) of ok records: enough for CDFs, small in JSON."""
     ttft, tpot, e2el = [], [], []
     for r in records:
-        if r.status != "ok" or not r.token_times:
+        if r.status != "ok" or not r.output_len:
             continue
-        ttft.append(round((r.token_times[0] - r.arrival_time) * 1e3, 3))
+        ttft.append(round((r.first_token_time - r.arrival_time) * 1e3, 3))
         e2el.append(round((r.finish_time - r.arrival_time) * 1e3, 3))
-        if len(r.token_times) > 1:
-            tpot.append(round((r.finish_time - r.token_times[0]) / (len(r.token_times) - 1) * 1e3, 3))
+        if r.output_len > 1:
+            tpot.append(round((r.finish_time - r.first_token_time) / (r.output_len - 1) * 1e3, 3))
     return {"ttft_ms": ttft, "tpot_ms": tpot, "e2el_ms": e2el}
 
 

@@ -11,6 +11,7 @@ from core_api import strategy as strategy_registry
 from core_api.driver import serve_request
 from core_api.engine_stats import common_engine_stats
 from core_api.faults import FaultSchedule, failures_by_kind
+from core_api.itl_histogram import ItlHistogram
 from core_api.metrics import summarize
 from core_api.scheduler import SchedulerConfig
 from core_api.types import Request, RequestRecord
@@ -37,9 +38,11 @@ class RunResult:
     network_stats: dict[str, dict]
     sim_time_s: float
     wall_time_s: float = field(default=0.0, compare=False)  # not in the JSON: it varies run to run
+    # Set when the records dropped their token times (token_times=False): the ok requests' gaps.
+    itl: ItlHistogram | None = field(default=None, compare=False)
 
     def metrics(self, slos: dict | None = None) -> dict[str, float]:
-        return summarize(self.records, slos=slos)
+        return summarize(self.records, slos=slos, itl=self.itl)
 
     def failed_by_reason(self) -> dict[str, int]:
         return failures_by_kind(self.records)
@@ -106,8 +109,12 @@ class SimCluster:
         return ec.scheduler_config(num_pages)
 
     def run(self, workload: Workload, seed: int = 0, config_echo: dict | None = None,
-            faults: FaultSchedule | None = None) -> RunResult:
+            faults: FaultSchedule | None = None, token_times: bool = True) -> RunResult:
+        """Simulate the workload. token_times=False: each finished request's record keeps its
+        token count and first and last token time, its gaps go to one ITL histogram
+        (RunResult.itl), and every token's time is let go: what a run of millions needs."""
         wall0 = time.perf_counter()
+        self._itl = None if token_times else ItlHistogram()
         records: list[RequestRecord] = []  # in arrival order, each made as its request arrives
         self.env.process(self._arrivals(workload, records))
         if faults is not None and faults.faults:
@@ -132,6 +139,7 @@ class SimCluster:
             network_stats=self.network.stats(),
             sim_time_s=self.env.now,
             wall_time_s=time.perf_counter() - wall0,
+            itl=self._itl,
         )
 
     def _arrivals(self, workload: Workload, records: list[RequestRecord]):
@@ -173,6 +181,10 @@ class SimCluster:
 
     async def _serve(self, req: Request, record: RequestRecord) -> None:
         await serve_request(self.strategy, list(self.engines.values()), req, record, self.runtime)
+        if self._itl is not None:
+            if record.status == "ok":
+                self._itl.add_request(record.token_times)
+            record.drop_tokens()
         self._open -= 1
         if not self._open:
             self._all_done.succeed()
@@ -200,6 +212,7 @@ def simulate(config, workload: Workload | None = None) -> RunResult:
     workload = workload if workload is not None else generate(config.workload.model_copy(update={"seed": config.seed}),
                                                               lazy=True)
     cluster = SimCluster(config.cluster)
-    result = cluster.run(workload, seed=config.seed, config_echo=config.model_dump(mode="json"), faults=config.faults)
+    result = cluster.run(workload, seed=config.seed, config_echo=config.model_dump(mode="json"), faults=config.faults,
+                         token_times=config.token_times)
     cluster.check_no_leaks()  # every page of every live engine free or cached: raises KVLeakError if not
     return result
