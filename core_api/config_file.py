@@ -12,8 +12,6 @@ from typing import Any
 
 
 def read_config_file(path: str | Path, what: str = "config") -> Any:
-    import yaml
-
     path = Path(path)
     try:
         text = path.read_text()
@@ -25,7 +23,14 @@ def read_config_file(path: str | Path, what: str = "config") -> Any:
         raise ValueError(f"{path}: not a text file") from None
     except OSError as exc:
         raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    import yaml  # here: a JSON config never pays for importing it
+
     try:
-        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None

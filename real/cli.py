@@ -115,9 +115,9 @@ def run(args: argparse.Namespace) -> int:
 async def _prompt(cluster, args: argparse.Namespace) -> int:
     """Stream one prompt's continuation to stdout."""
     from core_api import strategy as registry
-    from core_api.runtime import AsyncioRuntime
     from core_api.types import Request, SamplingParams
     from real.loading import load_tokenizer
+    from real.runtime import AsyncioRuntime
 
     spec = cluster.specs[0][0]
     tok = load_tokenizer(spec.model_name if spec is not None else args.model)

@@ -34,7 +34,6 @@ from core_api.driver import serve_request
 from core_api.errors import EngineCallError
 from core_api.kv_cache import KVLeakError
 from core_api.metrics import summarize
-from core_api.runtime import AsyncioRuntime
 from core_api.types import RequestRecord
 from core_api.workload import Workload
 from real.client import RealEngine
@@ -42,6 +41,7 @@ from real.config import EngineSpec, RealClusterConfig, StrategyConfig
 from real.keys import ROUTER, EphemeralKeys, load_keys
 from real.pacer import paced
 from real.pool_files import unlink_pool
+from real.runtime import AsyncioRuntime
 
 WATCHDOG_S = 0.1
 

@@ -114,3 +114,14 @@ def test_median_is_numpys_to_the_bit():
         values = rng.lognormal(3, 2, n) * 1000.0
         assert median(values) == float(np.median(values))
     assert np.isnan(median(np.array([1.0, np.nan, 3.0])))
+
+
+def test_percentiles_are_numpys_to_the_bit():
+    from core_api.metrics import percentiles_of
+
+    rng = np.random.default_rng(11)
+    ps = [0, 1, 25, 50, 90, 99, 99.9, 100, 33.3]
+    for n in [*range(1, 40), 1000, 1001]:
+        for values in (rng.lognormal(3, 2, n) * 1000.0, rng.integers(0, 4, n).astype(float)):  # ties too
+            assert percentiles_of(values, ps) == [float(v) for v in np.percentile(values, ps)]
+    assert all(np.isnan(percentiles_of(np.array([1.0, np.nan, 3.0]), [10, 90])))

@@ -1,4 +1,5 @@
 """The simulated cluster end to end: determinism, no leaks, analytic timings, bad input."""
+import json
 import subprocess
 import sys
 
@@ -139,6 +140,19 @@ def test_core_api_and_sim_do_not_import_torch():
     code = ("import sys, core_api.scheduler, core_api.strategy, core_api.metrics, core_api.workload, "
             "sim.cluster, strategies; sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_a_simulation_imports_only_what_it_needs(tmp_path):
+    """A whole `sim` run from a JSON config loads neither asyncio (the real backend's runtime),
+    numpy.ma (numpy's percentile and median import it) nor yaml: startup time a sweep of
+    subprocesses pays per run."""
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"cluster": {"engines": [{}], "strategy": {"name": "round_robin"}},
+                                  "workload": {"num_requests": 20}}))
+    code = ("import sys; from microserving.cli import main; main(['sim', '--config', sys.argv[1]]); "
+            "print(sorted({'asyncio', 'numpy.ma', 'yaml', 'torch', 'scipy', 'matplotlib'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_cli_sim_runs_and_reports_errors(tmp_path, capsys):

@@ -25,8 +25,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from core_api import strategy as registry
-from core_api.runtime import AsyncioRuntime
 from core_api.types import Request, TokenChunk
+from real.runtime import AsyncioRuntime
 from real.serve.errors import APIError
 
 log = logging.getLogger(__name__)
