@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from calibration.best_profile import best_cost_model
 from calibration.real_run import RealRun, RunDirError, RunSettings
 from core_api.metrics import latency_stats
 from core_api.scheduler_config import SchedulingPolicy
@@ -111,6 +112,7 @@ class Replay:
     run: RealRun
     result: RunResult
     queue_trace: list[tuple[float, int, int, float]]
+    cost_model: str  # what priced the steps: "roofline" or a profile's path
 
     def sim_latencies(self) -> dict[str, np.ndarray]:
         recs = {r.request_id: r for r in self.result.records}
@@ -130,13 +132,17 @@ class Replay:
         return [f"{r.request_id}: {r.reason}" for r in self.result.records if r.status != "ok"]
 
 
-def replay(run: RealRun, cost_model: str = "roofline", gpu: str | None = None, model: str | None = None,
+def replay(run: RealRun, cost_model: str = "auto", gpu: str | None = None, model: str | None = None,
            seed: int = 0) -> Replay:
-    """cost_model: "roofline" or the path of a profile (any kind sim.cost_models.load_profile reads)."""
+    """cost_model: "auto" (the best profile the project ships for the run's GPU, model and TP:
+    calibration.best_profile), "roofline" (the defaults fitted on every GPU) or the path of a
+    profile (any kind sim.cost_models.load_profile reads)."""
     profile_gpu = None
-    if cost_model != "roofline":
+    if cost_model not in ("roofline", "auto"):
         profile_gpu = getattr(load_profile(cost_model), "gpu", None)
     ec = engine_config(run, resolve_gpu(run, gpu, profile_gpu), model)
+    if cost_model == "auto":
+        cost_model = best_cost_model(ec)
     cluster = SimCluster(ClusterConfig(engines=[ec], strategy=StrategyConfig(name="round_robin"),
                                        cost_model=cost_model))
     trace: list[tuple[float, int, int, float]] = []
@@ -144,7 +150,7 @@ def replay(run: RealRun, cost_model: str = "roofline", gpu: str | None = None, m
         engine.queue_trace = trace
     result = cluster.run(workload(run, seed), seed=seed)
     cluster.check_no_leaks()
-    replayed = Replay(run, result, trace)
+    replayed = Replay(run, result, trace, cost_model)
     failed = replayed.failed()
     if failed:
         raise RunDirError(f"{len(failed)} request(s) failed in the simulation, first: {failed[0]}")

@@ -1,5 +1,6 @@
 """`microserving replay RUN_DIR`: a real run's requests through the simulator, real vs simulated.
 
+    microserving replay RUN_DIR --json           # priced by the best profile shipped for its GPU/model/TP
     microserving replay runs/RTX4090_Llama-3.1-8B --profile calibration/profiles/rtx4090-llama-3.1-8b-tp1.json
     microserving replay RUN_DIR --cost-model roofline --json
     microserving replay RUN_DIR --profile P.json --out results/replay   # CSV, CDF and queue plots
@@ -24,13 +25,25 @@ def add_parser(sub) -> None:
     p.add_argument("run_dir", type=Path, help="directory with requests.jsonl and meta.json")
     cost = p.add_mutually_exclusive_group()
     cost.add_argument("--profile", type=Path, help="cost profile JSON (fitted or measured layer tables)")
-    cost.add_argument("--cost-model", choices=("roofline",), help="price steps with the roofline model (default)")
+    cost.add_argument("--cost-model", choices=("auto", "roofline"), default="auto",
+                      help="auto (default): the best profile shipped for the run's GPU, model and TP (a measured "
+                           "layer profile, else the roofline fitted on that GPU, else the roofline defaults); "
+                           "roofline: the defaults fitted on every GPU")
     p.add_argument("--gpu", help="GPU preset, overriding what meta.json says")
     p.add_argument("--model", help="model preset, Hugging Face id or config.json path, overriding meta.json")
     p.add_argument("--workload", type=Path, help="workload JSONL with input_tok_ids (default: meta.json's dataset_path)")
     p.add_argument("--seed", type=int, default=0, help="seed for prompts drawn when no token ids are known")
     p.add_argument("--out", type=Path, help="write requests.csv, metrics.json, queue.csv and plots here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
+
+def _shown(cost_model: str) -> str:
+    """A profile's path relative to the working directory when it lies below it (shorter to read)."""
+    path = Path(cost_model)
+    try:
+        return str(path.resolve().relative_to(Path.cwd())) if path.is_absolute() else cost_model
+    except ValueError:
+        return cost_model
 
 
 def _table(name: str, cost: str, metrics: dict) -> str:
@@ -131,13 +144,14 @@ def run(args: argparse.Namespace) -> int:
     from calibration.replay import replay
     from sim.profile import ProfileError
 
-    cost = str(args.profile) if args.profile else "roofline"
     try:
         real_run = load_run(args.run_dir, args.workload)
-        replayed = replay(real_run, cost, gpu=args.gpu, model=args.model, seed=args.seed)
+        replayed = replay(real_run, str(args.profile) if args.profile else args.cost_model, gpu=args.gpu,
+                          model=args.model, seed=args.seed)
     except (RunDirError, ProfileError, ValueError, OSError) as exc:
         print(f"error: {error_text(exc)}", file=sys.stderr)
         return 2
+    cost = _shown(replayed.cost_model)
     metrics = replayed.metrics()
     if args.json:
         print(json.dumps({"run": str(real_run.path), "cost_model": cost,

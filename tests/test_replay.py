@@ -3,9 +3,11 @@ malformed run directories fail with the file and field named."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
+from calibration.best_profile import SHIPPED, best_cost_model
 from calibration.importers.vllm_layers import import_bundle
 from calibration.real_run import RunDirError, load_run
 from calibration.replay import engine_config, replay
@@ -100,7 +102,7 @@ def test_missing_files_and_fields_are_named(tmp_path, capsys):
     (run_dir / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "hardware"}))
     with pytest.raises(RunDirError, match="no hardware.device_name; pass --gpu"):
         replay(load_run(run_dir))
-    assert replay(load_run(run_dir), gpu="RTX4090").metrics()["mean_ttft_ms"]["diff_pct"] == 0.0
+    assert replay(load_run(run_dir), "roofline", gpu="RTX4090").metrics()["mean_ttft_ms"]["diff_pct"] == 0.0
 
     assert main(["replay", str(tmp_path / "nowhere")]) == 2
     assert "nowhere: not a directory" in capsys.readouterr().err
@@ -155,3 +157,21 @@ def test_a_quantization_the_simulator_does_not_model_is_named(tmp_path):
     (run_dir / "meta.json").write_text(json.dumps({**meta, "engine_kwargs": {"quantization": "awq"}}))
     with pytest.raises(RunDirError, match="quantization 'awq' is not modelled"):
         engine_config(load_run(run_dir), "H100-SXM")
+
+
+def test_replay_prices_with_the_best_profile_shipped_for_the_run(tmp_path, capsys):
+    """A measured layer profile of the run's GPU, model and TP; else the roofline fitted on its GPU;
+    else the roofline defaults."""
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    import_bundle(write_layer_bundle(tmp_path / "bundle"), tp=1).save(profiles / "rtx4090-llama-3.1-8b-tp1.json")
+    shutil.copy(SHIPPED / "roofline-RTX4090.json", profiles)
+    (profiles / "roofline-report.json").write_text('{"observations": 3}')  # not a profile: skipped
+    engine = EngineConfig(gpu="RTX4090", model="Llama-3.1-8B")
+    assert best_cost_model(engine, profiles) == str(profiles / "rtx4090-llama-3.1-8b-tp1.json")
+    assert best_cost_model(engine.model_copy(update={"tp": 2}), profiles) == str(profiles / "roofline-RTX4090.json")
+    assert best_cost_model(engine.model_copy(update={"model": "Qwen3-8B"}), profiles).endswith("roofline-RTX4090.json")
+    assert best_cost_model(engine.model_copy(update={"gpu": "L40S"}), profiles) == "roofline"
+    run_dir, _ = simulated_run(tmp_path)
+    assert main(["replay", str(run_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cost_model"].endswith("rtx4090-llama-3.1-8b-tp1.json")
