@@ -40,9 +40,15 @@ class RunResult:
     wall_time_s: float = field(default=0.0, compare=False)  # not in the JSON: it varies run to run
     # Set when the records dropped their token times (token_times=False): the ok requests' gaps.
     itl: ItlHistogram | None = field(default=None, compare=False)
+    _metrics: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def metrics(self, slos: dict | None = None) -> dict[str, float]:
-        return summarize(self.records, slos=slos, itl=self.itl)
+        """summarize() of the records; without SLOs computed once (printed and written alike)."""
+        if slos:
+            return summarize(self.records, slos=slos, itl=self.itl)
+        if self._metrics is None:
+            self._metrics = summarize(self.records, itl=self.itl)
+        return dict(self._metrics)
 
     def failed_by_reason(self) -> dict[str, int]:
         return failures_by_kind(self.records)
