@@ -5,7 +5,7 @@ Layout (as written by vLLM benchmark recorders such as LLMServingSim's `bench`):
 - `requests.jsonl`: per request `request_id, input_toks, output_toks, queued_ts, first_token_ts,
   last_token_ts` (engine-monotonic seconds; `queued_ts` is the arrival on that clock);
 - `meta.json`: `engine_kwargs` (max_num_seqs, max_num_batched_tokens, max_model_len, dtype,
-  tensor_parallel_size, quantization, kv_cache_dtype), `model`, and where recorded `kv_cache`
+  tensor_parallel_size, quantization), `model`, and where recorded `kv_cache`
   (num_gpu_blocks, block_size, enable_prefix_caching, gpu_memory_utilization),
   `hardware.device_name` and `resolved_config` (vLLM's configuration as it ran: its scheduler,
   model, parallel and cache sections, which take precedence, since they include the defaults the
@@ -64,7 +64,6 @@ class EngineKwargs(_Section):
     dtype: str | None = None
     tensor_parallel_size: int | None = Field(None, ge=1)
     quantization: str | None = None
-    kv_cache_dtype: str | None = None
 
 
 class KVCacheInfo(_Section):
@@ -89,16 +88,12 @@ class _ResolvedParallel(_Section):
     tensor_parallel_size: int | None = Field(None, ge=1)
 
 
-class _ResolvedCache(KVCacheInfo):
-    cache_dtype: str | None = None
-
-
 class ResolvedConfig(_Section):
     """The engine's configuration as it ran (vLLM's resolved config), defaults filled in."""
     scheduler_config: _ResolvedScheduler = _ResolvedScheduler()
     model_config_: _ResolvedModel = Field(_ResolvedModel(), alias="model_config")
     parallel_config: _ResolvedParallel = _ResolvedParallel()
-    cache_config: _ResolvedCache = _ResolvedCache()
+    cache_config: KVCacheInfo = KVCacheInfo()
 
 
 class HardwareInfo(BaseModel):
@@ -133,7 +128,6 @@ class RunMeta(BaseModel):
             max_model_len=first(model.max_model_len, kw.max_model_len),
             dtype=dtype.removeprefix("torch."),
             quantization=first(model.quantization, kw.quantization),
-            kv_cache_dtype=first(cache.cache_dtype, kw.kv_cache_dtype, default="auto"),
             tp=first(rc.parallel_config.tensor_parallel_size, kw.tensor_parallel_size, default=1),
             num_gpu_blocks=first(cache.num_gpu_blocks, kv.num_gpu_blocks),
             block_size=first(cache.block_size, kv.block_size, default=16),
@@ -148,7 +142,6 @@ class RunSettings:
     max_model_len: int | None
     dtype: str
     quantization: str | None
-    kv_cache_dtype: str
     tp: int
     num_gpu_blocks: int | None
     block_size: int
