@@ -64,6 +64,13 @@ class RequestStream:
         for c, seed in enumerate(self._chunk_seeds.tolist()):
             yield from self._chunk(c, seed)
 
+    def __getitem__(self, rank: int) -> Request:
+        """The request of this arrival rank (building only its chunk)."""
+        if not -len(self) <= rank < len(self):
+            raise IndexError(f"request {rank} of {len(self)}")
+        c, k = divmod(rank % len(self), CHUNK)
+        return self._chunk(c, int(self._chunk_seeds[c]))[k]
+
     def _chunk(self, c: int, seed: int) -> list[Request]:
         ranks = range(c * CHUNK, min((c + 1) * CHUNK, len(self)))
         idx = self.order[ranks.start: ranks.stop]

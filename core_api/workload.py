@@ -237,7 +237,7 @@ class LazyWorkload(Workload):
         return iter(self._stream)
 
     def __getitem__(self, i: int) -> Request:
-        return self.requests[i]
+        return self._stream[i]
 
     @property
     def arrival_times(self) -> np.ndarray:

@@ -36,7 +36,9 @@ def test_lazy_and_eager_workloads_hold_the_same_requests(small_chunks):
     _same(eager, list(lazy))
     _same(list(lazy), list(lazy))  # iterating again builds the same requests
     assert np.array_equal(lazy.arrival_times, eager.arrival_times)
-    assert lazy[7].id == "r7"
+    assert lazy[7].id == "r7" and np.array_equal(lazy[-1].prompt, eager[-1].prompt)  # one chunk built
+    with pytest.raises(IndexError):
+        lazy[50]
     grouped = [r for r in eager if r.prefix_group is not None]
     assert grouped and all(np.array_equal(r.prompt[:64], grouped[0].prompt[:64])
                            for r in grouped if r.prefix_group == grouped[0].prefix_group)
