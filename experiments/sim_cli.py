@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
                              "(drop --no-token-times, or token_times: false from the config)")
         trace = trace_spec_from_args(args, args.rate, config.seed)
         workload = trace.load() if trace is not None else None
-        result = simulate(config, workload)
+        n = len(workload) if workload is not None else config.workload.num_requests
+        result = simulate(config, workload, _progress_printer() if n >= PROGRESS_FROM else None)
     except (ValidationError, ValueError, StrategyError, FileNotFoundError) as exc:
         print(f"error: {error_text(exc)}", file=sys.stderr)
         return 2
@@ -107,6 +108,22 @@ def run(args: argparse.Namespace) -> int:
         print("error: no request completed", file=sys.stderr)
         return 1
     return 0
+
+
+PROGRESS_FROM = 20_000  # requests: smaller runs end within seconds, larger ones report each tenth
+
+
+def _progress_printer():
+    """A progress callback printing one plain line per tenth of the requests to stderr."""
+    import time
+
+    start = time.perf_counter()
+
+    def report(done: int, total: int, simulated_s: float) -> None:
+        print(f"[sim] {done}/{total} requests done, {simulated_s:.0f} s simulated, "
+              f"{time.perf_counter() - start:.0f} s elapsed", file=sys.stderr, flush=True)
+
+    return report
 
 
 def describe_strategies(names: list[str]) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,12 +116,16 @@ class SimCluster:
         return ec.scheduler_config(num_pages)
 
     def run(self, workload: Workload, seed: int = 0, config_echo: dict | None = None,
-            faults: FaultSchedule | None = None, token_times: bool = True) -> RunResult:
+            faults: FaultSchedule | None = None, token_times: bool = True,
+            progress: Callable[[int, int, float], None] | None = None) -> RunResult:
         """Simulate the workload. token_times=False: each finished request's record keeps its
         token count and first and last token time, its gaps go to one ITL histogram
-        (RunResult.itl), and every token's time is let go: what a run of millions needs."""
+        (RunResult.itl), and every token's time is let go: what a run of millions needs.
+        `progress(done, total, simulated_s)` is called each time another tenth of the requests
+        has ended."""
         wall0 = time.perf_counter()
         self._itl = None if token_times else ItlHistogram()
+        self._progress, self._total = progress, len(workload)
         records: list[RequestRecord] = []  # in arrival order, each made as its request arrives
         self.env.process(self._arrivals(workload, records))
         if faults is not None and faults.faults:
@@ -192,6 +197,10 @@ class SimCluster:
                 self._itl.add_request(record.token_times)
             record.drop_tokens()
         self._open -= 1
+        if self._progress is not None:
+            total, done = self._total, self._total - self._open
+            if done * 10 // total != (done - 1) * 10 // total:  # another tenth has ended
+                self._progress(done, total, self.env.now)
         if not self._open:
             self._all_done.succeed()
 
@@ -211,14 +220,15 @@ class SimCluster:
                 raise KVLeakError(f"engine {engine.id} still has sequences after the run")
 
 
-def simulate(config, workload: Workload | None = None) -> RunResult:
-    """Run a SimConfig (its workload unless one is given)."""
+def simulate(config, workload: Workload | None = None,
+             progress: Callable[[int, int, float], None] | None = None) -> RunResult:
+    """Run a SimConfig (its workload unless one is given); `progress` as in SimCluster.run."""
     from core_api.workload import generate
 
     workload = workload if workload is not None else generate(config.workload.model_copy(update={"seed": config.seed}),
                                                               lazy=True)
     cluster = SimCluster(config.cluster)
     result = cluster.run(workload, seed=config.seed, config_echo=config.model_dump(mode="json"), faults=config.faults,
-                         token_times=config.token_times)
+                         token_times=config.token_times, progress=progress)
     cluster.check_no_leaks()  # every page of every live engine free or cached: raises KVLeakError if not
     return result

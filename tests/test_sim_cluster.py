@@ -280,3 +280,18 @@ def test_simulate_ends_with_the_leak_check(monkeypatch):
     monkeypatch.setattr(BlockManager, "check_no_leaks", leaked)
     with pytest.raises(KVLeakError, match="still referenced"):
         simulate(small_sim_config(n=5))
+
+
+def test_a_long_simulation_reports_each_tenth_of_its_requests(capsys):
+    from experiments import sim_cli
+    from sim.cluster import simulate
+    from sim.config import default_config
+
+    seen = []
+    config = default_config().model_copy(update={"workload": default_config().workload.model_copy(
+        update={"num_requests": 25})})
+    simulate(config, progress=lambda done, total, t: seen.append((done, total, t)))
+    assert [d for d, _, _ in seen] == [3, 5, 8, 10, 13, 15, 18, 20, 23, 25]
+    assert all(total == 25 for _, total, _ in seen) and [t for *_, t in seen] == sorted(t for *_, t in seen)
+    sim_cli._progress_printer()(10, 20, 12.3)
+    assert capsys.readouterr().err.startswith("[sim] 10/20 requests done, 12 s simulated")
