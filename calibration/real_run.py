@@ -11,6 +11,8 @@ Layout (as written by vLLM benchmark recorders such as LLMServingSim's `bench`):
   model, parallel and cache sections, which take precedence, since they include the defaults the
   engine filled in);
 - `timeseries.csv` (optional): per tick `t, running, waiting, kv_cache_pct, ...`;
+- `llmservingsim_config.json` (optional, in validation bundles): names the GPU
+  (`nodes[].instances[].hardware`), used when meta.json records no device;
 - the workload it replayed (optional; `meta.dataset_path`, JSONL with `input_tok_ids`), which
   gives the prompts' real token ids and so their shared prefixes.
 
@@ -157,6 +159,7 @@ class RealRun:
     timeseries: dict[str, np.ndarray] | None
     prompts: list[np.ndarray] | None  # token ids per request, same order, when the workload was found
     workload_path: Path | None
+    hardware_hint: str | None = None  # the GPU llmservingsim_config.json names, if any (see _read_hardware_hint)
 
     @property
     def name(self) -> str:
@@ -205,6 +208,21 @@ def _read_meta(path: Path) -> RunMeta:
         return RunMeta.model_validate(data)
     except ValidationError as e:
         raise RunDirError(f"{path}: {format_validation_error(e)}") from None
+
+
+def _read_hardware_hint(path: Path) -> str | None:
+    """The GPU a validation bundle's llmservingsim_config.json names for its one kind of instance
+    (`nodes[].instances[].hardware`): where meta.json records no device, the run's GPU."""
+    if not path.is_file():
+        return None
+    data = read_json(path, "simulator config", RunDirError)
+    try:
+        names = {inst["hardware"] for node in data["nodes"] for inst in node["instances"]}
+    except (KeyError, TypeError):
+        raise RunDirError(f"{path}: expected nodes[].instances[].hardware") from None
+    if len(names) != 1 or not isinstance(next(iter(names)), str):
+        return None  # several kinds of GPU, or none: no single answer
+    return next(iter(names))
 
 
 def _read_timeseries(path: Path) -> dict[str, np.ndarray] | None:
@@ -270,4 +288,5 @@ def load_run(run_dir: str | Path, workload: str | Path | None = None) -> RealRun
         raise RunDirError(f"{workload}: workload file not found")
     workload_path = Path(workload) if workload is not None else find_workload(run_dir, meta)
     prompts = _read_prompts(workload_path, requests) if workload_path is not None else None
-    return RealRun(run_dir, meta, requests, _read_timeseries(run_dir / "timeseries.csv"), prompts, workload_path)
+    return RealRun(run_dir, meta, requests, _read_timeseries(run_dir / "timeseries.csv"), prompts, workload_path,
+                   _read_hardware_hint(run_dir / "llmservingsim_config.json"))

@@ -60,6 +60,12 @@ def resolve_gpu(run: RealRun, override: str | None, profile_gpu: str | None) -> 
             raise RunDirError(f"{run.path}/meta.json: hardware.device_name {device!r} has no GPU preset; "
                               f"pass --gpu with a preset name or an inline spec")
         return gpu.name
+    if run.hardware_hint:
+        gpu = gpu_for_device(run.hardware_hint)
+        if gpu is None:
+            raise RunDirError(f"{run.path}/llmservingsim_config.json: hardware {run.hardware_hint!r} has no GPU "
+                              f"preset; pass --gpu with a preset name or an inline spec")
+        return gpu.name
     if profile_gpu:
         return profile_gpu
     raise RunDirError(f"{run.path}/meta.json: no hardware.device_name; pass --gpu (or a profile that names its GPU)")

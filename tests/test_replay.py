@@ -175,3 +175,19 @@ def test_replay_prices_with_the_best_profile_shipped_for_the_run(tmp_path, capsy
     run_dir, _ = simulated_run(tmp_path)
     assert main(["replay", str(run_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["cost_model"].endswith("rtx4090-llama-3.1-8b-tp1.json")
+
+
+def test_a_run_without_a_device_name_takes_its_gpu_from_the_bundles_simulator_config(tmp_path):
+    run_dir, _ = simulated_run(tmp_path)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    (run_dir / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "hardware"}))
+    config = {"nodes": [{"instances": [{"hardware": "RTX4090", "tp_size": 1}]}]}
+    (run_dir / "llmservingsim_config.json").write_text(json.dumps(config))
+    assert replay(load_run(run_dir), "roofline").metrics()["mean_ttft_ms"]["diff_pct"] == 0.0
+    config["nodes"][0]["instances"][0]["hardware"] = "TPUv9"
+    (run_dir / "llmservingsim_config.json").write_text(json.dumps(config))
+    with pytest.raises(RunDirError, match="llmservingsim_config.json: hardware 'TPUv9' has no GPU preset"):
+        replay(load_run(run_dir), "roofline")
+    (run_dir / "llmservingsim_config.json").write_text(json.dumps({"nodes": "?"}))
+    with pytest.raises(RunDirError, match=r"llmservingsim_config.json: expected nodes\[\].instances\[\].hardware"):
+        load_run(run_dir)
