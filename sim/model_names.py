@@ -17,12 +17,19 @@ from pathlib import Path
 _TUNING_WORDS = {"instruct", "chat", "hf", "it", "base", "fp8", "dynamic"}
 
 
+def repo_id(name: str) -> str:
+    """The Hugging Face repo id a name stands for: itself, or the `org/name` of a path into a hub
+    cache (.../models--meta-llama--Llama-3.1-8B/snapshots/<hash>, as vLLM logs a local model)."""
+    match = re.search(r"models--([^/]+?)--([^/]+)", name)
+    return f"{match.group(1)}/{match.group(2)}" if match else name
+
+
 def _words(name: str) -> list[str]:
     return [w for w in re.split(r"[-_]", name.lower()) if w]
 
 
 def _shape_words(name: str) -> list[str]:
-    words = _words(name.rsplit("/", 1)[-1])
+    words = _words(repo_id(name).rstrip("/").rsplit("/", 1)[-1])
     if words[:1] == ["meta"]:  # Meta-Llama-3.1-8B is Llama-3.1-8B
         words = words[1:]
     return [w for w in words if w not in _TUNING_WORDS]
@@ -39,7 +46,7 @@ def preset_for(name: str, presets: Iterable[str]) -> str | None:
 
 def says_fp8(name: str) -> bool:
     """The checkpoint's name marks FP8 weights (e.g. Llama-3.1-8B-Instruct-FP8)."""
-    return "fp8" in _words(name.rsplit("/", 1)[-1])
+    return "fp8" in _words(repo_id(name).rstrip("/").rsplit("/", 1)[-1])
 
 
 def hub_cache_dir() -> Path:
@@ -50,10 +57,12 @@ def hub_cache_dir() -> Path:
     return Path(home) / "hub"
 
 
-def hub_cache_config(repo_id: str) -> Path | None:
-    """config.json of a Hugging Face repo id in the local hub cache (newest snapshot), if there."""
-    if repo_id.count("/") != 1 or ".." in repo_id:
+def hub_cache_config(name: str) -> Path | None:
+    """config.json of a Hugging Face repo id (or a path into a hub cache) in the local hub cache
+    (newest snapshot), if there."""
+    repo = repo_id(name)
+    if repo.count("/") != 1 or ".." in repo:
         return None
-    snapshots = hub_cache_dir() / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    snapshots = hub_cache_dir() / f"models--{repo.replace('/', '--')}" / "snapshots"
     configs = sorted(snapshots.glob("*/config.json"), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
     return configs[-1] if configs else None

@@ -51,7 +51,8 @@ def test_hugging_face_ids_resolve_to_presets():
     ("meta-llama/Meta-Llama-3.1-8B-Instruct", "Llama-3.1-8B"), ("meta-llama/Llama-3.3-70B-Instruct", "Llama-3.3-70B"),
     ("meta-llama/Meta-Llama-3-8B-Instruct", "Llama-3-8B"), ("meta-llama/Llama-2-7b-chat-hf", "Llama-2-7B"),
     ("mistralai/Mistral-7B-Instruct-v0.3", "Mistral-7B-v0.3"), ("Qwen/Qwen2.5-7B-Instruct", "Qwen2.5-7B"),
-    ("neuralmagic/Meta-Llama-3.1-70B-Instruct-FP8", "Llama-3.1-70B")])
+    ("neuralmagic/Meta-Llama-3.1-70B-Instruct-FP8", "Llama-3.1-70B"), ("/models/Qwen2.5-7B-Instruct/", "Qwen2.5-7B"),
+    ("/root/.cache/huggingface/hub/models--meta-llama--Llama-3.1-8B/snapshots/0e9e39f2", "Llama-3.1-8B")])
 def test_fine_tunes_are_priced_as_their_base_model(name, preset, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty hub cache
     assert get_model(name) is MODEL_PRESETS[preset]
