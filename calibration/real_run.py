@@ -12,7 +12,8 @@ Layout (as written by vLLM benchmark recorders such as LLMServingSim's `bench`):
   engine filled in);
 - `timeseries.csv` (optional): per tick `t, running, waiting, kv_cache_pct, ...`;
 - `llmservingsim_config.json` (optional, in validation bundles): names the GPU
-  (`nodes[].instances[].hardware`), used when meta.json records no device;
+  (`nodes[].instances[].hardware`), used when meta.json records no device. These two only help
+  (a diagnostic, a hint): one that cannot be read is left out with a warning (`RealRun.warnings`);
 - the workload it replayed (optional; `meta.dataset_path`, JSONL with `input_tok_ids`), which
   gives the prompts' real token ids and so their shared prefixes.
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,7 @@ class RealRun:
     prompts: list[np.ndarray] | None  # token ids per request, same order, when the workload was found
     workload_path: Path | None
     hardware_hint: str | None = None  # the GPU llmservingsim_config.json names, if any (see _read_hardware_hint)
+    warnings: list[str] = field(default_factory=list)  # optional files left out, and why
 
     @property
     def name(self) -> str:
@@ -210,32 +212,43 @@ def _read_meta(path: Path) -> RunMeta:
         raise RunDirError(f"{path}: {format_validation_error(e)}") from None
 
 
-def _read_hardware_hint(path: Path) -> str | None:
+def _read_hardware_hint(path: Path, warnings: list[str]) -> str | None:
     """The GPU a validation bundle's llmservingsim_config.json names for its one kind of instance
-    (`nodes[].instances[].hardware`): where meta.json records no device, the run's GPU."""
+    (`nodes[].instances[].hardware`): where meta.json records no device, the run's GPU. Only a
+    hint: a file that cannot be read is left out with a warning."""
     if not path.is_file():
         return None
-    data = read_json(path, "simulator config", RunDirError)
     try:
+        data = read_json(path, "simulator config", RunDirError)
         names = {inst["hardware"] for node in data["nodes"] for inst in node["instances"]}
+    except RunDirError as e:
+        warnings.append(f"left out: {e}")
+        return None
     except (KeyError, TypeError):
-        raise RunDirError(f"{path}: expected nodes[].instances[].hardware") from None
+        warnings.append(f"{path}: left out (expected nodes[].instances[].hardware)")
+        return None
     if len(names) != 1 or not isinstance(next(iter(names)), str):
         return None  # several kinds of GPU, or none: no single answer
     return next(iter(names))
 
 
-def _read_timeseries(path: Path) -> dict[str, np.ndarray] | None:
+TIMESERIES_COLUMNS = ("t", "running", "waiting")
+
+
+def _read_timeseries(path: Path, warnings: list[str]) -> dict[str, np.ndarray] | None:
+    """The queue over time (only a diagnostic: a file that cannot be read is left out, with a
+    warning, and the replay goes on)."""
     if not path.exists():
         return None
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"t", "running", "waiting"} <= set(rows[0]):
-        raise RunDirError(f"{path}: needs columns t, running, waiting")
     try:
-        return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
-    except ValueError as e:
-        raise RunDirError(f"{path}: {e}") from None
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or not set(TIMESERIES_COLUMNS) <= set(rows[0]):
+            raise ValueError(f"needs columns {', '.join(TIMESERIES_COLUMNS)}")
+        return {k: np.array([float(r[k]) for r in rows]) for k in TIMESERIES_COLUMNS}
+    except (ValueError, TypeError, OSError, UnicodeDecodeError, csv.Error) as e:
+        warnings.append(f"{path}: left out ({e})")
+        return None
 
 
 def find_workload(run_dir: Path, meta: RunMeta) -> Path | None:
@@ -288,5 +301,7 @@ def load_run(run_dir: str | Path, workload: str | Path | None = None) -> RealRun
         raise RunDirError(f"{workload}: workload file not found")
     workload_path = Path(workload) if workload is not None else find_workload(run_dir, meta)
     prompts = _read_prompts(workload_path, requests) if workload_path is not None else None
-    return RealRun(run_dir, meta, requests, _read_timeseries(run_dir / "timeseries.csv"), prompts, workload_path,
-                   _read_hardware_hint(run_dir / "llmservingsim_config.json"))
+    warnings: list[str] = []
+    timeseries = _read_timeseries(run_dir / "timeseries.csv", warnings)
+    hint = _read_hardware_hint(run_dir / "llmservingsim_config.json", warnings)
+    return RealRun(run_dir, meta, requests, timeseries, prompts, workload_path, hint, warnings)

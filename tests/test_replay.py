@@ -189,5 +189,23 @@ def test_a_run_without_a_device_name_takes_its_gpu_from_the_bundles_simulator_co
     with pytest.raises(RunDirError, match="llmservingsim_config.json: hardware 'TPUv9' has no GPU preset"):
         replay(load_run(run_dir), "roofline")
     (run_dir / "llmservingsim_config.json").write_text(json.dumps({"nodes": "?"}))
-    with pytest.raises(RunDirError, match=r"llmservingsim_config.json: expected nodes\[\].instances\[\].hardware"):
-        load_run(run_dir)
+    run = load_run(run_dir)  # only a hint: left out with a warning
+    assert run.hardware_hint is None
+    assert run.warnings == [f"{run_dir}/llmservingsim_config.json: left out (expected nodes[].instances[].hardware)"]
+    with pytest.raises(RunDirError, match="no hardware.device_name; pass --gpu"):
+        replay(run, "roofline")
+
+
+def test_a_queue_log_that_cannot_be_read_is_left_out_with_a_warning(tmp_path, capsys):
+    """timeseries.csv is a diagnostic: extra columns of any kind are fine; a file without the
+    queue's columns is left out with a warning, and the replay still runs."""
+    run_dir, _ = simulated_run(tmp_path)
+    (run_dir / "timeseries.csv").write_text("t,running,waiting,note\n1.0,3,0,warm\n2.0,4,1,\n")
+    run = load_run(run_dir)
+    assert list(run.timeseries["running"]) == [3.0, 4.0] and not run.warnings
+    (run_dir / "timeseries.csv").write_text("time,num_running\n1.0,3\n")
+    assert load_run(run_dir).timeseries is None
+    assert main(["replay", str(run_dir), "--cost-model", "roofline", "--json"]) == 0
+    out = capsys.readouterr()
+    assert "timeseries.csv: left out (needs columns t, running, waiting)" in out.err
+    assert json.loads(out.out)["metrics"]["mean_ttft_ms"]["diff_pct"] == 0.0
