@@ -12,7 +12,6 @@ from pathlib import Path
 from sim.config import EngineConfig
 from sim.cost_models import load_profile
 from sim.layer_profile import LayerProfile
-from sim.profile import ProfileError
 from sim.profile_match import mismatches
 
 SHIPPED = Path(__file__).resolve().parent / "profiles"
@@ -24,8 +23,8 @@ def best_cost_model(engine: EngineConfig, profiles: Path = SHIPPED) -> str:
     for path in sorted(profiles.glob("*.json")):
         try:
             profile = load_profile(str(path))
-        except (ProfileError, ValueError):
-            continue  # reports and samples lie next to the profiles
+        except ValueError:  # ProfileError, or a file of another kind: reports and samples lie here too
+            continue
         if isinstance(profile, LayerProfile) and profile.gpu == gpu and not mismatches(profile, engine):
             return str(path)
     fitted = profiles / f"roofline-{gpu}.json"

@@ -221,11 +221,10 @@ def _read_hardware_hint(path: Path, warnings: list[str]) -> str | None:
     try:
         data = read_json(path, "simulator config", RunDirError)
         names = {inst["hardware"] for node in data["nodes"] for inst in node["instances"]}
-    except RunDirError as e:
-        warnings.append(f"left out: {e}")
-        return None
-    except (KeyError, TypeError):
-        warnings.append(f"{path}: left out (expected nodes[].instances[].hardware)")
+    except (RunDirError, KeyError, TypeError) as e:
+        why = str(e).removeprefix(f"{path}: ") if isinstance(e, RunDirError) else \
+            "expected nodes[].instances[].hardware"
+        warnings.append(f"{path}: left out ({why})")
         return None
     if len(names) != 1 or not isinstance(next(iter(names)), str):
         return None  # several kinds of GPU, or none: no single answer

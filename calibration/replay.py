@@ -51,21 +51,19 @@ def compare(real: dict[str, np.ndarray], sim: dict[str, np.ndarray]) -> dict[str
 
 
 def resolve_gpu(run: RealRun, override: str | None, profile_gpu: str | None) -> str:
+    """--gpu; else the GPU the run names (meta.json's device, else the bundle's simulator config);
+    else the profile's."""
     if override:
         return override
-    device = run.meta.hardware.device_name if run.meta.hardware else None
-    if device:
-        gpu = gpu_for_device(device)
-        if gpu is None:
-            raise RunDirError(f"{run.path}/meta.json: hardware.device_name {device!r} has no GPU preset; "
-                              f"pass --gpu with a preset name or an inline spec")
-        return gpu.name
-    if run.hardware_hint:
-        gpu = gpu_for_device(run.hardware_hint)
-        if gpu is None:
-            raise RunDirError(f"{run.path}/llmservingsim_config.json: hardware {run.hardware_hint!r} has no GPU "
-                              f"preset; pass --gpu with a preset name or an inline spec")
-        return gpu.name
+    named = (("meta.json: hardware.device_name", run.meta.hardware.device_name if run.meta.hardware else None),
+             ("llmservingsim_config.json: hardware", run.hardware_hint))
+    for where, name in named:
+        if name:
+            gpu = gpu_for_device(name)
+            if gpu is None:
+                raise RunDirError(f"{run.path}/{where} {name!r} has no GPU preset; "
+                                  f"pass --gpu with a preset name or an inline spec")
+            return gpu.name
     if profile_gpu:
         return profile_gpu
     raise RunDirError(f"{run.path}/meta.json: no hardware.device_name; pass --gpu (or a profile that names its GPU)")

@@ -28,8 +28,13 @@ def _words(name: str) -> list[str]:
     return [w for w in re.split(r"[-_]", name.lower()) if w]
 
 
+def _checkpoint_words(name: str) -> list[str]:
+    """The words of the checkpoint's own name (the repo id's last part)."""
+    return _words(repo_id(name).rstrip("/").rsplit("/", 1)[-1])
+
+
 def _shape_words(name: str) -> list[str]:
-    words = _words(repo_id(name).rstrip("/").rsplit("/", 1)[-1])
+    words = _checkpoint_words(name)
     if words[:1] == ["meta"]:  # Meta-Llama-3.1-8B is Llama-3.1-8B
         words = words[1:]
     return [w for w in words if w not in _TUNING_WORDS]
@@ -46,7 +51,7 @@ def preset_for(name: str, presets: Iterable[str]) -> str | None:
 
 def says_fp8(name: str) -> bool:
     """The checkpoint's name marks FP8 weights (e.g. Llama-3.1-8B-Instruct-FP8)."""
-    return "fp8" in _words(repo_id(name).rstrip("/").rsplit("/", 1)[-1])
+    return "fp8" in _checkpoint_words(name)
 
 
 def hub_cache_dir() -> Path:
