@@ -163,13 +163,16 @@ def test_a_chunk_naming_the_engines_own_pool_is_refused(engine, keydir):
 def test_only_the_client_that_created_a_request_may_release_or_continue_it(engine, keydir):
     owner, other = _client(engine, keydir, "router"), _client(engine, keydir, "router2")
     call = engine.send(p.StartGenerate(op="start_generate", id=0, req=_wire("victim", max_tokens=40)), sock=owner)
+    # The engine reads its sockets in no fixed order: the request exists once its stream has begun.
+    first = engine.answers(owner, wait_s=20, until=lambda answers: any(
+        isinstance(m, p.Chunks) and call in m.ids for m in answers))
     for msg in (p.Release(op="release", id=0, req_id="victim"),
                 p.StartGenerate(op="start_generate", id=0, req=_wire("victim")),
                 p.PrepRecv(op="prep_recv", id=0, req=_wire("victim"))):
         refused = engine.call(msg, sock=other)
         assert isinstance(refused, p.Error) and "belongs to another connection" in refused.error, refused
-    got = engine.answers(owner, wait_s=20,
-                         until=lambda answers: any(isinstance(m, p.Chunks) and call in m.finished for m in answers))
+    got = first + engine.answers(owner, wait_s=20, until=lambda answers: any(
+        isinstance(m, p.Chunks) and call in m.finished for m in first + answers))
     tokens = [t for m in got if isinstance(m, p.Chunks) for cid, t in zip(m.ids, m.tokens) if cid == call]
     assert len(tokens) == 40 and not any(isinstance(m, p.Error) for m in got), "the victim's stream was cut"
     engine.worker.sched.kv.check_no_leaks()
