@@ -178,6 +178,10 @@ def _fit(args) -> int:
     if profile.rpc_latency_s is not None:
         print(f"  control calls    round trip {profile.rpc_latency_s * 1e6:.1f} us, sender CPU per remote_send "
               f"{(profile.send_overhead_s or 0) * 1e6:.1f} us")
+    if profile.stream is not None:
+        sc = profile.stream
+        print(f"  streaming        {sc.message_s * 1e6:.1f} us per message + {sc.step_s * 1e6:.1f} us per step + "
+              f"{sc.token_s * 1e6:.2f} us per token, a message every {sc.interval_s * 1e3:g} ms")
     print("held-out MAPE: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in fit.errors.items()
                                         if not k.startswith("feature:")))
     print(f"wrote {args.out}, {report_path}, {pred_path}")

@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import least_squares, lsq_linear
 
-from calibration.samples import STEP_KINDS, ProfileSamples, StepSample, TransferSample
+from calibration.samples import STEP_KINDS, ProfileSamples, StepSample, StreamSample, TransferSample
 from sim.network import LinkSpec
 from sim.profile import KNOWN_COEFFICIENTS, CostProfile
+from sim.stream_cost import StreamCost
 
 DEFAULT_COEFFICIENTS = KNOWN_COEFFICIENTS  # const + every StepFeatures field
 STATISTICS = ("median", "mean", "trimmed")
@@ -102,6 +103,7 @@ class FitResult:
     train_errors: dict[str, float]
     predictions: list[Prediction] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    stream: StreamCost | None = None
 
 
 # ---- step model -------------------------------------------------------------------------
@@ -263,9 +265,26 @@ def fit_samples(samples: ProfileSamples, names: tuple[str, ...] = DEFAULT_COEFFI
         result.errors["transfer"], result.train_errors["transfer"] = t.error, t.train_error
         result.predictions += t.predictions
         result.counts["transfers"] = len(samples.transfers)
+    if samples.streams:
+        interval = float((samples.environment.get("engine") or {}).get("stream_interval_s", 0.0))
+        result.stream, result.errors["stream"] = fit_streams(samples.streams, interval)
+        result.train_errors["stream"] = result.errors["stream"]
+        result.counts["streams"] = len(samples.streams)
     for k in STEP_KINDS:
         result.counts[k] = sum(s.kind == k for s in samples.steps)
     return result
+
+
+def fit_streams(samples: list[StreamSample], interval_s: float) -> tuple[StreamCost, float]:
+    """message_s + step_s * steps + token_s * tokens per message, non-negative least squares over
+    the stream samples, and its MAPE over them (three coefficients on a dozen noisy points: no
+    hold-out; the samples whose median came out non-positive, pure noise, are left out of it)."""
+    a = np.array([[1.0, s.steps, s.tokens] for s in samples])
+    y = np.array([s.extra_s for s in samples])
+    message, step, token = lsq_linear(a, y, bounds=(0.0, np.inf)).x
+    cost = StreamCost(interval_s=interval_s, message_s=float(message), step_s=float(step), token_s=float(token))
+    ok = y > 0
+    return cost, mape(a[ok] @ np.array([message, step, token]), y[ok])
 
 
 def to_profile(samples: ProfileSamples, fit: FitResult, colocated_router: bool = False) -> CostProfile:
@@ -296,7 +315,7 @@ def to_profile(samples: ProfileSamples, fit: FitResult, colocated_router: bool =
         hardware=samples.hardware, model=samples.model, dtype=samples.dtype, tp=samples.tp,
         page_size=samples.page_size, engine_version=samples.engine_version or engine_version(),
         coefficients=coefficients, transfer=transfer, rpc_latency_s=rpc, send_overhead_s=send_overhead,
-        router_cpu_per_token_s=router["router_cpu_per_token_s"] if colocated_router else None,
+        router_cpu_per_token_s=router["router_cpu_per_token_s"] if colocated_router else None, stream=fit.stream,
         fit_error={k: v for k, v in fit.errors.items() if np.isfinite(v)},
         sample_count=len(samples.steps) + len(samples.transfers),
         created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from calibration import environment
 from calibration.cluster_profile import profile_cluster
 from calibration.fit import engine_version
-from calibration.samples import ProfileSamples, StepSample
+from calibration.samples import ProfileSamples, StepSample, StreamSample
 from calibration.step_profiler import ProfileError, StepProfiler, Timed
 from real.config import EngineSpec
 from sim.hardware import MODEL_PRESETS, ModelSpec
@@ -49,6 +49,8 @@ class GridSpec(BaseModel):
     mixed_decode: list[tuple[int, int]] = [(4, 128), (16, 512), (48, 64)]  # (sequences, context)
     mixed_prefill: list[tuple[int, int]] = [(1, 256), (32, 0), (128, 256), (320, 0)]  # (tokens, context)
     transfer_pages: list[int] = [1, 4, 16, 32, 64, 128]
+    stream_seqs: list[int] = [1, 4, 16, 64]  # decoding sequences streaming to the router
+    stream_steps: list[int] = [1, 2, 4]  # steps per stream message
 
 
 class ProfileSettings(BaseModel):
@@ -62,6 +64,7 @@ class ProfileSettings(BaseModel):
     repeats: int = Field(5, ge=1, description="timed steps per grid point and round")
     rounds: int = Field(3, ge=1, description="passes over the whole grid; a sample is the median of all")
     transfer_repeats: int = Field(9, ge=1)
+    stream_repeats: int = Field(6, ge=2, description="repeats per stream sample (fresh sequences each; pairs)")
     seed: int = 0
     core: int | None = Field(None, description="pin the profiler to this core (default: the last one)")
     transfers: bool = True
@@ -91,6 +94,72 @@ def grid_points(s: ProfileSettings) -> list[tuple[str, tuple]]:
                 if fits and ctx + 128 < limit and c + n < limit:
                     points.append(("mixed", (b, ctx, n, c, sample)))
     return points
+
+
+def stream_points(s: ProfileSettings) -> list[tuple[int, int]]:
+    """(sequences, steps per message) of the stream samples, limited to what the engine can run."""
+    e, g = s.engine, s.grid
+    points = []
+    for b in g.stream_seqs:
+        for k in g.stream_steps:
+            steps = _stream_steps(k)
+            if b <= min(e.max_num_batched_tokens, e.max_num_seqs) and b * (STREAM_CONTEXT + steps + 16) <= \
+                    e.num_pages * e.page_size and STREAM_CONTEXT + steps < e.max_model_len:
+                points.append((b, k))
+    return points
+
+
+STREAM_CONTEXT = 128  # context of the streaming sequences (the message cost does not depend on it)
+STREAM_BLOCK_STEPS = 16  # timed steps per block, at least
+
+
+def _stream_steps(k: int) -> int:
+    """Steps one repeat of a stream point runs: two blocks of m messages of k steps, each block
+    with an untimed first step and one timed step after its last message."""
+    m = max(2, -(-STREAM_BLOCK_STEPS // k))
+    return 2 * (m * k + 2) + 1
+
+
+def _stream(p: StepProfiler, b: int, k: int, repeats: int) -> StreamSample:
+    """The added time per stream message of b sequences every k steps (see StreamSample).
+
+    Each repeat runs b fresh decoding sequences through two blocks of m*k timed steps, one
+    streaming (a message at the end of every k-th step) and one not, in alternating order.
+    A block's first step is untimed (it carries the previous block's after-effects) and one step
+    after the last message is timed (it carries this block's), so each block holds exactly m
+    messages, their tokens and the steps after them."""
+    m = max(2, -(-STREAM_BLOCK_STEPS // k))
+    out = p.worker.stream_out
+    saved = out.interval_s
+    out.interval_s = float("inf")  # messages go out exactly where the block sends them
+    extras = []
+    try:
+        for r in range(repeats):
+            seqs = [p.add(STREAM_CONTEXT, 1, max_tokens=_stream_steps(k) + 2, stream=True) for _ in range(b)]
+            handles = [s.handle for s in seqs]
+            p.step(flush=True)  # the one-token prefill and the first tokens' message
+            total = {}
+            for streaming in ((True, False) if r % 2 == 0 else (False, True)):
+                for s in seqs:
+                    s.handle = None
+                p.step()  # untimed
+                for s, h in zip(seqs, handles):
+                    s.handle = h if streaming else None
+                t = 0.0
+                for j in range(1, m * k + 2):
+                    if j == m * k + 1:
+                        for s in seqs:
+                            s.handle = None
+                    t += p.step(flush=streaming and j % k == 0 and j <= m * k).seconds
+                total[streaming] = t
+            p.release(seqs)
+            extras.append((total[True] - total[False]) / m)
+    finally:
+        out.interval_s = saved
+    # The second block of a repeat runs at a longer context than the first: the mean of two
+    # repeats in opposite orders cancels that.
+    pairs = [(a + b) / 2 for a, b in zip(extras[::2], extras[1::2])]
+    return StreamSample(seqs=b, steps=k, tokens=b * k, extra_s=statistics.median(pairs), extras_s=extras)
 
 
 def _sample(kind: str, label: str, runs: list[Timed]) -> StepSample:
@@ -182,6 +251,23 @@ def profile_steps(s: ProfileSettings, progress: Progress | None = None) -> list[
     return [_sample(kind, label, timed) for label, (kind, timed) in runs.items()]
 
 
+def profile_streams(s: ProfileSettings, progress: Progress | None = None) -> list[StreamSample]:
+    points = stream_points(s)
+    if not points:
+        return []
+    profiler = StepProfiler(s.engine, s.seed + 3)
+    out = []
+    try:
+        _prefill(profiler, 64, 0, 2, True, 5, 0)  # warm the process, as the step profile does
+        for i, (b, k) in enumerate(points):
+            out.append(_stream(profiler, b, k, s.stream_repeats))
+            if progress:
+                progress(i + 1, len(points), f"stream B={b} every {k} steps")
+    finally:
+        profiler.close()
+    return out
+
+
 # -- the whole run -------------------------------------------------------------------------
 def sim_model(config) -> str | ModelSpec:
     """The simulator's name for a real LlamaConfig: a preset with the same shape, else inline."""
@@ -204,6 +290,7 @@ def run_profile(s: ProfileSettings, progress: Progress | None = None) -> Profile
         t0 = time.perf_counter()
         steps = profile_steps(s, progress)
         step_wall = time.perf_counter() - t0
+        streams = profile_streams(s, progress)
         env = environment.describe(s.engine.device)  # threads and affinity as the steps ran
     config = model_config_of(s.engine)
     kv_bytes = config.kv_bytes_per_token()
@@ -212,13 +299,15 @@ def run_profile(s: ProfileSettings, progress: Progress | None = None) -> Profile
         "control": control, "foreign_cpu_share": foreign.share, "load_average_before": load_before,
         "load_average_after": environment.load_average(), "step_profile_wall_s": round(step_wall, 2),
         "warmup": s.warmup, "repeats": s.repeats, "rounds": s.rounds, "transfer_repeats": s.transfer_repeats,
+        "stream_repeats": s.stream_repeats,
         "engine": s.engine.model_dump(exclude={"listen", "exit_with_parent"}), "grid": s.grid.model_dump(),
         "router": router,
     })
     return ProfileSamples(
         hardware=environment.device_name(s.engine.device), model=sim_model(config),
         dtype=DTYPE_NAMES[config.dtype], tp=1, page_size=s.engine.page_size, kv_bytes_per_token=kv_bytes,
-        engine_version=engine_version(), created=created, environment=env, steps=steps, transfers=transfers)
+        engine_version=engine_version(), created=created, environment=env, steps=steps, transfers=transfers,
+        streams=streams)
 
 
 def model_config_of(spec: EngineSpec):

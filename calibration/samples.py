@@ -66,6 +66,20 @@ class TransferSample(StrictFinite):
     times_s: list[float] = Field(default_factory=list)
 
 
+class StreamSample(StrictFinite):
+    """What streaming tokens to the router costs an engine: `seqs` decoding sequences whose tokens
+    go out in one message every `steps` steps, against the same steps with nothing streamed.
+    `extra_s` is the median over pairs of repeats of the added time per message: queueing each token,
+    encoding and sending the message, and the slower step after it (the send evicts the step's
+    working set from the core's caches)."""
+
+    seqs: int = Field(ge=1)
+    steps: int = Field(ge=1, description="steps per message")
+    tokens: int = Field(ge=1, description="tokens per message (seqs x steps)")
+    extra_s: float = Field(description="median added seconds per message (over pairs of repeats)")
+    extras_s: list[float] = Field(default_factory=list, description="every repeat")
+
+
 class ProfileSamples(StrictFinite):
     """A whole profiling run: the setup it measured and every sample."""
 
@@ -81,6 +95,7 @@ class ProfileSamples(StrictFinite):
     environment: dict[str, Any] = Field(default_factory=dict)
     steps: list[StepSample] = Field(default_factory=list)
     transfers: list[TransferSample] = Field(default_factory=list)
+    streams: list[StreamSample] = Field(default_factory=list)
 
     @classmethod
     def load(cls, path: str | Path) -> ProfileSamples:

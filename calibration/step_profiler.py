@@ -12,7 +12,10 @@ Shapes are produced through the scheduler's public calls, as an engine would see
   making it (the KV contents are irrelevant to timing);
 - the chunk size of a step is set by the engine's token budget (max_num_batched_tokens), which
   the profiler sets per step to the tokens it wants in that step.
-Every sequence streams to an in-process DEALER socket, so the chunk messages really go out.
+Step samples stream nothing: sending tokens to the router is timed apart (`add(stream=True)`,
+`step(flush=True)`, calibration.profile's stream samples), because a real engine sends one
+message per `stream_interval_s`, not per step, and the simulator charges it that way. Streams go
+to an in-process DEALER socket, so the messages really go out.
 """
 from __future__ import annotations
 
@@ -69,6 +72,10 @@ class StepProfiler:
         # touch, which would charge page faults to whichever grid point reads a page first.
         # A long-running engine has touched all of it; that steady state is what we time.
         self.worker.pool.zero_()
+        # A fresh pool hands out pages in address order, so a sequence's KV lies contiguous;
+        # in a long-running engine its pages are scattered, and reading them is measurably
+        # slower (2-4% of a small decode step here).
+        self.sched.kv.scatter_free(seed)
         self.vocab = self.worker.model.config.vocab_size
         self.device = self.worker.model.device
         self.rng = np.random.default_rng(seed)
@@ -105,9 +112,10 @@ class StepProfiler:
         prompt = self.rng.integers(0, self.vocab, size=prompt_len, dtype=np.int32)
         return Request(f"prof{next(self._ids)}", prompt, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
 
-    def add(self, context: int, new: int, max_tokens: int = 1) -> Sequence:
+    def add(self, context: int, new: int, max_tokens: int = 1, stream: bool = False) -> Sequence:
         """A generating sequence whose first `context` prompt tokens already have KV here and
-        whose next `new` tokens are the prompt's remainder (ready to be scheduled)."""
+        whose next `new` tokens are the prompt's remainder (ready to be scheduled); with `stream`,
+        its tokens are queued for the router as a real stream's are."""
         req = self.request(context + new, max_tokens)
         sched, now = self.sched, time.monotonic()
         if context:
@@ -117,7 +125,7 @@ class StepProfiler:
                 raise ProfileError(f"no room for {context} tokens of context: grow num_pages")
             sched.complete_receive(req.id, now)
         seq = sched.add_generate(req, context)
-        seq.handle = Stream(self.ident, next(self._ids))
+        seq.handle = Stream(self.ident, next(self._ids)) if stream else None
         return seq
 
     def release(self, seqs: list[Sequence]) -> None:
@@ -126,8 +134,9 @@ class StepProfiler:
             self.sched.release(seq.id)
         self.drain()
 
-    def step(self, budget: int | None = None) -> Timed:
-        """One timed loop iteration, with the token budget set to `budget` for this step."""
+    def step(self, budget: int | None = None, flush: bool = False) -> Timed:
+        """One timed loop iteration, with the token budget set to `budget` for this step; with
+        `flush`, it ends by sending the queued stream tokens, as a step does when its interval is up."""
         cfg = self.sched.config
         saved = cfg.max_num_batched_tokens
         if budget is not None:
@@ -138,6 +147,8 @@ class StepProfiler:
             t0 = time.perf_counter()
             self.worker._poll(0)
             ran = self.worker.step()
+            if flush:
+                self.worker.stream_out.flush()
             sync()
             seconds = time.perf_counter() - t0
         finally:

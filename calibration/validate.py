@@ -48,6 +48,7 @@ from sim.hardware import get_model, kv_bytes_per_token
 from sim.network import LinkSpec
 from sim.profile import CostProfile
 from sim.profile_match import check_profile_matches
+from sim.stream_cost import StreamCost
 
 ERROR_METRICS = DEFAULT_METRICS
 HEADLINE = ("mean_ttft_ms", "mean_tpot_ms", "mean_e2el_ms")  # the issue's goal: median |error| <= 5%
@@ -140,7 +141,15 @@ def sim_cluster_config(case: ValidationCase, profile: CostProfile, spec) -> Clus
     return ClusterConfig(engines=[engine], link=sim_link(profile, engine),
                          strategy=StrategyConfig(name=case.strategy, params=case.params), cost_model=case.profile,
                          rpc_latency_s=profile.rpc_latency_s or 0.0, send_overhead_s=profile.send_overhead_s or 0.0,
-                         router_cpu_per_token_s=profile.router_cpu_per_token_s or 0.0, calls_between_steps=True)
+                         router_cpu_per_token_s=profile.router_cpu_per_token_s or 0.0, calls_between_steps=True,
+                         stream=sim_stream(profile, spec))
+
+
+def sim_stream(profile: CostProfile, spec) -> StreamCost | None:
+    """The profile's measured stream cost at the stream interval the engines run with."""
+    if profile.stream is None:
+        return None
+    return profile.stream.model_copy(update={"interval_s": spec.stream_interval_s})
 
 
 def estimate_capacity(cluster: ClusterConfig, spec: WorkloadSpec) -> float:
@@ -182,8 +191,10 @@ def run_real(case: ValidationCase, spec, workload: Workload):
 
 def step_speed(profile: CostProfile, runs_stats: list[dict[str, dict]]) -> dict[str, float]:
     """Per engine, over the real runs: its measured step time over what the profile predicts for
-    the same steps (a fitted step model is linear in the features, so sums give the prediction)."""
+    the same steps (a fitted step model is linear in the features, so sums give the prediction),
+    and for the streamed tokens the engine sent meanwhile, when the profile measured streaming."""
     c = FittedCostModel.from_profile(profile).coefficients
+    sc = profile.stream
     measured: dict[str, float] = {}
     predicted: dict[str, float] = {}
     for stats in runs_stats:
@@ -194,6 +205,9 @@ def step_speed(profile: CostProfile, runs_stats: list[dict[str, dict]]) -> dict[
             measured[eid] = measured.get(eid, 0.0) + st["loop_s"]
             predicted[eid] = predicted.get(eid, 0.0) + c["const"] * st["steps"] + sum(
                 v * totals.get(k, 0.0) for k, v in c.items() if k != "const")
+            if sc is not None and "stream" in st:
+                s = st["stream"]
+                predicted[eid] += sc.step_s * s["steps"] + sc.token_s * s["tokens"] + sc.message_s * s["messages"]
     return {eid: measured[eid] / predicted[eid] for eid in sorted(measured) if predicted[eid] > 0 and measured[eid] > 0}
 
 

@@ -11,6 +11,7 @@ lives as long as nothing needs its room. Reservations are counted apart from use
 """
 from __future__ import annotations
 
+import random
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -63,6 +64,12 @@ class BlockManager:
 
     def pages_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.page_size)
+
+    def scatter_free(self, seed: int) -> None:
+        """Hand free pages out in a seeded random order from now on: the order a long-running
+        engine's free list has (pages come back as requests happen to end), which a profiler
+        gives its fresh engine so that it times the scattered KV reads engines really do."""
+        random.Random(seed).shuffle(self._free)
 
     # -- allocation -----------------------------------------------------------------------
     def allocate(self, n: int) -> list[int] | None:

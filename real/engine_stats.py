@@ -34,4 +34,6 @@ def engine_stats(worker) -> dict:
             "waiting": len(sched.waiting) + len(sched.receive_queue),
             "receiving": len(sched.receiving), "sending": len(worker.sender.sends),
             "kv_bytes_sent": worker.sender.bytes_sent, "kv_bytes_received": worker.transports.bytes_received,
-            "kv_land_s": worker.transports.land_s, "kv_chunks_sent": worker.sender.chunks_sent}
+            "kv_land_s": worker.transports.land_s, "kv_chunks_sent": worker.sender.chunks_sent,
+            "stream": {"steps": worker.stream_out.steps, "tokens": worker.stream_out.tokens,
+                       "messages": worker.stream_out.messages}}

@@ -38,6 +38,8 @@ class StreamOut:
         self.interval_s, self.send = interval_s, send
         self.pending: dict[bytes, p.Chunks] = {}  # per router connection
         self.since = 0.0  # when the oldest pending token was produced
+        # What was streamed (the engine's stats: calibration prices it as sim.stream_cost does).
+        self.steps = self.tokens = self.messages = 0
 
     def add(self, sampled: list[Sequence], finished: list[Sequence]) -> None:
         """Queue this step's token of every streaming sequence; send as the interval says."""
@@ -45,10 +47,12 @@ class StreamOut:
         out, urgent = self.pending, not self.interval_s
         if not out:
             self.since = time.monotonic()
+        queued = self.tokens
         for seq in sampled:
             handle = seq.handle
             if not isinstance(handle, Stream):
                 continue
+            self.tokens += 1
             msg = out.get(handle.ident)
             if msg is None:
                 msg = out[handle.ident] = p.Chunks(op="chunks", ids=[], tokens=[], times=[])
@@ -61,11 +65,13 @@ class StreamOut:
                 urgent = True
             elif len(seq.output) == 1:
                 urgent = True
+        self.steps += self.tokens > queued
         if urgent or time.monotonic() - self.since >= self.interval_s:
             self.flush()
 
     def flush(self) -> None:
         out, self.pending = self.pending, {}
+        self.messages += len(out)
         for ident, msg in out.items():
             self.send(ident, msg)
 

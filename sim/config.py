@@ -12,6 +12,7 @@ from core_api.workload import WorkloadSpec
 from sim.cost_models import CostModelSpec, parse_cost_model
 from sim.hardware import GPUSpec, ModelSpec
 from sim.network import LinkSpec
+from sim.stream_cost import StreamCost
 
 
 class EngineConfig(Strict, SchedulerLimits):
@@ -53,6 +54,9 @@ class ClusterConfig(Strict):
         "how long after an engine process dies the router notices (real: its process watchdog polls every 0.1 s)"))
     heartbeat_timeout_s: float = Field(30.0, gt=0, description=(
         "a stalled engine silent this long is declared dead by the router, as on real engines (RealClusterConfig)"))
+    stream: StreamCost | None = Field(None, description=(
+        "what streaming tokens to the router costs each engine between steps, and its stream interval "
+        "(sim.stream_cost; a CPU profile measures it; None: nothing)"))
     calls_between_steps: bool = Field(False, description=(
         "engines answer prep_recv and take in KV chunks and acknowledgements only between steps, as a real "
         "engine loop does (sim.engine.SimEngine)"))

@@ -7,7 +7,8 @@ in the chunk, so a simulation costs O(steps + requests) events rather than O(tok
 KV produced for a remote_send is shipped chunk by chunk as prefill steps complete, so transfer
 overlaps compute; remote_send returns once the last byte has landed on the receiver.
 Host effects of a real engine process (control-call latency, CPU outside steps, calls read
-between steps, a router on the same cores): sim.host, all off by default.
+between steps, a router on the same cores, sending streamed tokens): sim.host and
+sim.stream_cost, all off by default.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from sim.decode_run import decode_run_times
 from sim.engine_faults import EngineFaults
 from sim.host import HostEffects
 from sim.runtime import SimWait
+from sim.stream_cost import StreamCost, StreamQueue
 
 if TYPE_CHECKING:
     from sim.cost_model import CostModel
@@ -52,7 +54,8 @@ class SimEngine(HostEffects, EngineFaults):
     def __init__(self, env: simpy.Environment, engine_id: str, scheduler: SchedulerConfig,
                  cost_model: CostModel, network: Network, kv_bytes_per_token: float,
                  peers: dict[str, SimEngine], rpc_latency_s: float = 0.0, send_overhead_s: float = 0.0,
-                 calls_between_steps: bool = False, router_cpu_per_token_s: float = 0.0) -> None:
+                 calls_between_steps: bool = False, router_cpu_per_token_s: float = 0.0,
+                 stream_cost: StreamCost | None = None) -> None:
         self.env, self.id = env, engine_id
         self.sched = Scheduler(scheduler)
         self.cost_model, self.network = cost_model, network
@@ -63,6 +66,7 @@ class SimEngine(HostEffects, EngineFaults):
         self._overhead = 0.0  # CPU owed to calls, charged to the next step
         self.calls_between_steps = calls_between_steps
         self.router_cpu_per_token_s = router_cpu_per_token_s
+        self._streams = StreamQueue(stream_cost) if stream_cost is not None else None
         self._step_end = 0.0  # end of the (single) step in progress
         self._wake: simpy.Event | None = None  # set while idle
         self._run_end: simpy.Event | None = None  # set during a decode run
@@ -177,12 +181,18 @@ class SimEngine(HostEffects, EngineFaults):
             self._after_schedule(out)
             batch = out.batch
             if not batch:
+                if self._streams is not None and self._streams.pending:  # queued tokens go out first
+                    yield from self._busy(self._streams.before_idle())
+                    continue
                 self._wake = env.event()
                 deadline = self._next_expiry()
                 # Reservations expire on time even on an engine with nothing else to do.
                 yield self._wake if deadline is None else self._wake | env.timeout(max(0.0, deadline - env.now))
                 continue
-            run = sched.decode_run_length(batch, out) if self.fast_forward and not self._overhead else 1
+            # A decode run prices its steps ahead; work between steps (charges, streaming) is
+            # priced step by step.
+            ahead = self.fast_forward and not self._overhead and self._streams is None
+            run = sched.decode_run_length(batch, out) if ahead else 1
             if run > 1:
                 yield from self._decode_run(batch, run, life)
                 continue
@@ -199,7 +209,26 @@ class SimEngine(HostEffects, EngineFaults):
                 continue  # the engine died during the step: its results died with it
             self.steps += 1
             self.busy_s += duration
-            self._after_step(sched.update(batch, None, env.now), 1)
+            streaming = self._after_step(sched.update(batch, None, env.now), 1)
+            if streaming:
+                yield from self._busy(streaming)
+
+    def _stream_work(self, result) -> float:
+        """Seconds of queueing and sending this step's streamed tokens (sim.stream_cost)."""
+        tokens, urgent = 0, False
+        for seq in result.sampled:
+            if isinstance(seq.handle, _Stream):
+                tokens += 1
+                urgent = urgent or len(seq.output) == 1
+        urgent = urgent or any(isinstance(seq.handle, _Stream) for seq in result.finished)
+        return self._streams.after_step(self.env.now, tokens, urgent)
+
+    def _busy(self, seconds: float):
+        """The loop works `seconds` outside a step (calls reaching it wait until it is done)."""
+        if seconds:
+            self._step_end = self.env.now + seconds
+            self.busy_s += seconds
+            yield self.env.timeout(seconds)
 
     def _decode_run(self, batch, run: int, life: int):
         """Up to `run` pure-decode steps as one timeout. A wake-up (new work) cuts the run short
@@ -237,8 +266,9 @@ class SimEngine(HostEffects, EngineFaults):
             self._notify_failure(seq, RequestRejected(
                 f"request {seq.id} failed on engine {self.id}: {seq.finish_reason}"))
 
-    def _after_step(self, result, steps: int) -> None:
-        """Notify streams and ship KV after `steps` steps (one, or a decode run)."""
+    def _after_step(self, result, steps: int) -> float:
+        """Notify streams and ship KV after `steps` steps (one, or a decode run); the seconds the
+        engine then spends sending streamed tokens (sim.stream_cost; 0 when not modelled)."""
         if self.router_cpu_per_token_s and result.sampled:
             self._router_work(len(result.sampled) * steps)
         for seq in result.sampled:
@@ -249,6 +279,7 @@ class SimEngine(HostEffects, EngineFaults):
                 seq.handle.done.succeed(None)
         for seq, start, stop in result.sends:
             self._ship(seq, stop)
+        return self._stream_work(result) if self._streams is not None else 0.0
 
     def _ship(self, seq: Sequence, stop: int) -> None:
         """Send KV of [shipped, stop) to the receiver; finish the send once all has landed."""

@@ -11,9 +11,11 @@ default (and then free of events, so exact timings elsewhere stay exact):
   engine is running ends (new work waits for the next schedule anyway);
 - `router_cpu_per_token_s`: a router on the engines' own cores (a small CPU host) decodes every
   streamed token on some core: an idle engine's costs nothing, otherwise the busy engines' next
-  steps share the time.
+  steps share the time;
+- `stream` (sim.stream_cost): queueing streamed tokens and sending them to the router, between
+  steps, one message per stream interval.
 
-All four are measured by calibration (cluster_profile) and set by calibration.validate.
+All are measured by calibration (cluster_profile, profile) and set by calibration.validate.
 """
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from typing_extensions import Self
 from core_api.validation_errors import format_validation_error
 from sim.hardware import ModelSpec
 from sim.network import LinkSpec
+from sim.stream_cost import StreamCost
 
 KNOWN_COEFFICIENTS = ("const", "prefill_tokens", "prefill_seqs", "prefill_attn", "prefill_context",
                       "decode_seqs", "decode_context", "sampled")
@@ -79,6 +80,9 @@ class CostProfile(ProfileFile):
     router_cpu_per_token_s: float | None = Field(default=None, ge=0, description=(
         "measured router CPU per streamed token, for hosts where the router shares the engines' cores "
         "(ClusterConfig.router_cpu_per_token_s; `calibrate fit --colocated-router`)"))
+    stream: StreamCost | None = Field(default=None, description=(
+        "measured cost of streaming tokens to the router, with the profiled engine's stream interval "
+        "(ClusterConfig.stream)"))
     fit_error: dict[str, float] = Field(default_factory=dict, description="feature/metric -> MAPE (0.05 = 5%)")
     sample_count: int = Field(ge=0)
     created: IsoDate = Field(description="ISO date or datetime")

@@ -5,8 +5,16 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from calibration.fit import FitError, fit_samples, fit_steps, fit_transfer, solve_relative, to_profile
-from calibration.samples import ProfileSamples, SamplesError, StepSample, TransferSample
+from calibration.fit import (
+    FitError,
+    fit_samples,
+    fit_steps,
+    fit_streams,
+    fit_transfer,
+    solve_relative,
+    to_profile,
+)
+from calibration.samples import ProfileSamples, SamplesError, StepSample, StreamSample, TransferSample
 from core_api.step import StepFeatures
 from sim.cost_model import FittedCostModel
 from sim.profile import CostProfile
@@ -184,3 +192,31 @@ def test_control_call_costs_go_into_the_profile_and_out_of_the_link_latency():
     assert (profile.rpc_latency_s, profile.send_overhead_s) == (1e-4, 3e-4)
     assert profile.transfer.latency_s == pytest.approx(fit.transfer.latency_s - 2e-4)
     assert profile.transfer.bandwidth_Bps == fit.transfer.bandwidth_Bps
+
+
+def test_stream_cost_is_fitted_from_stream_samples_into_the_profile(tmp_path):
+    rng = np.random.default_rng(0)
+    message, step, token = 1.5e-4, 2e-5, 1e-6
+    streams = []
+    for b in (1, 4, 16, 64):
+        for k in (1, 2, 4):
+            extra = (message + step * k + token * b * k) * (1 + 0.01 * rng.standard_normal())
+            streams.append(StreamSample(seqs=b, steps=k, tokens=b * k, extra_s=extra, extras_s=[extra] * 2))
+    samples = samples_file(rng)
+    assert fit_samples(samples).stream is None  # no stream samples: nothing to charge
+    samples.streams = streams
+    samples.environment["engine"] = {"stream_interval_s": 0.005}
+    fit = fit_samples(samples)
+    assert (fit.stream.message_s, fit.stream.step_s, fit.stream.token_s) == pytest.approx((message, step, token),
+                                                                                          rel=0.1)
+    assert fit.stream.interval_s == 0.005 and fit.errors["stream"] < 0.02
+    path = tmp_path / "p.json"
+    to_profile(samples, fit).save(path)
+    assert CostProfile.load(path).stream == fit.stream
+
+
+def test_a_stream_fit_never_charges_negative_time():
+    noise = [StreamSample(seqs=b, steps=k, tokens=b * k, extra_s=x)
+             for (b, k), x in zip([(1, 1), (1, 4), (64, 1), (64, 4)], [2e-4, -1e-4, 1e-4, -3e-4])]
+    cost, _error = fit_streams(noise, 0.0)
+    assert min(cost.message_s, cost.step_s, cost.token_s) >= 0

@@ -1,7 +1,15 @@
 """calibration.profile: the in-process step profiler puts the shapes it claims on a real engine."""
 import pytest
 
-from calibration.profile import GridSpec, ProfileSettings, grid_points, profile_steps, sim_model
+from calibration.profile import (
+    GridSpec,
+    ProfileSettings,
+    _stream,
+    grid_points,
+    profile_steps,
+    sim_model,
+    stream_points,
+)
 from calibration.step_profiler import StepProfiler
 from real.config import EngineSpec
 from real.model_config import LlamaConfig
@@ -66,3 +74,30 @@ def test_profile_steps_covers_every_kind():
     nosample = next(s for s in samples if s.label == "prefill n=8 ctx=64 x1 nosample")
     assert nosample.features == pytest.approx({"prefill_tokens": 8, "prefill_seqs": 1, "prefill_attn": 8 * 68,
                                                "prefill_context": 64 + 8})
+
+
+def test_step_samples_send_no_stream_message_and_stream_samples_measure_them():
+    """Streaming is timed apart from steps (the simulator charges it per message, sim.stream_cost):
+    a step sample sends nothing to the router, a stream sample sends exactly its messages."""
+    p = StepProfiler(SMALL, seed=0)
+    out = p.worker.stream_out
+    try:
+        seqs = [p.add(32, 1, max_tokens=6) for _ in range(2)]
+        for _ in range(4):
+            p.step()
+        p.release(seqs)
+        assert (out.messages, out.tokens) == (0, 0)
+        sample = _stream(p, 2, 2, repeats=2)
+        m = 8  # messages per streaming block: 16 timed steps / 2 steps per message
+        # per repeat: the first tokens' message, then m messages of 2 tokens x 2 steps
+        assert out.messages == 2 * (1 + m) and out.tokens == 2 * (2 + 2 * m * 2)
+        assert (sample.seqs, sample.steps, sample.tokens, len(sample.extras_s)) == (2, 2, 4, 2)
+        assert out.interval_s == SMALL.stream_interval_s  # restored
+        assert p.idle() and p.sched.kv.stats().used == 0
+    finally:
+        p.close()
+
+
+def test_stream_points_fit_the_engine():
+    s = ProfileSettings(engine=SMALL, grid=GridSpec(stream_seqs=[1, 8, 64], stream_steps=[1, 4]))
+    assert stream_points(s) == [(1, 1), (1, 4), (8, 1), (8, 4)]  # 64 > max_num_seqs

@@ -150,6 +150,13 @@ def test_step_speed_compares_measured_steps_with_the_profiles_prediction_for_the
                     "step_features": {"prefill_tokens": 1000, "decode_seqs": 200, "decode_context": 20_000}},
              "e1": {"down": "killed"}}
     assert step_speed(profile, [stats, stats]) == {"e0": pytest.approx(1.5)}
+    # With streaming measured, the engine's messages are part of what it should have taken.
+    streamed = CostProfile.load(tiny_profile(tmp_path, stream={"message_s": 1e-3, "step_s": 1e-5, "token_s": 1e-6}))
+    sent = {"steps": 150, "tokens": 200, "messages": 20}
+    stats["e0"]["stream"] = sent
+    with_stream = predicted + 150 * 1e-5 + 200 * 1e-6 + 20 * 1e-3
+    stats["e0"]["loop_s"] = with_stream
+    assert step_speed(streamed, [stats]) == {"e0": pytest.approx(1.0)}
 
 
 def test_validation_says_when_not_to_trust_it(tmp_path):

@@ -101,3 +101,15 @@ def test_invariants_hold_over_random_operation_sequences(sequence):
         kv.unreserve(len(pages))
         kv.release(pages)
     kv.check_no_leaks()
+
+
+def test_scattered_free_pages_are_the_same_pages_in_a_seeded_order():
+    a, b, c = BlockManager(64, 16), BlockManager(64, 16), BlockManager(64, 16)
+    a.scatter_free(3)
+    b.scatter_free(3)
+    c.scatter_free(4)
+    first = a.allocate(64)
+    assert first == b.allocate(64) and first != c.allocate(64)
+    assert sorted(first) == list(range(64)) and first != list(range(64))
+    a.release(first)
+    a.check_no_leaks()

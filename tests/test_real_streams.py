@@ -60,3 +60,32 @@ def test_arrivals_start_in_order_never_early():
     started = asyncio.run(go())
     assert [i for i, _ in started] == list(range(20))
     assert all(late >= 0 for _, late in started)  # (how late is a timing question: not asserted here)
+
+
+def test_stream_out_counts_what_it_queues_and_sends():
+    """An engine's stream figures (its stats): steps that queued tokens, tokens, messages sent."""
+    from types import SimpleNamespace
+
+    from real.streams import Stream, StreamOut
+
+    sent = []
+    out = StreamOut(10.0, lambda ident, msg: sent.append((ident, msg)))
+    seqs = [SimpleNamespace(handle=Stream(b"router", i), output=[], token_times=[], finish_reason=None)
+            for i in range(2)]
+    quiet = SimpleNamespace(handle=None, output=[7], token_times=[0.0])  # not a stream: not counted
+
+    def step(finished=()):
+        for s in seqs:
+            s.output.append(1)
+            s.token_times.append(0.0)
+        out.add([*seqs, quiet], list(finished))
+
+    step()  # first tokens: sent at once
+    step()
+    step()  # queued: the interval is long
+    assert (out.steps, out.tokens, out.messages, len(sent)) == (3, 6, 1, 1)
+    step(finished=seqs[:1])  # a stream ends: sent at once
+    assert (out.steps, out.tokens, out.messages) == (4, 8, 2)
+    assert sent[-1][1].tokens == [1] * 6 and sent[-1][1].finished == [0]
+    out.flush()  # nothing queued: no message
+    assert out.messages == 2

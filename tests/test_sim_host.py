@@ -1,9 +1,14 @@
 """Host effects of real engines in the simulator: control-call latency, per-send engine CPU, calls
-read between steps. Off by default (exact timings elsewhere stay exact); on, they cost exactly
-what they say on an idle cluster."""
+read between steps, streaming tokens to the router. Off by default (exact timings elsewhere stay
+exact); on, they cost exactly what they say on an idle cluster."""
+from itertools import pairwise
+
 import pytest
+from pydantic import ValidationError
 
 from sim.cluster import SimCluster
+from sim.config import ClusterConfig
+from sim.stream_cost import StreamCost, StreamQueue
 from tests.helpers import make_request, small_cluster, workload_of
 
 RPC = 1e-3
@@ -60,3 +65,61 @@ def test_router_cpu_is_free_while_an_engine_idles_and_taken_from_busy_ones_other
 
     # Both engines busy: every streamed token costs them router time.
     assert all(b > a for a, b in zip(finish_times(), finish_times(router_cpu_per_token_s=1e-4)))
+
+
+# -- streaming tokens to the router (sim.stream_cost) ------------------------------------------
+def stream(message=0.0, step=0.0, token=0.0, interval=0.0):
+    return StreamCost(interval_s=interval, message_s=message, step_s=step, token_s=token)
+
+
+def gaps(record):
+    return [b - a for a, b in zip(record.token_times, record.token_times[1:])]
+
+
+def test_free_streaming_changes_no_time():
+    # Stepping one step at a time (a stream cost turns decode runs off) gives the same times.
+    for strategy in ("round_robin", "pd"):
+        assert run_one(strategy, max_tokens=30, stream=stream()).token_times == \
+            run_one(strategy, max_tokens=30).token_times
+
+
+def test_a_message_per_step_delays_every_next_step_by_its_cost():
+    base = run_one("round_robin", max_tokens=20)
+    paid = run_one("round_robin", max_tokens=20, stream=stream(message=3e-4, step=2e-5, token=1e-6))
+    assert paid.first_token_time == base.first_token_time  # sent after the token's time is stamped
+    assert [b - a for a, b in zip(gaps(base), gaps(paid))] == pytest.approx([3.21e-4] * 19, abs=1e-12)
+
+
+def test_an_interval_sends_one_message_per_interval():
+    base = run_one("round_robin", max_tokens=40)
+    step = gaps(base)[-1]  # a decode step of this lone request (they barely grow with context)
+    interval = 4.5 * step
+    paid = run_one("round_robin", max_tokens=40, stream=stream(message=1e-4, interval=interval))
+    extra = [round((b - a) / 1e-4, 3) for a, b in zip(gaps(base), gaps(paid))]
+    # The first token's message goes out at once. The next token queued starts the clock, and
+    # the message goes with the token sampled once it is 4.5 steps old: 5 steps later, so every
+    # message after the first carries 6 tokens.
+    assert set(extra) == {0.0, 1.0}
+    sent = [i for i, x in enumerate(extra) if x]
+    assert sent[0] == 0 and all(b - a == 6 for a, b in pairwise(sent)) and len(sent) == 7
+    assert paid.finish_time - base.finish_time == pytest.approx(1e-4 * len(sent), abs=1e-12)
+
+
+def test_stream_queue_follows_the_real_engines_rule():
+    q = StreamQueue(stream(message=1.0, step=0.1, token=0.01, interval=0.5))
+    assert q.after_step(0.0, 0, False) == 0.0  # nothing streamed: nothing to do
+    assert q.after_step(0.0, 2, True) == pytest.approx(1.12)  # a stream started: sent at once
+    assert q.after_step(0.1, 3, False) == pytest.approx(0.13)  # queued
+    assert q.after_step(0.4, 3, False) == pytest.approx(0.13)  # the oldest is 0.3 s old
+    assert q.after_step(0.6, 3, False) == pytest.approx(1.13)  # 0.5 s: sent
+    assert q.after_step(0.7, 1, False) == pytest.approx(0.11)
+    assert q.before_idle() == 1.0 and q.before_idle() == 0.0  # queued tokens go out before idling
+
+
+def test_stream_cost_is_validated():
+    with pytest.raises(ValidationError):
+        StreamCost(message_s=-1.0, step_s=0.0, token_s=0.0)
+    good = {"message_s": 1e-4, "step_s": 0, "token_s": 0}
+    assert ClusterConfig.model_validate({"engines": [{}], "stream": good}).stream == StreamCost(**good)
+    with pytest.raises(ValidationError, match="interval"):
+        ClusterConfig.model_validate({"engines": [{}], "stream": {**good, "interval": 0.005}})  # misspelt
