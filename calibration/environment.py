@@ -95,6 +95,16 @@ def process_seconds(pid: int) -> float:
         return 0.0
 
 
+def run_delay_seconds(pid: int) -> float:
+    """How long the process's main thread was ready to run but waited for a core (the kernel's
+    schedstat run delay): time another thread or process took from it. 0 if unreadable."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as fh:
+            return int(fh.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _own_seconds() -> float:
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system

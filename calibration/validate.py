@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from calibration.environment import ForeignLoad, boot_id, pin_engines, process_seconds
+from calibration.environment import ForeignLoad, boot_id, pin_engines, process_seconds, run_delay_seconds
 from calibration.interval import DEFAULT_METRICS, metric_intervals, run_scaled
 from calibration.profile import sim_model
 from core_api.scheduler_config import SchedulerLimits
@@ -97,7 +97,8 @@ class ValidationReport(BaseModel):
                                             "run (the largest over repeats)")
     real_cpu_s: dict[str, float] = Field(default_factory=dict, description=(
         "CPU seconds per engine process (and the router) during the real run: next to sim_busy_s it "
-        "separates cost-model error (CPU work differs) from contention (same work, later finish)"))
+        "separates cost-model error (CPU work differs) from contention (same work, later finish); "
+        "'<engine> waiting': seconds its loop was ready to run but another thread held its core"))
     sim_busy_s: dict[str, float] = Field(default_factory=dict)
     cost_model: dict
     step_speed: dict[str, float] = Field(default_factory=dict, description=(
@@ -178,10 +179,12 @@ def run_real(case: ValidationCase, spec, workload: Workload):
                 cluster.run(warm, seed=case.seed)
             procs = dict(cluster.procs)
             cpu0 = {eid: process_seconds(p.pid) for eid, p in procs.items()}
+            wait0 = {eid: run_delay_seconds(p.pid) for eid, p in procs.items()}
             router0 = time.process_time()
             with ForeignLoad([p.pid for p in procs.values()]) as foreign:
                 result = cluster.run(workload, seed=case.seed)
             cpu = {eid: round(process_seconds(p.pid) - cpu0[eid], 3) for eid, p in procs.items()}
+            cpu.update({f"{eid} waiting": round(run_delay_seconds(p.pid) - wait0[eid], 3) for eid, p in procs.items()})
             cpu["router"] = round(time.process_time() - router0, 3)
             return result, pinned, foreign.share, cpu
     finally:
@@ -296,6 +299,7 @@ def format_reports(reports: list[ValidationReport], metrics=ERROR_METRICS) -> st
     lines.append(f"{'foreign CPU share':<22}" + "".join(f"{_fmt_share(r.foreign_cpu_share):>34}" for r in reports))
     lines.append(f"{'engine CPU-s real/sim':<22}" + "".join(f"{_fmt_cpu(r):>34}" for r in reports))
     lines.append(f"{'router CPU-s':<22}" + "".join(f"{r.real_cpu_s.get('router', float('nan')):>34.2f}" for r in reports))
+    lines.append(f"{'engines waiting, s':<22}" + "".join(f"{_fmt_waiting(r):>34}" for r in reports))
     lines.append(f"{'step speed real/profile':<22}" + "".join(
         f"{' '.join(f'{s:.2f}x' for s in r.step_speed.values()) or 'n/a':>34}" for r in reports))
     if all(r.at_run_speed for r in reports):
@@ -313,8 +317,12 @@ def format_reports(reports: list[ValidationReport], metrics=ERROR_METRICS) -> st
     return "\n".join(lines)
 
 
+def _fmt_waiting(r: ValidationReport) -> str:
+    return " ".join(f"{v:.2f}" for k, v in r.real_cpu_s.items() if k.endswith(" waiting")) or "n/a"
+
+
 def _fmt_cpu(r: ValidationReport) -> str:
-    real = sum(v for k, v in r.real_cpu_s.items() if k != "router")
+    real = sum(v for k, v in r.real_cpu_s.items() if k != "router" and not k.endswith(" waiting"))
     return f"{real:.2f}/{sum(r.sim_busy_s.values()):.2f}"
 
 
