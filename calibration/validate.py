@@ -192,20 +192,24 @@ def run_real(case: ValidationCase, spec, workload: Workload):
             os.sched_setaffinity(0, affinity)
 
 
-def step_speed(profile: CostProfile, runs_stats: list[dict[str, dict]]) -> dict[str, float]:
+def step_speed(profile: CostProfile, runs_stats: list[dict[str, dict]],
+               waiting: list[dict[str, float]] | None = None) -> dict[str, float]:
     """Per engine, over the real runs: its measured step time over what the profile predicts for
     the same steps (a fitted step model is linear in the features, so sums give the prediction),
-    and for the streamed tokens the engine sent meanwhile, when the profile measured streaming."""
+    and for the streamed tokens the engine sent meanwhile, when the profile measured streaming.
+    `waiting` (per run, engine id -> seconds its loop waited for its core) is taken off the
+    measured time: that is the router's CPU, which the simulator charges apart."""
     c = FittedCostModel.from_profile(profile).coefficients
     sc = profile.stream
     measured: dict[str, float] = {}
     predicted: dict[str, float] = {}
-    for stats in runs_stats:
+    for i, stats in enumerate(runs_stats):
         for eid, st in stats.items():
             if "loop_s" not in st:
                 continue
             totals = st.get("step_features", {})
-            measured[eid] = measured.get(eid, 0.0) + st["loop_s"]
+            waited = waiting[i].get(eid, 0.0) if waiting else 0.0
+            measured[eid] = measured.get(eid, 0.0) + st["loop_s"] - waited
             predicted[eid] = predicted.get(eid, 0.0) + c["const"] * st["steps"] + sum(
                 v * totals.get(k, 0.0) for k, v in c.items() if k != "const")
             if sc is not None and "stream" in st:
@@ -265,7 +269,8 @@ def validate(case: ValidationCase) -> ValidationReport:
     real_ms, sim_m = [r[0].metrics() for r in runs], sim_result.metrics()
     shares = [r[2] for r in runs if r[2] is not None]
     cpu = {k: round(float(np.mean([r[3][k] for r in runs])), 3) for k in runs[0][3]}
-    speeds = step_speed(profile, [r[0].engine_stats for r in runs])
+    waiting = [{k.removesuffix(" waiting"): v for k, v in r[3].items() if k.endswith(" waiting")} for r in runs]
+    speeds = step_speed(profile, [r[0].engine_stats for r in runs], waiting)
     at_speed = compare(real_ms, run_scaled(cluster, workload, speeds, case.seed).metrics()) if speeds else None
     metrics = compare(real_ms, sim_m, intervals)
     foreign = max(shares) if shares else None

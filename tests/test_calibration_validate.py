@@ -157,6 +157,9 @@ def test_step_speed_compares_measured_steps_with_the_profiles_prediction_for_the
     with_stream = predicted + 150 * 1e-5 + 200 * 1e-6 + 20 * 1e-3
     stats["e0"]["loop_s"] = with_stream
     assert step_speed(streamed, [stats]) == {"e0": pytest.approx(1.0)}
+    # Time the engine waited for its core (the router's CPU, charged apart) is not its steps'.
+    stats["e0"]["loop_s"] = with_stream + 0.25
+    assert step_speed(streamed, [stats], [{"e0": 0.25}]) == {"e0": pytest.approx(1.0)}
 
 
 def test_validation_says_when_not_to_trust_it(tmp_path):
