@@ -60,7 +60,8 @@ def summary(records, fault_at: float) -> dict:
 
 
 def run_sim(profile_path: Path, strategy: str, params: dict, faults: list[dict]) -> dict:
-    from calibration.validate import sim_link
+    from calibration.validate import host_effects, sim_link
+    from real.config import EngineSpec
     from sim.cluster import SimCluster
     from sim.config import ClusterConfig, EngineConfig, StrategyConfig
     from sim.profile import CostProfile
@@ -69,9 +70,8 @@ def run_sim(profile_path: Path, strategy: str, params: dict, faults: list[dict])
     engine = EngineConfig(count=3, model="tiny-llama", max_model_len=4096, **ENGINE)
     cluster = SimCluster(ClusterConfig(
         engines=[engine], link=sim_link(profile, engine), strategy=StrategyConfig(name=strategy, params=params),
-        cost_model=str(profile_path), rpc_latency_s=profile.rpc_latency_s or 0.0,
-        send_overhead_s=profile.send_overhead_s or 0.0, router_cpu_per_token_s=profile.router_cpu_per_token_s or 0.0,
-        calls_between_steps=True, heartbeat_timeout_s=HEARTBEAT_S))
+        cost_model=str(profile_path), heartbeat_timeout_s=HEARTBEAT_S,
+        **host_effects(profile, EngineSpec(**ENGINE).stream_interval_s)))
     result = cluster.run(Workload(workload()), faults=FaultSchedule(faults=faults))
     cluster.check_no_leaks()
     return summary(result.records, faults[0]["at"])

@@ -48,7 +48,6 @@ from sim.hardware import get_model, kv_bytes_per_token
 from sim.network import LinkSpec
 from sim.profile import CostProfile
 from sim.profile_match import check_profile_matches
-from sim.stream_cost import StreamCost
 
 ERROR_METRICS = DEFAULT_METRICS
 HEADLINE = ("mean_ttft_ms", "mean_tpot_ms", "mean_e2el_ms")  # the issue's goal: median |error| <= 5%
@@ -141,16 +140,16 @@ def sim_cluster_config(case: ValidationCase, profile: CostProfile, spec) -> Clus
     check_profile_matches(profile, engine, case.profile)  # refuse before any engine process starts
     return ClusterConfig(engines=[engine], link=sim_link(profile, engine),
                          strategy=StrategyConfig(name=case.strategy, params=case.params), cost_model=case.profile,
-                         rpc_latency_s=profile.rpc_latency_s or 0.0, send_overhead_s=profile.send_overhead_s or 0.0,
-                         router_cpu_per_token_s=profile.router_cpu_per_token_s or 0.0, calls_between_steps=True,
-                         stream=sim_stream(profile, spec))
+                         **host_effects(profile, spec.stream_interval_s))
 
 
-def sim_stream(profile: CostProfile, spec) -> StreamCost | None:
-    """The profile's measured stream cost at the stream interval the engines run with."""
-    if profile.stream is None:
-        return None
-    return profile.stream.model_copy(update={"interval_s": spec.stream_interval_s})
+def host_effects(profile: CostProfile, stream_interval_s: float) -> dict[str, Any]:
+    """ClusterConfig's host effects (sim.host) as the profile measured them, for real engines
+    that stream every `stream_interval_s` and read calls between steps."""
+    stream = profile.stream.model_copy(update={"interval_s": stream_interval_s}) if profile.stream else None
+    return {"rpc_latency_s": profile.rpc_latency_s or 0.0, "send_overhead_s": profile.send_overhead_s or 0.0,
+            "router_cpu_per_token_s": profile.router_cpu_per_token_s or 0.0, "calls_between_steps": True,
+            "stream": stream}
 
 
 def estimate_capacity(cluster: ClusterConfig, spec: WorkloadSpec) -> float:

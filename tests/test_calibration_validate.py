@@ -137,9 +137,13 @@ def test_validate_command_on_a_small_case(tmp_path, capsys):
     # The engines reported their steps: the speed against the profile, and the rerun at that speed.
     assert set(report["step_speed"]) == {"e0", "e1"} and all(s > 0 for s in report["step_speed"].values())
     assert set(report["at_run_speed"]) == set(report["metrics"])
-    # The shipped profile was measured elsewhere (and before profiles named their machine): said so.
-    assert any("does not say which machine" in r for r in report["untrusted"])
+    # The shipped profile was measured on the project's VM: anywhere else, that is said.
+    from calibration.environment import boot_id
+
+    elsewhere = CostProfile.load(SHIPPED).environment.get("boot_id") != boot_id()
+    assert any("another machine" in r for r in report["untrusted"]) == elsewhere
     assert "step speed real/profile" in text and "at the run's measured step speed" in text
+    assert "engines waiting, s" in text and all(f"e{i} waiting" in report["real_cpu_s"] for i in (0, 1))
 
 
 def test_step_speed_compares_measured_steps_with_the_profiles_prediction_for_them(tmp_path):
