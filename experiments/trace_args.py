@@ -24,10 +24,10 @@ def add_trace_arguments(p: argparse.ArgumentParser) -> None:
 
 def trace_spec_from_args(args: argparse.Namespace, rate: float | None = None, seed: int = 0):
     """The TraceSpec the flags describe, or None without --trace; errors name the flag."""
+    if not getattr(args, "trace", None):
+        return None  # before importing the trace readers: a plain simulation never needs them
     from core_api.traces import TraceSpec
 
-    if not getattr(args, "trace", None):
-        return None
     if not args.trace_format:
         raise ValueError("--trace needs --trace-format")
     options = {"start_s": args.trace_start_s, "end_s": args.trace_end_s, "max_requests": args.max_requests,

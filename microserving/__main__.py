@@ -1,5 +1,5 @@
 import sys
 
-from microserving.cli import main
+from microserving.cli import console_main
 
-sys.exit(main())
+sys.exit(console_main())

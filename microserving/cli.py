@@ -7,6 +7,7 @@ unless that command needs them.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import sys
@@ -43,6 +44,17 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {message}", file=file or sys.stderr)
 
 
+def console_main() -> int:
+    """The `microserving` command: main(), then the heap frozen before the interpreter exits.
+    Shutdown runs the cyclic garbage collector over everything still alive (a simulation's
+    records, every imported module): 35 ms of a 0.5 s `microserving sim`. Frozen objects are
+    skipped by it (reference counting still frees what it frees). Not done by main(), which
+    tests and notebooks call in a process that goes on."""
+    code = main()
+    gc.freeze()
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     shown, warnings.showwarning = warnings.showwarning, _one_line_warning
     try:
@@ -76,4 +88,4 @@ def _main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -58,3 +58,7 @@ def test_both_sides_simulate_the_same_workload(tmp_path):
     assert workload["num_requests"] == 100 and workload["prompt_len"]["value"] == vidur_compare.PROMPT
     assert workload["arrival"]["rate"] == float(flags["--poisson_request_interval_generator_config_qps"])
     assert ours[1:4] == ["-m", "microserving", "sim"]
+    # Like Vidur's request_metrics.csv, our records hold no token's own time; the other run does.
+    assert json.loads((tmp_path / "ours.json").read_text())["token_times"] is False
+    vidur_compare.our_command(tmp_path, 100, token_times=True)
+    assert json.loads((tmp_path / "ours_token_times.json").read_text())["token_times"] is True

@@ -144,15 +144,38 @@ def test_core_api_and_sim_do_not_import_torch():
 
 def test_a_simulation_imports_only_what_it_needs(tmp_path):
     """A whole `sim` run from a JSON config loads neither asyncio (the real backend's runtime),
-    numpy.ma (numpy's percentile and median import it) nor yaml: startup time a sweep of
-    subprocesses pays per run."""
+    numpy.ma (numpy's percentile and median import it), yaml nor the trace readers: startup
+    time a sweep of subprocesses pays per run."""
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"cluster": {"engines": [{}], "strategy": {"name": "round_robin"}},
                                   "workload": {"num_requests": 20}}))
     code = ("import sys; from microserving.cli import main; main(['sim', '--config', sys.argv[1]]); "
-            "print(sorted({'asyncio', 'numpy.ma', 'yaml', 'torch', 'scipy', 'matplotlib'} & set(sys.modules)))")
+            "print(sorted({'asyncio', 'numpy.ma', 'yaml', 'torch', 'scipy', 'matplotlib', 'core_api.traces'} "
+            "& set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_command_freezes_the_heap_only_as_it_exits(tmp_path, monkeypatch, capsys):
+    """`microserving` (console_main) leaves its heap frozen for the interpreter's shutdown, so the
+    final garbage collections skip it; main(), which tests and notebooks call, does not."""
+    import gc
+
+    from microserving.cli import console_main, main
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"cluster": {"engines": [{}]}, "workload": {"num_requests": 5}}))
+    assert main(["sim", "--config", str(config)]) == 0 and gc.get_freeze_count() == 0
+    monkeypatch.setattr(sys, "argv", ["microserving", "sim", "--config", str(config)])
+    try:
+        assert console_main() == 0 and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+    monkeypatch.setattr(sys, "argv", ["microserving", "sim", "--config", str(tmp_path / "missing.json")])
+    try:
+        assert console_main() == 2  # the command's own exit code
+    finally:
+        gc.unfreeze()
 
 
 def test_cli_sim_runs_and_reports_errors(tmp_path, capsys):
