@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
     ft.add_argument("--coefficients", help="comma-separated coefficient names (default: all)")
     ft.add_argument("--colocated-router", action="store_true",
                     help="carry the router's measured CPU per streamed token, which the simulator takes from "
-                         "the busy engines (hosts where the router shares the engines' cores)")
+                         "every engine in equal shares (hosts where the router shares the engines' cores)")
 
     va = cmds.add_parser("validate", help="replay a workload on real engines and on the simulator")
     va.add_argument("--profile", type=Path, required=True)
@@ -169,8 +169,8 @@ def _fit(args) -> int:
     for k, v in profile.coefficients.items():
         print(f"  {k:<16} {v:.4g}")
     if args.colocated_router:
-        print(f"  router CPU       {profile.router_cpu_per_token_s * 1e6:.1f} us per streamed token, taken from the "
-              "busy engines (the router shares their cores)")
+        print(f"  router CPU       {profile.router_cpu_per_token_s * 1e6:.1f} us per streamed token, taken from every "
+              "engine in equal shares (the router shares their cores)")
     if profile.transfer is not None:
         net = " (net of two control round trips)" if profile.rpc_latency_s is not None else ""
         print(f"  transfer         latency {profile.transfer.latency_s * 1e6:.1f} us{net}, "

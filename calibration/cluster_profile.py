@@ -17,7 +17,7 @@ host it runs on spare cores and costs engines nothing; where the router shares t
 cores (a 2-core machine with 2 engines), every streamed token takes that CPU away from an
 engine. It is measured here (CPU seconds of this process per output token, on a round-robin
 run at half the burst throughput) and `calibrate fit --colocated-router` puts it in the profile,
-which the simulator then takes from the busy engines (sim.engine) to match such a host.
+which the simulator then takes from every engine in equal shares (sim.host) to match such a host.
 """
 from __future__ import annotations
 

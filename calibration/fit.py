@@ -296,7 +296,7 @@ def to_profile(samples: ProfileSamples, fit: FitResult, colocated_router: bool =
 
     colocated_router: for hosts where the router shares the engines' cores, carry the router's
     measured CPU per streamed token (calibration.cluster_profile) as router_cpu_per_token_s, which
-    the simulator takes from the busy engines (sim.engine); the step coefficients stay the engine's."""
+    the simulator takes from every engine in equal shares (sim.host); the step coefficients stay the engine's."""
     env = {**samples.environment, "kv_bytes_per_token": samples.kv_bytes_per_token,
            "samples_created": samples.created}
     coefficients = dict(fit.coefficients)

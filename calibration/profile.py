@@ -96,6 +96,10 @@ def grid_points(s: ProfileSettings) -> list[tuple[str, tuple]]:
     return points
 
 
+STREAM_CONTEXT = 128  # context of the streaming sequences (the message cost does not depend on it)
+STREAM_BLOCK_STEPS = 16  # timed steps per block, at least
+
+
 def stream_points(s: ProfileSettings) -> list[tuple[int, int]]:
     """(sequences, steps per message) of the stream samples, limited to what the engine can run."""
     e, g = s.engine, s.grid
@@ -107,10 +111,6 @@ def stream_points(s: ProfileSettings) -> list[tuple[int, int]]:
                     e.num_pages * e.page_size and STREAM_CONTEXT + steps < e.max_model_len:
                 points.append((b, k))
     return points
-
-
-STREAM_CONTEXT = 128  # context of the streaming sequences (the message cost does not depend on it)
-STREAM_BLOCK_STEPS = 16  # timed steps per block, at least
 
 
 def _stream_steps(k: int) -> int:
