@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -96,8 +97,10 @@ class ValidationReport(BaseModel):
                                             "run (the largest over repeats)")
     real_cpu_s: dict[str, float] = Field(default_factory=dict, description=(
         "CPU seconds per engine process (and the router) during the real run: next to sim_busy_s it "
-        "separates cost-model error (CPU work differs) from contention (same work, later finish); "
-        "'<engine> waiting': seconds its loop was ready to run but another thread held its core"))
+        "separates cost-model error (CPU work differs) from contention (same work, later finish)"))
+    real_wait_s: dict[str, float] = Field(default_factory=dict, description=(
+        "per engine, seconds its loop was ready to run but another thread held its core (the kernel's "
+        "run delay; mean over the real runs): on a shared host, the router's CPU"))
     sim_busy_s: dict[str, float] = Field(default_factory=dict)
     cost_model: dict
     step_speed: dict[str, float] = Field(default_factory=dict, description=(
@@ -159,9 +162,18 @@ def estimate_capacity(cluster: ClusterConfig, spec: WorkloadSpec) -> float:
 
 
 # -- running ---------------------------------------------------------------------------------
-def run_real(case: ValidationCase, spec, workload: Workload):
-    """(RealRunResult, pinning, share of the CPU other processes used meanwhile, CPU seconds
-    each engine process and the router spent on the run) on freshly started engine processes."""
+@dataclass
+class RealRun:
+    """One real run on freshly started engine processes, and what the machine did meanwhile."""
+
+    result: Any  # real.cluster.RealRunResult
+    pinned: dict[str, int]
+    foreign_share: float | None  # the CPU other processes used
+    cpu_s: dict[str, float]  # CPU seconds of each engine process and of the router
+    wait_s: dict[str, float]  # seconds each engine's loop was ready to run but its core was taken
+
+
+def run_real(case: ValidationCase, spec, workload: Workload) -> RealRun:
     from real.cluster import RealCluster
     from real.config import RealClusterConfig
 
@@ -183,9 +195,9 @@ def run_real(case: ValidationCase, spec, workload: Workload):
             with ForeignLoad([p.pid for p in procs.values()]) as foreign:
                 result = cluster.run(workload, seed=case.seed)
             cpu = {eid: round(process_seconds(p.pid) - cpu0[eid], 3) for eid, p in procs.items()}
-            cpu.update({f"{eid} waiting": round(run_delay_seconds(p.pid) - wait0[eid], 3) for eid, p in procs.items()})
             cpu["router"] = round(time.process_time() - router0, 3)
-            return result, pinned, foreign.share, cpu
+            wait = {eid: round(run_delay_seconds(p.pid) - wait0[eid], 3) for eid, p in procs.items()}
+            return RealRun(result, pinned, foreign.share, cpu, wait)
     finally:
         if affinity is not None:
             os.sched_setaffinity(0, affinity)
@@ -265,11 +277,11 @@ def validate(case: ValidationCase) -> ValidationReport:
     sim_wall = time.perf_counter() - t0
     sim_busy = {eid: round(st["busy_s"], 3) for eid, st in sim_result.engine_stats.items()}
     runs = [run_real(case, spec, workload) for _ in range(case.real_repeats)]  # fresh engines each time
-    real_ms, sim_m = [r[0].metrics() for r in runs], sim_result.metrics()
-    shares = [r[2] for r in runs if r[2] is not None]
-    cpu = {k: round(float(np.mean([r[3][k] for r in runs])), 3) for k in runs[0][3]}
-    waiting = [{k.removesuffix(" waiting"): v for k, v in r[3].items() if k.endswith(" waiting")} for r in runs]
-    speeds = step_speed(profile, [r[0].engine_stats for r in runs], waiting)
+    real_ms, sim_m = [r.result.metrics() for r in runs], sim_result.metrics()
+    shares = [r.foreign_share for r in runs if r.foreign_share is not None]
+    cpu = {k: round(float(np.mean([r.cpu_s[k] for r in runs])), 3) for k in runs[0].cpu_s}
+    wait = {k: round(float(np.mean([r.wait_s[k] for r in runs])), 3) for k in runs[0].wait_s}
+    speeds = step_speed(profile, [r.result.engine_stats for r in runs], [r.wait_s for r in runs])
     at_speed = compare(real_ms, run_scaled(cluster, workload, speeds, case.seed).metrics()) if speeds else None
     metrics = compare(real_ms, sim_m, intervals)
     foreign = max(shares) if shares else None
@@ -279,8 +291,8 @@ def validate(case: ValidationCase) -> ValidationReport:
         case=case, rate=case.workload.arrival.rate, metrics=metrics,
         real_failed=int(sum(m["failed"] + m["aborted"] for m in real_ms)),
         sim_failed=int(sim_m["failed"] + sim_m["aborted"]),
-        real_wall_s=float(np.mean([r[0].wall_time_s for r in runs])), sim_wall_s=sim_wall, pinned=runs[0][1],
-        foreign_cpu_share=foreign, real_cpu_s=cpu, sim_busy_s=sim_busy,
+        real_wall_s=float(np.mean([r.result.wall_time_s for r in runs])), sim_wall_s=sim_wall,
+        pinned=runs[0].pinned, foreign_cpu_share=foreign, real_cpu_s=cpu, real_wait_s=wait, sim_busy_s=sim_busy,
         cost_model=next(iter(sim_result.cost_models.values())))
 
 
@@ -322,11 +334,11 @@ def format_reports(reports: list[ValidationReport], metrics=ERROR_METRICS) -> st
 
 
 def _fmt_waiting(r: ValidationReport) -> str:
-    return " ".join(f"{v:.2f}" for k, v in r.real_cpu_s.items() if k.endswith(" waiting")) or "n/a"
+    return " ".join(f"{v:.2f}" for v in r.real_wait_s.values()) or "n/a"
 
 
 def _fmt_cpu(r: ValidationReport) -> str:
-    real = sum(v for k, v in r.real_cpu_s.items() if k != "router" and not k.endswith(" waiting"))
+    real = sum(v for k, v in r.real_cpu_s.items() if k != "router")
     return f"{real:.2f}/{sum(r.sim_busy_s.values()):.2f}"
 
 
