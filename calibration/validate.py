@@ -224,8 +224,7 @@ def step_speed(profile: CostProfile, runs_stats: list[dict[str, dict]],
             predicted[eid] = predicted.get(eid, 0.0) + c["const"] * st["steps"] + sum(
                 v * totals.get(k, 0.0) for k, v in c.items() if k != "const")
             if sc is not None and "stream" in st:
-                s = st["stream"]
-                predicted[eid] += sc.step_s * s["steps"] + sc.token_s * s["tokens"] + sc.message_s * s["messages"]
+                predicted[eid] += sc.seconds(**st["stream"])
     return {eid: measured[eid] / predicted[eid] for eid in sorted(measured) if predicted[eid] > 0 and measured[eid] > 0}
 
 

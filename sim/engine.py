@@ -6,9 +6,9 @@ start_generate consumer wakes on its first token and at its end, with every toke
 in the chunk, so a simulation costs O(steps + requests) events rather than O(tokens).
 KV produced for a remote_send is shipped chunk by chunk as prefill steps complete, so transfer
 overlaps compute; remote_send returns once the last byte has landed on the receiver.
-Host effects of a real engine process (control-call latency, CPU outside steps, calls read
-between steps, a router on the same cores, sending streamed tokens): sim.host and
-sim.stream_cost, all off by default.
+Runs of identical decode steps are applied as one timeout (sim.decode_run). Host effects of a
+real engine process (control-call latency, CPU outside steps, calls read between steps, a router
+on the same cores, sending streamed tokens): sim.host and sim.stream_cost, all off by default.
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import simpy
 from core_api.engine import EngineLoad
 from core_api.errors import RequestRejected, RequestReleased, ReservationExpired, TransferFailed
 from core_api.scheduler import Scheduler, SchedulerConfig
-from core_api.sequence import FINISHED, RUNNING, SENT, Sequence
+from core_api.sequence import FINISHED, SENT, Sequence
 from core_api.types import KVAddr, Request, TokenChunk
-from sim.decode_run import decode_run_times
+from sim.decode_run import DecodeRuns
 from sim.engine_faults import EngineFaults
 from sim.host import HostEffects
 from sim.runtime import SimWait
@@ -49,7 +49,7 @@ class _Send:
         self.computed, self.error = False, None
 
 
-class SimEngine(HostEffects, EngineFaults):
+class SimEngine(HostEffects, EngineFaults, DecodeRuns):
 
     def __init__(self, env: simpy.Environment, engine_id: str, scheduler: SchedulerConfig,
                  cost_model: CostModel, network: Network, kv_bytes_per_token: float,
@@ -181,8 +181,9 @@ class SimEngine(HostEffects, EngineFaults):
             self._after_schedule(out)
             batch = out.batch
             if not batch:
-                if self._streams is not None and self._streams.pending:  # queued tokens go out first
-                    yield from self._busy(self._streams.before_idle())
+                sending = self._stream_before_idle()
+                if sending:  # queued tokens go out first
+                    yield from self._busy(sending)
                     continue
                 self._wake = env.event()
                 deadline = self._next_expiry()
@@ -213,51 +214,6 @@ class SimEngine(HostEffects, EngineFaults):
             if streaming:
                 yield from self._busy(streaming)
 
-    def _stream_work(self, result) -> float:
-        """Seconds of queueing and sending this step's streamed tokens (sim.stream_cost)."""
-        tokens, urgent = 0, False
-        for seq in result.sampled:
-            if isinstance(seq.handle, _Stream):
-                tokens += 1
-                urgent = urgent or len(seq.output) == 1
-        urgent = urgent or any(isinstance(seq.handle, _Stream) for seq in result.finished)
-        return self._streams.after_step(self.env.now, tokens, urgent)
-
-    def _busy(self, seconds: float):
-        """The loop works `seconds` outside a step (calls reaching it wait until it is done)."""
-        if seconds:
-            self._step_end = self.env.now + seconds
-            self.busy_s += seconds
-            yield self.env.timeout(seconds)
-
-    def _decode_run(self, batch, run: int, life: int):
-        """Up to `run` pure-decode steps as one timeout. A wake-up (new work) cuts the run short
-        at the end of the step in progress, so nothing is scheduled later than it would be."""
-        env = self.env
-        start = env.now
-        times, durations = decode_run_times(self.cost_model, batch.features, run, start, self._next_expiry(),
-                                            None if not self._slow else self._speed_factor)
-        t = times[-1]
-        self._run_times, self._run_cut, self._run_batch, self._run_claimed = times, None, batch, 0
-        self._run_end = end = env.event()
-        env.timeout(t - start).callbacks.append(lambda _ev: end.triggered or end.succeed())
-        yield end
-        if self._run_cut is not None:
-            times = times[: self._run_cut]
-        stretch = self._stall_extension(times[-2] if len(times) > 1 else start, times[-1])
-        if stretch:  # a stall during the last step applied (the run was cut there) stretches it
-            yield env.timeout(stretch)
-            times[-1] += stretch
-        self._run_end = self._run_batch = None
-        if life != self.incarnation:
-            return  # the engine died during the run
-        self.steps += len(times)
-        busy = self.busy_s
-        for d in durations[: len(times)]:  # step by step, as stepping adds them
-            busy += d
-        self.busy_s = busy
-        self._after_step(self.sched.apply_decode_run(batch, times), len(times))
-
     def _after_schedule(self, out) -> None:
         for seq in out.admitted_receives:
             if seq.handle is not None:
@@ -279,7 +235,7 @@ class SimEngine(HostEffects, EngineFaults):
                 seq.handle.done.succeed(None)
         for seq, start, stop in result.sends:
             self._ship(seq, stop)
-        return self._stream_work(result) if self._streams is not None else 0.0
+        return self._stream_after_step(result) if self._streams is not None else 0.0
 
     def _ship(self, seq: Sequence, stop: int) -> None:
         """Send KV of [shipped, stop) to the receiver; finish the send once all has landed."""
@@ -357,46 +313,6 @@ class SimEngine(HostEffects, EngineFaults):
         engine does at its next scheduling decision (an idle one wakes on the message)."""
         if self.sched.waiting:
             self._poke()
-
-    def _taking_pages(self, call):
-        """Run a call that may take pages outside the step loop (a reservation admitted at once, a
-        send served from the cache) as it would run between two real steps. During a decode run
-        the run's sequences first get the pages stepping would have given them by now (each
-        step's pages are taken when it is scheduled); if the call then leaves too few for the rest
-        of the run, the run ends after the step in progress and stepping resumes, preempting
-        as a real engine would."""
-        batch = self._run_batch
-        if batch is None:
-            return call()
-        self._claim_run_pages()
-        result = call()
-        kv, steps = self.sched.kv, len(self._run_times)
-        rest = sum(max(0, kv.pages_for(s.num_computed + steps) - len(s.pages)) for s in batch.seqs)
-        if rest > kv.num_available:
-            self._poke()
-        return result
-
-    def _claim_run_pages(self) -> None:
-        """During a decode run, give its sequences the pages stepping would have given them by
-        now (each step takes its pages when it is scheduled), so that whatever looks at, takes or
-        gives back pages meanwhile sees what it would see between real steps: called before each
-        of those, the run's pages are taken in the order stepping takes them."""
-        batch = self._run_batch
-        if batch is None:
-            return
-        state, times = self.sched.state, self._run_times
-        # The step in progress included; at a step boundary, the step ending then but not the next
-        # one (what stepping does for the events of that instant: tests/test_sim_fast_paths.py).
-        started = min(bisect_left(times, self.env.now) + 1, len(times))
-        if started == self._run_claimed:  # pages only change hands here and in the run itself
-            return
-        self._run_claimed = started
-        for seq in batch.seqs:
-            if seq.status != RUNNING:  # released during the run: its pages are gone for good
-                continue
-            need = state.kv.pages_for(seq.num_computed + started) - len(seq.pages)
-            if need > 0:
-                state.grow(seq, need)
 
     def _poke(self, at: float | None = None) -> None:
         """New work arrived (or something is due `at` a later time): wake an idle loop, or end a

@@ -70,6 +70,22 @@ class HostEffects:
         for e in engines:
             e.charge(share)
 
+    def _stream_after_step(self, result) -> float:
+        """Seconds of queueing and sending a step's streamed tokens (sim.stream_cost): every
+        sampled sequence streams (start_generate's), and one that started or ended sends at once."""
+        urgent = bool(result.finished) or any(len(seq.output) == 1 for seq in result.sampled)
+        return self._streams.after_step(self.env.now, len(result.sampled), urgent)
+
+    def _stream_before_idle(self) -> float:
+        """Seconds to send the queued tokens before the loop waits for work (0: none queued)."""
+        return self._streams.before_idle() if self._streams is not None else 0.0
+
+    def _busy(self, seconds: float):
+        """The loop works `seconds` outside a step (calls reaching it wait until it is done)."""
+        self._step_end = self.env.now + seconds
+        self.busy_s += seconds
+        yield self.env.timeout(seconds)
+
     def charge(self, seconds: float) -> None:
         """CPU time this engine owes to work outside its steps (calls, a router on its core),
         added to its next step."""

@@ -26,6 +26,10 @@ class StreamCost(Strict):
     step_s: float = Field(ge=0, description="per step that queues tokens")
     token_s: float = Field(ge=0, description="per token queued")
 
+    def seconds(self, steps: int, tokens: int, messages: int) -> float:
+        """What queueing `tokens` over `steps` steps and sending `messages` messages costs."""
+        return self.step_s * steps + self.token_s * tokens + self.message_s * messages
+
 
 class StreamQueue:
     """StreamOut's sending rule over simulated time: which steps send a message, at what cost."""
@@ -46,15 +50,14 @@ class StreamQueue:
         if not self.pending:
             self.since = now
         self.pending += tokens
-        seconds = c.step_s + c.token_s * tokens
-        if urgent or not c.interval_s or now - self.since >= c.interval_s:
+        send = urgent or not c.interval_s or now - self.since >= c.interval_s
+        if send:
             self.pending = 0
-            seconds += c.message_s
-        return seconds
+        return c.seconds(1, tokens, send)
 
     def before_idle(self) -> float:
         """Seconds to send what is queued before the engine waits for work."""
         if not self.pending:
             return 0.0
         self.pending = 0
-        return self.cost.message_s
+        return self.cost.seconds(0, 0, 1)
