@@ -182,6 +182,10 @@ def _fit(args) -> int:
         sc = profile.stream
         print(f"  streaming        {sc.message_s * 1e6:.1f} us per message + {sc.step_s * 1e6:.1f} us per step + "
               f"{sc.token_s * 1e6:.2f} us per token, a message every {sc.interval_s * 1e3:g} ms")
+    if profile.idle is not None:
+        ic = profile.idle
+        print("  after idling     " + ", ".join(f"+{e * 1e6:.0f} us after {t * 1e3:g} ms" for t, e in zip(ic.idle_s, ic.extra_s))
+              + " (first step)")
     print("held-out MAPE: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in fit.errors.items()
                                         if not k.startswith("feature:")))
     print(f"wrote {args.out}, {report_path}, {pred_path}")

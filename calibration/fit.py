@@ -29,12 +29,21 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import statistics
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import least_squares, lsq_linear
 
-from calibration.samples import STEP_KINDS, ProfileSamples, StepSample, StreamSample, TransferSample
+from calibration.samples import (
+    STEP_KINDS,
+    IdleSample,
+    ProfileSamples,
+    StepSample,
+    StreamSample,
+    TransferSample,
+)
+from sim.idle_cost import IdleCost
 from sim.network import LinkSpec
 from sim.profile import KNOWN_COEFFICIENTS, CostProfile
 from sim.stream_cost import StreamCost
@@ -104,6 +113,7 @@ class FitResult:
     predictions: list[Prediction] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     stream: StreamCost | None = None
+    idle: IdleCost | None = None
 
 
 # ---- step model -------------------------------------------------------------------------
@@ -270,9 +280,30 @@ def fit_samples(samples: ProfileSamples, names: tuple[str, ...] = DEFAULT_COEFFI
         result.stream, result.errors["stream"] = fit_streams(samples.streams, interval)
         result.train_errors["stream"] = result.errors["stream"]
         result.counts["streams"] = len(samples.streams)
+    if samples.idle:
+        result.idle, result.errors["idle"] = fit_idle(samples.idle)
+        result.train_errors["idle"] = result.errors["idle"]
+        result.counts["idle"] = len(samples.idle)
     for k in STEP_KINDS:
         result.counts[k] = sum(s.kind == k for s in samples.steps)
     return result
+
+
+def fit_idle(samples: list[IdleSample]) -> tuple[IdleCost | None, float]:
+    """The idle cost table: per idle spell, the median over step sizes of the measured extras
+    (floored at 0: a step after idling is never faster, a negative median is noise), and how much
+    the step size mattered, as the MAPE of the table against the samples it pools (those above
+    zero). None when no spell measured an extra at all."""
+    by_idle: dict[float, list[float]] = {}
+    for s in samples:
+        by_idle.setdefault(s.idle_s, []).append(s.extra_s)
+    idle = sorted(by_idle)
+    extra = [max(0.0, statistics.median(by_idle[t])) for t in idle]
+    if not any(extra):
+        return None, float("nan")
+    cost = IdleCost(idle_s=idle, extra_s=extra)
+    pooled = [(cost.seconds(s.idle_s), s.extra_s) for s in samples if s.extra_s > 0]
+    return cost, mape(np.array([p for p, _ in pooled]), np.array([y for _, y in pooled])) if pooled else float("nan")
 
 
 def fit_streams(samples: list[StreamSample], interval_s: float) -> tuple[StreamCost, float]:
@@ -316,6 +347,7 @@ def to_profile(samples: ProfileSamples, fit: FitResult, colocated_router: bool =
         page_size=samples.page_size, engine_version=samples.engine_version or engine_version(),
         coefficients=coefficients, transfer=transfer, rpc_latency_s=rpc, send_overhead_s=send_overhead,
         router_cpu_per_token_s=router["router_cpu_per_token_s"] if colocated_router else None, stream=fit.stream,
+        idle=fit.idle,
         fit_error={k: v for k, v in fit.errors.items() if np.isfinite(v)},
         sample_count=len(samples.steps) + len(samples.transfers),
         created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from calibration import environment
 from calibration.cluster_profile import profile_cluster
 from calibration.fit import engine_version
-from calibration.samples import ProfileSamples, StepSample, StreamSample
+from calibration.samples import IdleSample, ProfileSamples, StepSample, StreamSample
 from calibration.step_profiler import ProfileError, StepProfiler, Timed
 from real.config import EngineSpec
 from sim.hardware import MODEL_PRESETS, ModelSpec
@@ -51,6 +51,8 @@ class GridSpec(BaseModel):
     transfer_pages: list[int] = [1, 4, 16, 32, 64, 128]
     stream_seqs: list[int] = [1, 4, 16, 64]  # decoding sequences streaming to the router
     stream_steps: list[int] = [1, 2, 4]  # steps per stream message
+    idle_ms: list[int] = [1, 3, 10, 30, 100, 300]  # idle spells before a timed step
+    idle_tokens: list[int] = [32, 256]  # prefill sizes of the step after them
 
 
 class ProfileSettings(BaseModel):
@@ -65,6 +67,7 @@ class ProfileSettings(BaseModel):
     rounds: int = Field(3, ge=1, description="passes over the whole grid; a sample is the median of all")
     transfer_repeats: int = Field(9, ge=1)
     stream_repeats: int = Field(6, ge=2, description="repeats per stream sample (fresh sequences each; pairs)")
+    idle_repeats: int = Field(8, ge=1, description="pairs per idle sample (a step after the spell, one after a step)")
     seed: int = 0
     core: int | None = Field(None, description="pin the profiler to this core (default: the last one)")
     transfers: bool = True
@@ -268,6 +271,47 @@ def profile_streams(s: ProfileSettings, progress: Progress | None = None) -> lis
     return out
 
 
+def idle_points(s: ProfileSettings) -> list[tuple[int, int]]:
+    """(prefill tokens, idle ms) of the idle samples, limited to what the engine can run."""
+    e = s.engine
+    sizes = [n for n in s.grid.idle_tokens
+             if n <= e.max_num_batched_tokens and n + 2 < e.max_model_len and n + 2 <= e.num_pages * e.page_size]
+    return [(n, ms) for n in sizes for ms in s.grid.idle_ms]
+
+
+def _idle(p: StepProfiler, n: int, idle_ms: int, repeats: int) -> IdleSample:
+    """The added time of an n-token prefill step after the engine's poll waited idle_ms for work,
+    against the same step after another one: pairs of repeats in alternating order, each timed
+    step preceded by an untimed one, so both start from a step's warm state."""
+    extras = []
+    for r in range(repeats):
+        pair = {}
+        for after_idle in ((True, False) if r % 2 == 0 else (False, True)):
+            _prefill(p, n, 0, 1, True, 1, 0)
+            if after_idle:
+                p.worker._poll(idle_ms)  # what an idle engine loop does: block on its socket
+            pair[after_idle] = _prefill(p, n, 0, 1, True, 0, 1)[0].seconds
+        extras.append(pair[True] - pair[False])
+    return IdleSample(idle_s=idle_ms / 1000, tokens=n, extra_s=statistics.median(extras), extras_s=extras)
+
+
+def profile_idle(s: ProfileSettings, progress: Progress | None = None) -> list[IdleSample]:
+    points = idle_points(s)
+    if not points:
+        return []
+    profiler = StepProfiler(s.engine, s.seed + 5)
+    out = []
+    try:
+        _prefill(profiler, 64, 0, 2, True, 5, 0)  # warm the process, as the step profile does
+        for i, (n, ms) in enumerate(points):
+            out.append(_idle(profiler, n, ms, s.idle_repeats))
+            if progress:
+                progress(i + 1, len(points), f"step of {n} tokens after {ms} ms idle")
+    finally:
+        profiler.close()
+    return out
+
+
 # -- the whole run -------------------------------------------------------------------------
 def sim_model(config) -> str | ModelSpec:
     """The simulator's name for a real LlamaConfig: a preset with the same shape, else inline."""
@@ -291,6 +335,7 @@ def run_profile(s: ProfileSettings, progress: Progress | None = None) -> Profile
         steps = profile_steps(s, progress)
         step_wall = time.perf_counter() - t0
         streams = profile_streams(s, progress)
+        idle = profile_idle(s, progress)
         env = environment.describe(s.engine.device)  # threads and affinity as the steps ran
     config = model_config_of(s.engine)
     kv_bytes = config.kv_bytes_per_token()
@@ -299,7 +344,7 @@ def run_profile(s: ProfileSettings, progress: Progress | None = None) -> Profile
         "control": control, "foreign_cpu_share": foreign.share, "load_average_before": load_before,
         "load_average_after": environment.load_average(), "step_profile_wall_s": round(step_wall, 2),
         "warmup": s.warmup, "repeats": s.repeats, "rounds": s.rounds, "transfer_repeats": s.transfer_repeats,
-        "stream_repeats": s.stream_repeats,
+        "stream_repeats": s.stream_repeats, "idle_repeats": s.idle_repeats,
         "engine": s.engine.model_dump(exclude={"listen", "exit_with_parent"}), "grid": s.grid.model_dump(),
         "router": router,
     })
@@ -307,7 +352,7 @@ def run_profile(s: ProfileSettings, progress: Progress | None = None) -> Profile
         hardware=environment.device_name(s.engine.device), model=sim_model(config),
         dtype=DTYPE_NAMES[config.dtype], tp=1, page_size=s.engine.page_size, kv_bytes_per_token=kv_bytes,
         engine_version=engine_version(), created=created, environment=env, steps=steps, transfers=transfers,
-        streams=streams)
+        streams=streams, idle=idle)
 
 
 def model_config_of(spec: EngineSpec):

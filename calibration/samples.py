@@ -80,6 +80,17 @@ class StreamSample(StrictFinite):
     extras_s: list[float] = Field(default_factory=list, description="every repeat")
 
 
+class IdleSample(StrictFinite):
+    """What sitting idle costs the next step: a prefill of `tokens` tokens right after the engine's
+    socket poll waited `idle_s` for work, against the same step right after another step.
+    `extra_s` is the median over repeats of the paired differences (sim.idle_cost)."""
+
+    idle_s: float = Field(gt=0)
+    tokens: int = Field(ge=1, description="prompt tokens of the timed prefill step")
+    extra_s: float = Field(description="median added seconds of the step after the idle spell")
+    extras_s: list[float] = Field(default_factory=list, description="every repeat")
+
+
 class ProfileSamples(StrictFinite):
     """A whole profiling run: the setup it measured and every sample."""
 
@@ -96,6 +107,7 @@ class ProfileSamples(StrictFinite):
     steps: list[StepSample] = Field(default_factory=list)
     transfers: list[TransferSample] = Field(default_factory=list)
     streams: list[StreamSample] = Field(default_factory=list)
+    idle: list[IdleSample] = Field(default_factory=list)
 
     @classmethod
     def load(cls, path: str | Path) -> ProfileSamples:

@@ -152,7 +152,7 @@ def host_effects(profile: CostProfile, stream_interval_s: float) -> dict[str, An
     stream = profile.stream.model_copy(update={"interval_s": stream_interval_s}) if profile.stream else None
     return {"rpc_latency_s": profile.rpc_latency_s or 0.0, "send_overhead_s": profile.send_overhead_s or 0.0,
             "router_cpu_per_token_s": profile.router_cpu_per_token_s or 0.0, "calls_between_steps": True,
-            "stream": stream}
+            "stream": stream, "idle": profile.idle}
 
 
 def estimate_capacity(cluster: ClusterConfig, spec: WorkloadSpec) -> float:
@@ -207,11 +207,12 @@ def step_speed(profile: CostProfile, runs_stats: list[dict[str, dict]],
                waiting: list[dict[str, float]] | None = None) -> dict[str, float]:
     """Per engine, over the real runs: its measured step time over what the profile predicts for
     the same steps (a fitted step model is linear in the features, so sums give the prediction),
-    and for the streamed tokens the engine sent meanwhile, when the profile measured streaming.
+    and for the streamed tokens the engine sent meanwhile and the steps that ended an idle spell,
+    when the profile measured those.
     `waiting` (per run, engine id -> seconds its loop waited for its core) is taken off the
     measured time: that is the router's CPU, which the simulator charges apart."""
     c = FittedCostModel.from_profile(profile).coefficients
-    sc = profile.stream
+    sc, idle = profile.stream, profile.idle
     measured: dict[str, float] = {}
     predicted: dict[str, float] = {}
     for i, stats in enumerate(runs_stats):
@@ -225,6 +226,8 @@ def step_speed(profile: CostProfile, runs_stats: list[dict[str, dict]],
                 v * totals.get(k, 0.0) for k, v in c.items() if k != "const")
             if sc is not None and "stream" in st:
                 predicted[eid] += sc.seconds(**st["stream"])
+            if idle is not None:
+                predicted[eid] += sum(n * idle.seconds(total / n) for n, total in st.get("idle_spells", []) if n)
     return {eid: measured[eid] / predicted[eid] for eid in sorted(measured) if predicted[eid] > 0 and measured[eid] > 0}
 
 

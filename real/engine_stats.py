@@ -2,6 +2,7 @@
 compares them with a profile, its pages with a leak check, and its KV traffic."""
 from __future__ import annotations
 
+import math
 import time
 
 from core_api.engine_stats import common_engine_stats
@@ -16,6 +17,28 @@ def add_features(totals: dict[str, float], f: StepFeatures) -> None:
     """Sum one step's features (a fitted step model is linear in them, so sums predict totals)."""
     for name in STEP_FEATURES:
         totals[name] += getattr(f, name)
+
+
+class IdleSpells:
+    """How long the engine sat idle before the steps that ended an idle spell (calibration prices
+    them with a profile's idle cost, sim.idle_cost): counts and summed seconds per log-spaced bin
+    (four per decade), so a server that runs for months keeps a few dozen numbers, not every spell.
+    Pricing a bin's spells at their mean errs only where the cost curves inside one bin."""
+
+    BINS_PER_DECADE = 4
+
+    def __init__(self) -> None:
+        self.bins: dict[int, list[float]] = {}  # bin -> [count, seconds]
+
+    def add(self, seconds: float) -> None:
+        b = math.floor(math.log10(max(seconds, 1e-9)) * self.BINS_PER_DECADE)
+        entry = self.bins.setdefault(b, [0, 0.0])
+        entry[0] += 1
+        entry[1] += seconds
+
+    def as_list(self) -> list[list[float]]:
+        """[count, summed seconds] per bin, shortest spells first."""
+        return [list(self.bins[b]) for b in sorted(self.bins)]
 
 
 def engine_stats(worker) -> dict:
@@ -35,5 +58,6 @@ def engine_stats(worker) -> dict:
             "receiving": len(sched.receiving), "sending": len(worker.sender.sends),
             "kv_bytes_sent": worker.sender.bytes_sent, "kv_bytes_received": worker.transports.bytes_received,
             "kv_land_s": worker.transports.land_s, "kv_chunks_sent": worker.sender.chunks_sent,
+            "idle_spells": worker.idle_spells.as_list(),
             "stream": {"steps": worker.stream_out.steps, "tokens": worker.stream_out.tokens,
                        "messages": worker.stream_out.messages}}

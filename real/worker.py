@@ -33,7 +33,7 @@ from core_api.scheduler import Scheduler
 from core_api.sequence import FAILED, SENT, Sequence
 from real import protocol as p
 from real.config import EngineSpec
-from real.engine_stats import add_features, engine_stats, feature_totals
+from real.engine_stats import IdleSpells, add_features, engine_stats, feature_totals
 from real.engine_transports import EngineTransports
 from real.keys import ENGINE, load_keys, start_authenticator
 from real.kv_receiver import KVReceiver, issue_token
@@ -107,6 +107,7 @@ class EngineWorker:
         # features of those steps (a fitted step model is linear in them).
         self.loop_s = 0.0
         self.feature_totals = feature_totals()
+        self.idle_spells = IdleSpells()
         self.running = True
         self._deferred_release: set[str] = set()
         # Who sent the message being handled: the client's CURVE public key when authenticated
@@ -125,6 +126,7 @@ class EngineWorker:
     # -- the loop -----------------------------------------------------------------------------
     def serve(self) -> None:
         timeout = 0
+        idle_since = None  # when the loop last found nothing to run
         while self.running:
             t0 = time.perf_counter()
             self._poll(timeout)
@@ -135,12 +137,17 @@ class EngineWorker:
             ran = self.step()
             if ran:
                 self.loop_s += time.perf_counter() - t0
+                if idle_since is not None:  # this step ended an idle spell
+                    self.idle_spells.add(t0 - idle_since)
+                    idle_since = None
             timeout = IDLE_POLL_MS if not ran else 0
             if self.sender.held:  # chunks held by a link fault go out when it ends
                 wait = self.sender.retry_held(time.monotonic())
                 timeout = min(timeout, wait) if timeout else timeout
             if timeout and self.stream_out.pending:
                 self.stream_out.flush()  # idle: nothing will come to send them with
+            if not ran and idle_since is None:
+                idle_since = time.perf_counter()
             if self.spec.exit_with_parent and os.getppid() != self._ppid:
                 log.warning("engine %s: launcher exited, shutting down", self.id)
                 break

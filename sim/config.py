@@ -11,6 +11,7 @@ from core_api.scheduler_config import SchedulerLimits
 from core_api.workload import WorkloadSpec
 from sim.cost_models import CostModelSpec, parse_cost_model
 from sim.hardware import GPUSpec, ModelSpec
+from sim.idle_cost import IdleCost
 from sim.network import LinkSpec
 from sim.stream_cost import StreamCost
 
@@ -57,6 +58,9 @@ class ClusterConfig(Strict):
     stream: StreamCost | None = Field(None, description=(
         "what streaming tokens to the router costs each engine between steps, and its stream interval "
         "(sim.stream_cost; a CPU profile measures it; None: nothing)"))
+    idle: IdleCost | None = Field(None, description=(
+        "what the first step after an idle spell costs each engine extra, by the spell's length "
+        "(sim.idle_cost; a CPU profile measures it; None: nothing)"))
     calls_between_steps: bool = Field(False, description=(
         "engines answer prep_recv and take in KV chunks and acknowledgements only between steps, as a real "
         "engine loop does (sim.engine.SimEngine)"))

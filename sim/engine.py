@@ -25,6 +25,7 @@ from core_api.types import KVAddr, Request, TokenChunk
 from sim.decode_run import DecodeRuns
 from sim.engine_faults import EngineFaults
 from sim.host import HostEffects
+from sim.idle_cost import IdleCost
 from sim.runtime import SimWait
 from sim.stream_cost import StreamCost, StreamQueue
 
@@ -55,7 +56,7 @@ class SimEngine(HostEffects, EngineFaults, DecodeRuns):
                  cost_model: CostModel, network: Network, kv_bytes_per_token: float,
                  peers: dict[str, SimEngine], rpc_latency_s: float = 0.0, send_overhead_s: float = 0.0,
                  calls_between_steps: bool = False, router_cpu_per_token_s: float = 0.0,
-                 stream_cost: StreamCost | None = None) -> None:
+                 stream_cost: StreamCost | None = None, idle_cost: IdleCost | None = None) -> None:
         self.env, self.id = env, engine_id
         self.sched = Scheduler(scheduler)
         self.cost_model, self.network = cost_model, network
@@ -67,6 +68,8 @@ class SimEngine(HostEffects, EngineFaults, DecodeRuns):
         self.calls_between_steps = calls_between_steps
         self.router_cpu_per_token_s = router_cpu_per_token_s
         self._streams = StreamQueue(stream_cost) if stream_cost is not None else None
+        self._idle_cost = idle_cost
+        self._idle_since: float | None = None  # start of the idle spell in progress (with an idle cost)
         self._step_end = 0.0  # end of the (single) step in progress
         self._wake: simpy.Event | None = None  # set while idle
         self._run_end: simpy.Event | None = None  # set during a decode run
@@ -185,11 +188,15 @@ class SimEngine(HostEffects, EngineFaults, DecodeRuns):
                 if sending:  # queued tokens go out first
                     yield from self._busy(sending)
                     continue
+                if self._idle_cost is not None and self._idle_since is None:
+                    self._idle_since = env.now
                 self._wake = env.event()
                 deadline = self._next_expiry()
                 # Reservations expire on time even on an engine with nothing else to do.
                 yield self._wake if deadline is None else self._wake | env.timeout(max(0.0, deadline - env.now))
                 continue
+            if self._idle_since is not None:
+                self._after_idle()
             # A decode run prices its steps ahead; work between steps (charges, streaming) is
             # priced step by step.
             ahead = self.fast_forward and not self._overhead and self._streams is None

@@ -15,7 +15,9 @@ default (and then free of events, so exact timings elsewhere stay exact):
   about half each, even at half load (the kernel wakes the router beside a busy engine, not
   on the idle core);
 - `stream` (sim.stream_cost): queueing streamed tokens and sending them to the router, between
-  steps, one message per stream interval.
+  steps, one message per stream interval;
+- `idle` (sim.idle_cost): the first step after the engine sat idle runs slower, by more the
+  longer it sat.
 
 All are measured by calibration (cluster_profile, profile) and set by calibration.validate.
 """
@@ -79,6 +81,11 @@ class HostEffects:
     def _stream_before_idle(self) -> float:
         """Seconds to send the queued tokens before the loop waits for work (0: none queued)."""
         return self._streams.before_idle() if self._streams is not None else 0.0
+
+    def _after_idle(self) -> None:
+        """This step ends an idle spell: it pays the measured extra of a step after that long idle."""
+        idle, self._idle_since = self.env.now - self._idle_since, None
+        self.charge(self._idle_cost.seconds(idle))
 
     def _busy(self, seconds: float):
         """The loop works `seconds` outside a step (calls reaching it wait until it is done)."""

@@ -19,6 +19,7 @@ from typing_extensions import Self
 
 from core_api.validation_errors import format_validation_error
 from sim.hardware import ModelSpec
+from sim.idle_cost import IdleCost
 from sim.network import LinkSpec
 from sim.stream_cost import StreamCost
 
@@ -83,6 +84,8 @@ class CostProfile(ProfileFile):
     stream: StreamCost | None = Field(default=None, description=(
         "measured cost of streaming tokens to the router, with the profiled engine's stream interval "
         "(ClusterConfig.stream)"))
+    idle: IdleCost | None = Field(default=None, description=(
+        "measured extra of the first step after an idle spell, by its length (ClusterConfig.idle)"))
     fit_error: dict[str, float] = Field(default_factory=dict, description="feature/metric -> MAPE (0.05 = 5%)")
     sample_count: int = Field(ge=0)
     created: IsoDate = Field(description="ISO date or datetime")

@@ -7,6 +7,7 @@ import pytest
 
 from calibration.fit import (
     FitError,
+    fit_idle,
     fit_samples,
     fit_steps,
     fit_streams,
@@ -14,7 +15,14 @@ from calibration.fit import (
     solve_relative,
     to_profile,
 )
-from calibration.samples import ProfileSamples, SamplesError, StepSample, StreamSample, TransferSample
+from calibration.samples import (
+    IdleSample,
+    ProfileSamples,
+    SamplesError,
+    StepSample,
+    StreamSample,
+    TransferSample,
+)
 from core_api.step import StepFeatures
 from sim.cost_model import FittedCostModel
 from sim.profile import CostProfile
@@ -220,3 +228,28 @@ def test_a_stream_fit_never_charges_negative_time():
              for (b, k), x in zip([(1, 1), (1, 4), (64, 1), (64, 4)], [2e-4, -1e-4, 1e-4, -3e-4])]
     cost, _error = fit_streams(noise, 0.0)
     assert min(cost.message_s, cost.step_s, cost.token_s) >= 0
+
+
+def test_idle_cost_is_fitted_from_idle_samples_into_the_profile(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = samples_file(rng)
+    assert fit_samples(samples).idle is None  # no idle samples: nothing to charge
+    # Per spell, two step sizes; the table takes the median of them (here their mean).
+    samples.idle = [IdleSample(idle_s=t, tokens=n, extra_s=x) for t, x32, x256 in
+                    [(0.001, 1e-4, 1.4e-4), (0.01, 3e-4, 3.4e-4), (0.1, 8e-4, 1.0e-3)]
+                    for n, x in ((32, x32), (256, x256))]
+    fit = fit_samples(samples)
+    assert fit.idle.idle_s == [0.001, 0.01, 0.1]
+    assert fit.idle.extra_s == pytest.approx([1.2e-4, 3.2e-4, 9e-4])
+    assert 0 < fit.errors["idle"] < 0.2  # how much the step size mattered
+    path = tmp_path / "p.json"
+    to_profile(samples, fit).save(path)
+    assert CostProfile.load(path).idle == fit.idle
+
+
+def test_an_idle_fit_never_charges_negative_time_and_noise_alone_gives_none():
+    noise = [IdleSample(idle_s=0.001, tokens=32, extra_s=-2e-5), IdleSample(idle_s=0.1, tokens=32, extra_s=3e-4)]
+    cost, _ = fit_idle(noise)
+    assert cost.extra_s == [0.0, 3e-4]
+    assert fit_idle([IdleSample(idle_s=0.001, tokens=32, extra_s=-2e-5)]) == (None, pytest.approx(float("nan"),
+                                                                                                 nan_ok=True))

@@ -4,8 +4,10 @@ import pytest
 from calibration.profile import (
     GridSpec,
     ProfileSettings,
+    _idle,
     _stream,
     grid_points,
+    idle_points,
     profile_steps,
     sim_model,
     stream_points,
@@ -101,3 +103,19 @@ def test_step_samples_send_no_stream_message_and_stream_samples_measure_them():
 def test_stream_points_fit_the_engine():
     s = ProfileSettings(engine=SMALL, grid=GridSpec(stream_seqs=[1, 8, 64], stream_steps=[1, 4]))
     assert stream_points(s) == [(1, 1), (1, 4), (8, 1), (8, 4)]  # 64 > max_num_seqs
+
+
+def test_idle_samples_time_a_step_after_the_engines_poll_waited_against_one_after_a_step():
+    p = StepProfiler(SMALL, seed=0)
+    try:
+        sample = _idle(p, 16, 2, repeats=2)
+        assert (sample.idle_s, sample.tokens, len(sample.extras_s)) == (0.002, 16, 2)
+        assert sample.extra_s == pytest.approx(sum(sample.extras_s) / 2)
+        assert p.idle() and p.sched.kv.stats().used == 0
+    finally:
+        p.close()
+
+
+def test_idle_points_fit_the_engine():
+    s = ProfileSettings(engine=SMALL, grid=GridSpec(idle_ms=[1, 30], idle_tokens=[16, 10_000]))
+    assert idle_points(s) == [(16, 1), (16, 30)]  # 10k tokens exceed the engine's token budget

@@ -164,6 +164,13 @@ def test_step_speed_compares_measured_steps_with_the_profiles_prediction_for_the
     # Time the engine waited for its core (the router's CPU, charged apart) is not its steps'.
     stats["e0"]["loop_s"] = with_stream + 0.25
     assert step_speed(streamed, [stats], [{"e0": 0.25}]) == {"e0": pytest.approx(1.0)}
+    # With the idle cost measured, so are the extras of the steps that ended idle spells, each
+    # bin of spells priced at its mean: 3 spells of 10 ms on average, 1 of 100 ms.
+    idle = {"idle_s": [0.01, 0.1], "extra_s": [2e-4, 1e-3]}
+    cold = CostProfile.load(tiny_profile(tmp_path, stream=streamed.stream.model_dump(), idle=idle))
+    stats["e0"]["idle_spells"] = [[3, 0.03], [1, 0.1]]
+    stats["e0"]["loop_s"] = with_stream + 3 * 2e-4 + 1e-3
+    assert step_speed(cold, [stats]) == {"e0": pytest.approx(1.0)}
 
 
 def test_validation_says_when_not_to_trust_it(tmp_path):
@@ -207,10 +214,12 @@ def test_host_effects_come_from_the_profile_at_the_engines_stream_interval(tmp_p
 
     bare = CostProfile.load(tiny_profile(tmp_path))
     assert host_effects(bare, 0.005) == {"rpc_latency_s": 0.0, "send_overhead_s": 0.0, "router_cpu_per_token_s": 0.0,
-                                         "calls_between_steps": True, "stream": None}
+                                         "calls_between_steps": True, "stream": None, "idle": None}
     measured = CostProfile.load(tiny_profile(tmp_path, rpc_latency_s=2e-4, router_cpu_per_token_s=3e-5, stream={
-        "interval_s": 0.0, "message_s": 1e-4, "step_s": 1e-5, "token_s": 1e-6}))
+        "interval_s": 0.0, "message_s": 1e-4, "step_s": 1e-5, "token_s": 1e-6},
+        idle={"idle_s": [0.001, 0.1], "extra_s": [1e-4, 9e-4]}))
     effects = host_effects(measured, 0.005)
     assert effects["rpc_latency_s"] == 2e-4 and effects["router_cpu_per_token_s"] == 3e-5
     assert effects["stream"].interval_s == 0.005 and effects["stream"].message_s == 1e-4
+    assert effects["idle"].seconds(0.1) == 9e-4
     ClusterConfig(engines=[EngineConfig()], **effects)  # what the simulator accepts

@@ -1,5 +1,5 @@
 """Host effects of real engines in the simulator: control-call latency, per-send engine CPU, calls
-read between steps, streaming tokens to the router. Off by default (exact timings elsewhere stay
+read between steps, streaming tokens to the router, the slower step after idling. Off by default (exact timings elsewhere stay
 exact); on, they cost exactly what they say on an idle cluster."""
 from itertools import pairwise
 
@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from sim.cluster import SimCluster
 from sim.config import ClusterConfig
+from sim.idle_cost import IdleCost
 from sim.stream_cost import StreamCost, StreamQueue
 from tests.helpers import make_request, small_cluster, workload_of
 
@@ -127,3 +128,44 @@ def test_stream_cost_is_validated():
     assert ClusterConfig.model_validate({"engines": [{}], "stream": good}).stream == StreamCost(**good)
     with pytest.raises(ValidationError, match="interval"):
         ClusterConfig.model_validate({"engines": [{}], "stream": {**good, "interval": 0.005}})  # misspelt
+
+
+IDLE = {"idle_s": [0.001, 0.1], "extra_s": [1e-4, 9e-4]}
+
+
+def test_idle_cost_interpolates_its_measured_table():
+    cost = IdleCost(**IDLE)
+    assert cost.seconds(0.0) == 0.0
+    assert cost.seconds(0.0005) == pytest.approx(5e-5)  # from 0 at no idle
+    assert cost.seconds(0.001) == pytest.approx(1e-4)
+    assert cost.seconds(0.0505) == pytest.approx(5e-4)
+    assert cost.seconds(5.0) == pytest.approx(9e-4)  # flat past the last spell measured
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"idle_s": [0.001, 0.1], "extra_s": [1e-4]}, "2 points"),
+    ({"idle_s": [0.1, 0.001], "extra_s": [1e-4, 1e-4]}, "increasing"),
+    ({"idle_s": [0.0, 0.1], "extra_s": [1e-4, 1e-4]}, "positive"),
+    ({"idle_s": [0.001], "extra_s": [-1e-4]}, ">= 0"),
+])
+def test_idle_cost_is_validated(bad, match):
+    with pytest.raises(ValidationError, match=match):
+        ClusterConfig.model_validate({"engines": [{}], "idle": bad})
+
+
+def test_the_step_after_an_idle_spell_pays_its_measured_extra_and_no_other_step_does():
+    # round_robin on two engines: a -> e0 and b -> e1 at t = 0.01, c -> e0 long after a ended.
+    def run(**host):
+        reqs = [make_request("a", 64, 8), make_request("b", 64, 8, arrival=0.01, seed=1),
+                make_request("c", 64, 8, arrival=0.5, seed=2)]
+        config = small_cluster(2, "round_robin").model_copy(update=host)
+        return {r.request_id: r for r in SimCluster(config).run(workload_of(reqs)).records}
+
+    base, cold = run(), run(idle=IdleCost(**IDLE))
+    cost = IdleCost(**IDLE)
+    assert cold["a"].token_times == base["a"].token_times  # its engine had just started: no idle
+    assert cold["b"].first_token_time - base["b"].first_token_time == pytest.approx(cost.seconds(0.01), abs=1e-12)
+    idle_e0 = 0.5 - cold["a"].finish_time
+    assert cold["c"].first_token_time - base["c"].first_token_time == pytest.approx(cost.seconds(idle_e0), abs=1e-12)
+    for r in "bc":
+        assert gaps(cold[r]) == pytest.approx(gaps(base[r]), abs=1e-12)  # decode steps follow steps
