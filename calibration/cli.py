@@ -39,8 +39,9 @@ def add_parser(sub) -> None:
     ft.add_argument("--report", type=Path, help="fit report JSON (default: next to --out)")
     ft.add_argument("--predictions", type=Path, help="predicted-vs-measured CSV (default: next to --out)")
     ft.add_argument("--method", choices=("nnls", "robust"), default="nnls")
-    ft.add_argument("--statistic", choices=("median", "mean", "trimmed"), default="median",
-                    help="which time stands for a grid point's repeats")
+    ft.add_argument("--statistic", choices=("median", "mean", "trimmed"),
+                    help="which time stands for a grid point's repeats (default: calibration.fit.DEFAULT_STATISTIC, "
+                         "the mean, since the simulator sums step times)")
     ft.add_argument("--holdout", type=float, default=0.25, help="share of samples held out for the error")
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--coefficients", help="comma-separated coefficient names (default: all)")
@@ -148,20 +149,21 @@ def _profile(args) -> int:
 
 
 def _fit(args) -> int:
-    from calibration.fit import DEFAULT_COEFFICIENTS, fit_samples, to_profile
+    from calibration.fit import DEFAULT_COEFFICIENTS, DEFAULT_STATISTIC, fit_samples, to_profile
     from calibration.fit_report import report, write_predictions_csv
     from calibration.samples import ProfileSamples
 
     samples = ProfileSamples.load(args.samples)
     names = tuple(x.strip() for x in args.coefficients.split(",")) if args.coefficients else DEFAULT_COEFFICIENTS
-    fit = fit_samples(samples, names, args.method, args.holdout, args.seed, statistic=args.statistic)
+    statistic = args.statistic or DEFAULT_STATISTIC
+    fit = fit_samples(samples, names, args.method, args.holdout, args.seed, statistic=statistic)
     profile = to_profile(samples, fit, colocated_router=args.colocated_router)
     stem = args.out.with_suffix("")
     report_path = args.report or Path(f"{stem}.report.json")
     pred_path = args.predictions or Path(f"{stem}.predictions.csv")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     profile.save(args.out)
-    report_path.write_text(report(str(args.samples), fit, args.method, args.holdout, args.seed, args.statistic)
+    report_path.write_text(report(str(args.samples), fit, args.method, args.holdout, args.seed, statistic)
                            .model_dump_json(indent=2) + "\n")
     write_predictions_csv(pred_path, fit.predictions)
     print(f"fitted {len(fit.coefficients)} coefficients on {fit.counts['train']} step samples "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from calibration.fit import FitResult, Prediction
+from calibration.fit import DEFAULT_STATISTIC, FitResult, Prediction
 from sim.network import LinkSpec
 
 
@@ -17,7 +17,7 @@ class FitReport(BaseModel):
 
     samples: str
     method: str
-    statistic: str = "median"
+    statistic: str = DEFAULT_STATISTIC
     holdout: float
     seed: int
     coefficients: dict[str, float]
@@ -37,7 +37,7 @@ def write_predictions_csv(path: str | Path, predictions: list[Prediction]) -> No
 
 
 def report(samples_path: str, fit: FitResult, method: str, holdout: float, seed: int,
-           statistic: str = "median") -> FitReport:
+           statistic: str = DEFAULT_STATISTIC) -> FitReport:
     return FitReport(samples=samples_path, method=method, statistic=statistic, holdout=holdout, seed=seed,
                      coefficients=fit.coefficients, transfer=fit.transfer, held_out_mape=fit.errors,
                      train_mape=fit.train_errors, counts=fit.counts)

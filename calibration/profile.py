@@ -67,7 +67,7 @@ class ProfileSettings(BaseModel):
     rounds: int = Field(3, ge=1, description="passes over the whole grid; a sample is the median of all")
     transfer_repeats: int = Field(9, ge=1)
     stream_repeats: int = Field(6, ge=2, description="repeats per stream sample (fresh sequences each; pairs)")
-    idle_repeats: int = Field(8, ge=1, description="pairs per idle sample (a step after the spell, one after a step)")
+    idle_repeats: int = Field(12, ge=1, description="pairs per idle sample (a step after the spell, one after a step)")
     seed: int = 0
     core: int | None = Field(None, description="pin the profiler to this core (default: the last one)")
     transfers: bool = True

@@ -55,7 +55,8 @@ class Scheduler:
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
         self.page_size = config.page_size
-        self.state = SchedulerState(BlockManager(config.num_pages, config.page_size), config.reservation_timeout_s)
+        self.state = SchedulerState(BlockManager(config.num_pages, config.page_size), config.reservation_timeout_s,
+                                    config.policy.prefix_caching)
         self.policy = config.policy
         self._watermark_pages = int(config.policy.watermark * config.num_pages)
         share = config.policy.reservation_share

@@ -35,8 +35,9 @@ ENDED = (FINISHED, FAILED, ABORTED)
 
 
 class SchedulerState:
-    def __init__(self, kv: BlockManager, reservation_timeout_s: float) -> None:
+    def __init__(self, kv: BlockManager, reservation_timeout_s: float, prefix_caching: bool = True) -> None:
         self.kv = kv
+        self.prefix_caching = prefix_caching  # off: computed pages are never published, so they free at once
         self.page_size = kv.page_size
         self.reservation_timeout_s = reservation_timeout_s
         self.waiting: deque[Sequence] = deque()  # generating and sending sequences not admitted yet
@@ -149,7 +150,7 @@ class SchedulerState:
     def register_full_pages(self, seq: Sequence) -> None:
         """Publish computed full prompt pages under their prefix keys."""
         full = min(seq.num_computed, seq.target, seq.prompt_len) // self.page_size
-        if full > seq.num_registered:
+        if full > seq.num_registered and self.prefix_caching:
             keys = request_page_keys(seq.req, self.page_size)
             first = seq.num_registered
             self.kv.register_all(seq.pages[first:full], keys[first:full])

@@ -215,3 +215,4 @@ def test_prefix_caching_off_never_reuses_pages():
     s.add_generate(make_request("b", 16, max_tokens=1, prompt=a.prompt.copy()))
     assert s.schedule().batch.starts == [0] and s.kv.hits == 0
     assert s.cached_prefix_len(a) == 0
+    assert s.kv.num_cached == 0 and not a._page_hashes  # nothing kept for reuse: no key ever computed
