@@ -68,8 +68,6 @@ def add_parser(sub) -> None:
                     help="real runs per point (fresh engines each); the table shows their mean and spread")
     va.add_argument("--no-pin", action="store_true", help="do not pin engine processes to cores")
     va.add_argument("--no-interval", action="store_true", help="skip the error-bound reruns")
-    va.add_argument("--no-probe", action="store_true",
-                    help="skip timing a few steps before each point's real runs (the comparison at the probed speed)")
     va.add_argument("--out", type=Path, help="reports JSON")
 
     rf = cmds.add_parser("roofline", help="fit the roofline's efficiency factors to public GPU measurements")
@@ -221,8 +219,7 @@ def _validate(args) -> int:
     for strategy in args.strategy or ["round_robin"]:
         case = ValidationCase(profile=str(args.profile), strategy=strategy, params=params_from_cli(args.param),
                               engines=args.engines, engine=_kv(args.engine_opt), workload=workload, seed=args.seed,
-                              pin=not args.no_pin, interval=not args.no_interval, real_repeats=args.real_repeats,
-                              probe=not args.no_probe)
+                              pin=not args.no_pin, interval=not args.no_interval, real_repeats=args.real_repeats)
         rates = args.rate
         if not rates:
             cluster = sim_cluster_config(case, profile, real_engine_spec(case, profile))

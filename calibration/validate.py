@@ -23,12 +23,9 @@ loop iteration, timed as the profiler times it, and the steps' summed features),
 gives the step speed: the engines' measured step time over what the profile predicts for those
 very steps. Next to the plain comparison it reruns the simulation with the profile scaled to
 that measured speed: the error left then is the simulator's own (scheduling, overheads between
-steps), separated from the machine's drift. That rerun uses what the real runs measured; just
-before them, validate also times a few steps itself (calibration.speed_probe) and reruns the
-simulation at that probed speed, which is still a prediction, of the machine as it is now. It
-also says when a result is not to be trusted: steps ran (or the probe ran) more than 5% off the
-profile, other processes used the CPU, the profile was measured on another machine (or before a
-reboot), or the real repeats spread more than the error.
+steps), separated from the machine's drift. It also says when a result is not to be trusted:
+steps ran more than 5% off the profile, other processes used the CPU, the profile was measured
+on another machine (or before a reboot), or the real repeats spread more than the error.
 """
 from __future__ import annotations
 
@@ -43,7 +40,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from calibration.environment import ForeignLoad, boot_id, pin_engines, process_seconds, run_delay_seconds
 from calibration.interval import DEFAULT_METRICS, metric_intervals, run_scaled
 from calibration.profile import sim_model
-from calibration.speed_probe import probe_speed
 from core_api.scheduler_config import SchedulerLimits
 from core_api.workload import Workload, WorkloadSpec, generate
 from sim.cluster import SimCluster
@@ -76,7 +72,6 @@ class ValidationCase(BaseModel):
     real_repeats: int = Field(1, ge=1, description="real runs (fresh engines each); metrics are their mean")
     pin: bool = Field(True, description="pin each engine process to its own core")
     interval: bool = True
-    probe: bool = Field(True, description="time a few steps just before the real runs (calibration.speed_probe)")
 
 
 class MetricComparison(BaseModel):
@@ -112,11 +107,6 @@ class ValidationReport(BaseModel):
         "per engine, over the real runs: its measured step time / the profile's prediction for the same steps"))
     at_run_speed: dict[str, MetricComparison] | None = Field(None, description=(
         "the comparison again with the profile scaled to the measured step speed: the simulator's own error"))
-    probed_speed: float | None = Field(None, description=(
-        "the machine's step time just before the real runs / the profile's (calibration.speed_probe)"))
-    at_probed_speed: dict[str, MetricComparison] | None = Field(None, description=(
-        "the comparison again with the profile scaled to the probed speed: still a prediction, made before the "
-        "real runs, of this machine as it is now"))
     untrusted: list[str] = Field(default_factory=list, description="reasons not to trust this comparison")
 
 
@@ -242,12 +232,8 @@ def step_speed(profile: CostProfile, runs_stats: list[dict[str, dict]],
 
 
 def untrusted_reasons(profile: CostProfile, speeds: dict[str, float], foreign: float | None,
-                      metrics: dict[str, MetricComparison], probed: float | None = None) -> list[str]:
+                      metrics: dict[str, MetricComparison]) -> list[str]:
     reasons = []
-    if probed is not None and abs(probed - 1) > TRUSTED_STEP_DRIFT:
-        reasons.append(f"just before the real runs this machine ran the profile's steps at {probed:.2f}x their "
-                       f"profiled time: it is not the machine that was profiled (re-profile, or read the "
-                       f"comparison at the probed speed)")
     if speeds and max(abs(s - 1) for s in speeds.values()) > TRUSTED_STEP_DRIFT:
         shown = ", ".join(f"{eid} {s:.2f}x" for eid, s in speeds.items())
         reasons.append(f"the engines' steps ran at {shown} the profile's step time: the machine's speed moved "
@@ -292,8 +278,6 @@ def validate(case: ValidationCase) -> ValidationReport:
     intervals = metric_intervals(cluster, workload, case.seed) if case.interval and profile.fit_error else None
     sim_wall = time.perf_counter() - t0
     sim_busy = {eid: round(st["busy_s"], 3) for eid, st in sim_result.engine_stats.items()}
-    probed = probe_speed(profile, spec, case.seed) if case.probe else None
-    at_probed = run_scaled(cluster, workload, probed, case.seed).metrics() if probed else None
     runs = [run_real(case, spec, workload) for _ in range(case.real_repeats)]  # fresh engines each time
     real_ms, sim_m = [r.result.metrics() for r in runs], sim_result.metrics()
     shares = [r.foreign_share for r in runs if r.foreign_share is not None]
@@ -305,9 +289,7 @@ def validate(case: ValidationCase) -> ValidationReport:
     foreign = max(shares) if shares else None
     return ValidationReport(
         step_speed={eid: round(s, 4) for eid, s in speeds.items()}, at_run_speed=at_speed,
-        untrusted=untrusted_reasons(profile, speeds, foreign, metrics, probed),
-        probed_speed=round(probed, 4) if probed else None,
-        at_probed_speed=compare(real_ms, at_probed) if at_probed else None,
+        untrusted=untrusted_reasons(profile, speeds, foreign, metrics),
         case=case, rate=case.workload.arrival.rate, metrics=metrics,
         real_failed=int(sum(m["failed"] + m["aborted"] for m in real_ms)),
         sim_failed=int(sim_m["failed"] + sim_m["aborted"]),
@@ -344,18 +326,9 @@ def format_reports(reports: list[ValidationReport], metrics=ERROR_METRICS) -> st
             lines.append(f"  {m:<20}" + "".join(
                 f"{r.metrics[m].real:>11.3f}{r.at_run_speed[m].sim:>11.3f}{r.at_run_speed[m].rel_error * 100:>11.1f}%"
                 for r in reports))
-    if all(r.at_probed_speed for r in reports):
-        lines.append(f"{'speed probed before':<22}" + "".join(f"{r.probed_speed:>33.2f}x" for r in reports))
-        lines.append("at the machine's speed probed just before the real runs (still a prediction):")
-        for m in HEADLINE:
-            lines.append(f"  {m:<20}" + "".join(
-                f"{r.metrics[m].real:>11.3f}{r.at_probed_speed[m].sim:>11.3f}"
-                f"{r.at_probed_speed[m].rel_error * 100:>11.1f}%" for r in reports))
     lines.append(f"median |error| of {', '.join(HEADLINE)}: {headline_error(reports) * 100:.1f}%")
-    if all(r.at_probed_speed for r in reports):
-        lines.append(f"  at the speed probed before the runs: {headline_error(reports, 'at_probed_speed') * 100:.1f}%")
     if all(r.at_run_speed for r in reports):
-        lines.append(f"  at the run's measured step speed: {headline_error(reports, 'at_run_speed') * 100:.1f}%")
+        lines.append(f"  at the run's measured step speed: {headline_error(reports, at_run_speed=True) * 100:.1f}%")
     for r in reports:
         for reason in r.untrusted:
             lines.append(f"not to be trusted ({r.case.strategy}@{r.rate:.3g}/s): {reason}")
@@ -375,10 +348,8 @@ def _fmt_share(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-def headline_error(reports: list[ValidationReport], comparison: str = "metrics") -> float:
-    """Median |error| of the HEADLINE means over the reports, of the plain comparison ("metrics")
-    or of "at_probed_speed" / "at_run_speed"."""
+def headline_error(reports: list[ValidationReport], at_run_speed: bool = False) -> float:
     import statistics
 
-    errors = [abs(getattr(r, comparison)[m].rel_error) for r in reports for m in HEADLINE]
+    errors = [abs((r.at_run_speed if at_run_speed else r.metrics)[m].rel_error) for r in reports for m in HEADLINE]
     return statistics.median(errors) if errors else float("nan")

@@ -137,9 +137,6 @@ def test_validate_command_on_a_small_case(tmp_path, capsys):
     # The engines reported their steps: the speed against the profile, and the rerun at that speed.
     assert set(report["step_speed"]) == {"e0", "e1"} and all(s > 0 for s in report["step_speed"].values())
     assert set(report["at_run_speed"]) == set(report["metrics"])
-    # Just before the real runs the machine's speed was probed, and the comparison rerun at it.
-    assert report["probed_speed"] > 0 and set(report["at_probed_speed"]) == set(report["metrics"])
-    assert "at the speed probed before the runs" in text
     # The shipped profile was measured on the project's VM: anywhere else, that is said.
     from calibration.environment import boot_id
 
@@ -192,9 +189,6 @@ def test_validation_says_when_not_to_trust_it(tmp_path):
     elsewhere = CostProfile.load(tiny_profile(tmp_path, environment={"boot_id": "another-boot"}))
     expected = "the profile was measured on another machine (or before a reboot)"
     assert untrusted_reasons(elsewhere, {}, None, calm) == [expected]
-    assert untrusted_reasons(here, {"e0": 1.0}, 0.0, calm, probed=1.04) == []
-    [probed] = untrusted_reasons(here, {"e0": 1.0}, 0.0, calm, probed=0.93)
-    assert "ran the profile's steps at 0.93x their profiled time" in probed
 
 
 def test_validate_with_no_simulated_capacity_says_so_instead_of_dividing_by_zero(capsys):
@@ -229,19 +223,3 @@ def test_host_effects_come_from_the_profile_at_the_engines_stream_interval(tmp_p
     assert effects["stream"].interval_s == 0.005 and effects["stream"].message_s == 1e-4
     assert effects["idle"].seconds(0.1) == 9e-4
     ClusterConfig(engines=[EngineConfig()], **effects)  # what the simulator accepts
-
-
-def test_the_speed_probe_is_the_median_ratio_of_measured_to_predicted_steps(tmp_path, monkeypatch):
-    import calibration.speed_probe as probe
-    from calibration.samples import StepSample
-    from real.config import EngineSpec
-
-    profile = CostProfile.load(tiny_profile(tmp_path))  # const 3e-4, prefill_tokens 3e-5, decode_seqs 1e-4, ...
-    prefill = {"prefill_tokens": 10.0, "prefill_seqs": 1.0}  # predicted 3e-4 + 10 * 3e-5 = 6e-4
-    decode = {"decode_seqs": 2.0, "decode_context": 1000.0}  # predicted 3e-4 + 2e-4 + 1e-4 = 6e-4
-    measured = [StepSample(kind="prefill", label="a", features=prefill, time_s=1, times_s=[6e-4, 6.6e-4]),
-                StepSample(kind="decode", label="b", features=decode, time_s=1, times_s=[6.6e-4, 7.2e-4]),
-                StepSample(kind="decode", label="c", features=decode, time_s=1, times_s=[3e-3])]
-    monkeypatch.setattr(probe, "profile_steps", lambda settings: measured)
-    # ratios 1.05, 1.15 and 5 (a burst): the median ignores the burst
-    assert probe.probe_speed(profile, EngineSpec()) == pytest.approx(1.15)
