@@ -74,3 +74,24 @@ def test_a_decode_run_priced_in_one_call_equals_its_steps_bit_for_bit():
             stepped.append(model.step_time(StepFeatures(decode_seqs=37, decode_context=37 * 900 + 37 * i,
                                                         decode_max_context=1500 + i, sampled=37)))
         assert priced == stepped
+
+
+@pytest.mark.parametrize("name", ["pd", "balanced_pd"])
+def test_without_shared_prefixes_turning_the_prefix_cache_off_changes_no_time(name):
+    """With caching off nothing is keyed or kept for reuse (the faster path for workloads with no
+    shared prefix); pages a cache would keep are free instead, which an allocation takes just the
+    same, so where no prefix is ever hit every time is the same. (A preempted sequence hits its own
+    cached pages when it comes back: with preemption the two differ, as they should.)"""
+    def run(caching: bool):
+        engines = [{**e, "policy": {"prefix_caching": caching}} for e in CONFIGS[name]["engines"]]
+        workload = {k: v for k, v in WORKLOAD.items() if k != "prefix"}
+        config = SimConfig.model_validate({"cluster": {**CONFIGS[name], "engines": engines}, "workload": workload})
+        cluster = SimCluster(config.cluster)
+        result = cluster.run(generate(config.workload), seed=config.seed)
+        cluster.check_no_leaks()
+        return result
+
+    cached, uncached = run(True), run(False)
+    assert sum(s["prefix_hit_tokens"] for s in cached.engine_stats.values()) == 0
+    assert [r.token_times for r in cached.records] == [r.token_times for r in uncached.records]
+    assert cached.metrics() == uncached.metrics()
