@@ -254,21 +254,28 @@ def profile_steps(s: ProfileSettings, progress: Progress | None = None) -> list[
     return [_sample(kind, label, timed) for label, (kind, timed) in runs.items()]
 
 
-def profile_streams(s: ProfileSettings, progress: Progress | None = None) -> list[StreamSample]:
-    points = stream_points(s)
+def _each_point(s: ProfileSettings, seed_offset: int, points: list[tuple], measure: Callable, label: Callable,
+                progress: Progress | None):
+    """measure(profiler, *point) for every point, on one fresh in-process engine warmed as the step
+    profile warms its own."""
     if not points:
         return []
-    profiler = StepProfiler(s.engine, s.seed + 3)
+    profiler = StepProfiler(s.engine, s.seed + seed_offset)
     out = []
     try:
-        _prefill(profiler, 64, 0, 2, True, 5, 0)  # warm the process, as the step profile does
-        for i, (b, k) in enumerate(points):
-            out.append(_stream(profiler, b, k, s.stream_repeats))
+        _prefill(profiler, 64, 0, 2, True, 5, 0)  # warm the process: allocator, kernels, caches
+        for i, point in enumerate(points):
+            out.append(measure(profiler, *point))
             if progress:
-                progress(i + 1, len(points), f"stream B={b} every {k} steps")
+                progress(i + 1, len(points), label(*point))
     finally:
         profiler.close()
     return out
+
+
+def profile_streams(s: ProfileSettings, progress: Progress | None = None) -> list[StreamSample]:
+    return _each_point(s, 3, stream_points(s), lambda p, b, k: _stream(p, b, k, s.stream_repeats),
+                       lambda b, k: f"stream B={b} every {k} steps", progress)
 
 
 def idle_points(s: ProfileSettings) -> list[tuple[int, int]]:
@@ -296,20 +303,8 @@ def _idle(p: StepProfiler, n: int, idle_ms: int, repeats: int) -> IdleSample:
 
 
 def profile_idle(s: ProfileSettings, progress: Progress | None = None) -> list[IdleSample]:
-    points = idle_points(s)
-    if not points:
-        return []
-    profiler = StepProfiler(s.engine, s.seed + 5)
-    out = []
-    try:
-        _prefill(profiler, 64, 0, 2, True, 5, 0)  # warm the process, as the step profile does
-        for i, (n, ms) in enumerate(points):
-            out.append(_idle(profiler, n, ms, s.idle_repeats))
-            if progress:
-                progress(i + 1, len(points), f"step of {n} tokens after {ms} ms idle")
-    finally:
-        profiler.close()
-    return out
+    return _each_point(s, 5, idle_points(s), lambda p, n, ms: _idle(p, n, ms, s.idle_repeats),
+                       lambda n, ms: f"step of {n} tokens after {ms} ms idle", progress)
 
 
 # -- the whole run -------------------------------------------------------------------------
