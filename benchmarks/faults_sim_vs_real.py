@@ -60,16 +60,16 @@ def summary(records, fault_at: float) -> dict:
 
 
 def run_sim(profile_path: Path, strategy: str, params: dict, faults: list[dict]) -> dict:
-    from calibration.validate import host_effects, sim_link
     from real.config import EngineSpec
     from sim.cluster import SimCluster
     from sim.config import ClusterConfig, EngineConfig, StrategyConfig
+    from sim.measured_host import host_effects, profile_link
     from sim.profile import CostProfile
 
     profile = CostProfile.load(profile_path)
     engine = EngineConfig(count=3, model="tiny-llama", max_model_len=4096, **ENGINE)
     cluster = SimCluster(ClusterConfig(
-        engines=[engine], link=sim_link(profile, engine), strategy=StrategyConfig(name=strategy, params=params),
+        engines=[engine], link=profile_link(profile, engine), strategy=StrategyConfig(name=strategy, params=params),
         cost_model=str(profile_path), heartbeat_timeout_s=HEARTBEAT_S,
         **host_effects(profile, EngineSpec(**ENGINE).stream_interval_s)))
     result = cluster.run(Workload(workload()), faults=FaultSchedule(faults=faults))

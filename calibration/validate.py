@@ -7,9 +7,8 @@ parameters. Its cost model is the fitted profile, refused if it was measured for
 page size or TP (sim.profile_match), with the control-call round trip and per-send engine CPU
 the profile measured (rpc_latency_s, send_overhead_s; a colocated profile's router CPU per
 token), and engines that read calls and KV chunks between steps, as the real engine loop does
-(calls_between_steps). The link is the profile's fitted transfer model, its bandwidth restated in the simulator's bytes: the simulator counts KV in bf16 (2 bytes per
-value) where a CPU engine holds fp32, so bandwidth is scaled by sim bytes / real bytes per token
-and a transfer of N tokens takes the time that was measured for N tokens.
+(calls_between_steps), streaming, the idle cost, and the profile's fitted transfer model as the
+link (sim.measured_host, which restates its bandwidth in the simulator's bytes).
 
 Per metric the report gives real, sim, (sim - real) / real and, with a fitted error, the
 interval from calibration.interval. The real run is preceded by a short warm-up workload on the
@@ -45,8 +44,7 @@ from core_api.workload import Workload, WorkloadSpec, generate
 from sim.cluster import SimCluster
 from sim.config import ClusterConfig, EngineConfig, StrategyConfig
 from sim.cost_model import FittedCostModel
-from sim.hardware import get_model, kv_bytes_per_token
-from sim.network import LinkSpec
+from sim.measured_host import host_effects, profile_link
 from sim.profile import CostProfile
 from sim.profile_match import check_profile_matches
 
@@ -128,31 +126,12 @@ def sim_engine_config(spec, profile: CostProfile, count: int) -> EngineConfig:
                         **limits)
 
 
-def sim_link(profile: CostProfile, engine: EngineConfig) -> LinkSpec:
-    """The fitted transfer model in the simulator's bytes (see the module docstring)."""
-    if profile.transfer is None:
-        return LinkSpec(latency_s=0.0, bandwidth_Bps=1e15)
-    real = float(profile.environment.get("kv_bytes_per_token", 0)) or None
-    sim = kv_bytes_per_token(get_model(engine.model, engine.dtype))
-    factor = sim / real if real else 1.0
-    return LinkSpec(latency_s=profile.transfer.latency_s, bandwidth_Bps=profile.transfer.bandwidth_Bps * factor)
-
-
 def sim_cluster_config(case: ValidationCase, profile: CostProfile, spec) -> ClusterConfig:
     engine = sim_engine_config(spec, profile, case.engines)
     check_profile_matches(profile, engine, case.profile)  # refuse before any engine process starts
-    return ClusterConfig(engines=[engine], link=sim_link(profile, engine),
+    return ClusterConfig(engines=[engine], link=profile_link(profile, engine),
                          strategy=StrategyConfig(name=case.strategy, params=case.params), cost_model=case.profile,
                          **host_effects(profile, spec.stream_interval_s))
-
-
-def host_effects(profile: CostProfile, stream_interval_s: float) -> dict[str, Any]:
-    """ClusterConfig's host effects (sim.host) as the profile measured them, for real engines
-    that stream every `stream_interval_s` and read calls between steps."""
-    stream = profile.stream.model_copy(update={"interval_s": stream_interval_s}) if profile.stream else None
-    return {"rpc_latency_s": profile.rpc_latency_s or 0.0, "send_overhead_s": profile.send_overhead_s or 0.0,
-            "router_cpu_per_token_s": profile.router_cpu_per_token_s or 0.0, "calls_between_steps": True,
-            "stream": stream, "idle": profile.idle}
 
 
 def estimate_capacity(cluster: ClusterConfig, spec: WorkloadSpec) -> float:

@@ -77,6 +77,10 @@ class SimCluster:
     """Engines, links and a strategy on one SimPy environment. One instance runs one workload."""
 
     def __init__(self, cluster: ClusterConfig, strategy: strategy_registry.Strategy | None = None) -> None:
+        if cluster.measured_host:
+            from sim.measured_host import with_measured_host
+
+            cluster = with_measured_host(cluster)
         self.config = cluster
         self.env = simpy.Environment()
         self.runtime = SimRuntime(self.env)

@@ -36,6 +36,11 @@ class LinkOverride(LinkSpec):
     dst: str
 
 
+# What measured_host takes from the profile (sim.measured_host).
+MEASURED_HOST_FIELDS = frozenset({"link", "rpc_latency_s", "send_overhead_s", "router_cpu_per_token_s", "stream",
+                                  "idle", "calls_between_steps"})
+
+
 class ClusterConfig(Strict):
     engines: list[EngineConfig] = Field(min_length=1)
     link: LinkSpec | None = None  # default: the first engine GPU's NVLink, 5 us latency
@@ -61,6 +66,10 @@ class ClusterConfig(Strict):
     idle: IdleCost | None = Field(None, description=(
         "what the first step after an idle spell costs each engine extra, by the spell's length "
         "(sim.idle_cost; a CPU profile measures it; None: nothing)"))
+    measured_host: bool = Field(False, description=(
+        "take the link and host effects from the fitted profile in cost_model (what it measured around "
+        "the steps: KV transfers, control calls, streaming, idle steps, a colocated router's CPU; calls read "
+        "between steps), as `calibrate validate` simulates real engines (sim.measured_host)"))
     calls_between_steps: bool = Field(False, description=(
         "engines answer prep_recv and take in KV chunks and acknowledgements only between steps, as a real "
         "engine loop does (sim.engine.SimEngine)"))
@@ -77,6 +86,19 @@ class ClusterConfig(Strict):
     @classmethod
     def _cost_model_of_its_kind(cls, value):
         return parse_cost_model(value)
+
+    @model_validator(mode="after")
+    def _measured_host_alone(self) -> ClusterConfig:
+        if self.measured_host:
+            if self.cost_model.kind != "fitted":
+                raise ValueError(f"measured_host takes the host effects from a fitted profile; the cost model is "
+                                 f"{self.cost_model.kind!r}")
+            # A field at its default is not set (a config dumped and validated again lists every field).
+            clash = sorted(f for f in MEASURED_HOST_FIELDS if getattr(self, f) != type(self).model_fields[f].default)
+            if clash:
+                raise ValueError(f"measured_host sets {', '.join(clash)} from the profile: leave "
+                                 f"{'it' if len(clash) == 1 else 'them'} out, or measured_host off")
+        return self
 
     @model_validator(mode="after")
     def _unique_ids(self) -> ClusterConfig:

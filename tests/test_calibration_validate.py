@@ -11,7 +11,6 @@ from calibration.validate import (
     ValidationCase,
     real_engine_spec,
     sim_cluster_config,
-    sim_link,
     step_speed,
     untrusted_reasons,
 )
@@ -20,6 +19,7 @@ from microserving.cli import main
 from sim.cluster import SimCluster
 from sim.config import ClusterConfig, EngineConfig
 from sim.cost_models import parse_cost_model
+from sim.measured_host import profile_link
 from sim.profile import CostProfile
 from sim.profile_match import ProfileMismatch
 
@@ -89,7 +89,7 @@ def test_validation_case_matches_the_sim_to_the_real_engines():
     assert (e.count, e.model, e.num_pages, e.page_size) == (2, "tiny-llama", 300, spec.page_size)
     assert (e.max_num_batched_tokens, e.max_num_seqs) == (spec.max_num_batched_tokens, spec.max_num_seqs)
     # fp32 KV on the real engine, bf16 in the simulator: bandwidth restated per simulated byte
-    assert sim_link(profile, e).bandwidth_Bps == pytest.approx(profile.transfer.bandwidth_Bps / 2)
+    assert profile_link(profile, e).bandwidth_Bps == pytest.approx(profile.transfer.bandwidth_Bps / 2)
     with pytest.raises(ProfileMismatch, match="page_size 16 != 32"):
         sim_cluster_config(case.model_copy(update={"engine": {"page_size": 32}}), profile,
                            real_engine_spec(case.model_copy(update={"engine": {"page_size": 32}}), profile))
@@ -210,7 +210,7 @@ def test_run_delay_reads_the_kernels_schedstat_and_is_zero_when_it_cannot():
 
 
 def test_host_effects_come_from_the_profile_at_the_engines_stream_interval(tmp_path):
-    from calibration.validate import host_effects
+    from sim.measured_host import host_effects
 
     bare = CostProfile.load(tiny_profile(tmp_path))
     assert host_effects(bare, 0.005) == {"rpc_latency_s": 0.0, "send_overhead_s": 0.0, "router_cpu_per_token_s": 0.0,
@@ -223,3 +223,35 @@ def test_host_effects_come_from_the_profile_at_the_engines_stream_interval(tmp_p
     assert effects["stream"].interval_s == 0.005 and effects["stream"].message_s == 1e-4
     assert effects["idle"].seconds(0.1) == 9e-4
     ClusterConfig(engines=[EngineConfig()], **effects)  # what the simulator accepts
+
+
+def test_a_cluster_config_can_take_its_host_effects_from_its_fitted_profile(tmp_path):
+    """`measured_host: true` simulates what `validate` simulates: the profile's link and host effects."""
+    profile_path = tiny_profile(tmp_path, rpc_latency_s=2e-4, send_overhead_s=1e-4, transfer={
+        "latency_s": 1e-3, "bandwidth_Bps": 1e9}, environment={"kv_bytes_per_token": 2048, "engine": {}},
+        stream={"interval_s": 0.005, "message_s": 1e-4, "step_s": 1e-5, "token_s": 1e-6},
+        idle={"idle_s": [0.001, 0.1], "extra_s": [1e-4, 9e-4]})
+    engines = [{"count": 2, "model": "tiny-llama", "num_pages": 256}]
+    measured = SimCluster(ClusterConfig(engines=engines, cost_model=profile_path, measured_host=True))
+    profile = CostProfile.load(profile_path)
+    by_hand = ClusterConfig(engines=engines, cost_model=profile_path, **host_effects_of(profile),
+                            link=profile_link(profile, EngineConfig(**engines[0])))
+    assert measured.config == by_hand  # resolved: what it took is written out
+    workload = generate(WorkloadSpec(num_requests=6, vocab_size=256, prompt_len={"kind": "fixed", "value": 40}))
+    ran, expected = measured.run(workload).to_dict(), SimCluster(by_hand).run(workload).to_dict()
+    assert ran == expected
+    rerun = ClusterConfig.model_validate(ran["config"])  # the echo reruns as it ran
+    assert SimCluster(rerun).run(workload).to_dict() == expected
+    plain = SimCluster(ClusterConfig(engines=engines, cost_model=profile_path)).run(workload).metrics()
+    assert plain["mean_e2el_ms"] < ran["metrics"]["mean_e2el_ms"]  # the host effects do cost time
+    with pytest.raises(ValueError, match="from a fitted profile; the cost model is 'roofline'"):
+        ClusterConfig(engines=engines, measured_host=True)
+    with pytest.raises(ValueError, match="measured_host sets link, rpc_latency_s from the profile"):
+        ClusterConfig(engines=engines, cost_model=profile_path, measured_host=True, rpc_latency_s=1e-3,
+                      link={"latency_s": 0, "bandwidth_Bps": 1e9})
+
+
+def host_effects_of(profile):
+    from sim.measured_host import host_effects
+
+    return host_effects(profile)
