@@ -7,7 +7,9 @@ Grid (defaults keep the tiny model on one CPU core to about a minute):
 - decode: B sequences at context L;
 - mixed: a decode batch plus one prefill chunk (what continuous batching mostly runs).
 Shapes larger than the engine's own limits (token budget, max sequences, KV pages) are
-skipped: they never happen on the engine the profile is for.
+skipped: they never happen on the engine the profile is for. Besides the grid: stream samples
+(what sending tokens to the router costs, StreamSample) and idle samples (the slower first step
+after the engine sat idle, IdleSample), each timed against the same steps without it.
 
 Every grid point runs `warmup` untimed steps and `repeats` timed ones, and the whole grid is
 measured `rounds` times over; a sample is the median time (and mean features) of all its timed
