@@ -29,6 +29,18 @@ class IdleSpells:
 
     def __init__(self) -> None:
         self.bins: dict[int, list[float]] = {}  # bin -> [count, seconds]
+        self._since: float | None = None  # when the loop last found nothing to run
+
+    def idle(self, now: float) -> None:
+        """The loop found nothing to run (the spell starts at the first such iteration)."""
+        if self._since is None:
+            self._since = now
+
+    def ran(self, start: float) -> None:
+        """A step started at `start`: it ends the idle spell in progress, if any."""
+        if self._since is not None:
+            self.add(start - self._since)
+            self._since = None
 
     def add(self, seconds: float) -> None:
         b = math.floor(math.log10(max(seconds, 1e-9)) * self.BINS_PER_DECADE)

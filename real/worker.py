@@ -126,7 +126,6 @@ class EngineWorker:
     # -- the loop -----------------------------------------------------------------------------
     def serve(self) -> None:
         timeout = 0
-        idle_since = None  # when the loop last found nothing to run
         while self.running:
             t0 = time.perf_counter()
             self._poll(timeout)
@@ -137,17 +136,15 @@ class EngineWorker:
             ran = self.step()
             if ran:
                 self.loop_s += time.perf_counter() - t0
-                if idle_since is not None:  # this step ended an idle spell
-                    self.idle_spells.add(t0 - idle_since)
-                    idle_since = None
+                self.idle_spells.ran(t0)
             timeout = IDLE_POLL_MS if not ran else 0
             if self.sender.held:  # chunks held by a link fault go out when it ends
                 wait = self.sender.retry_held(time.monotonic())
                 timeout = min(timeout, wait) if timeout else timeout
             if timeout and self.stream_out.pending:
                 self.stream_out.flush()  # idle: nothing will come to send them with
-            if not ran and idle_since is None:
-                idle_since = time.perf_counter()
+            if not ran:
+                self.idle_spells.idle(time.perf_counter())
             if self.spec.exit_with_parent and os.getppid() != self._ppid:
                 log.warning("engine %s: launcher exited, shutting down", self.id)
                 break

@@ -19,7 +19,7 @@ from microserving.cli import main
 from sim.cluster import SimCluster
 from sim.config import ClusterConfig, EngineConfig
 from sim.cost_models import parse_cost_model
-from sim.measured_host import profile_link
+from sim.measured_host import host_effects, profile_link
 from sim.profile import CostProfile
 from sim.profile_match import ProfileMismatch
 
@@ -210,8 +210,6 @@ def test_run_delay_reads_the_kernels_schedstat_and_is_zero_when_it_cannot():
 
 
 def test_host_effects_come_from_the_profile_at_the_engines_stream_interval(tmp_path):
-    from sim.measured_host import host_effects
-
     bare = CostProfile.load(tiny_profile(tmp_path))
     assert host_effects(bare, 0.005) == {"rpc_latency_s": 0.0, "send_overhead_s": 0.0, "router_cpu_per_token_s": 0.0,
                                          "calls_between_steps": True, "stream": None, "idle": None}
@@ -234,7 +232,7 @@ def test_a_cluster_config_can_take_its_host_effects_from_its_fitted_profile(tmp_
     engines = [{"count": 2, "model": "tiny-llama", "num_pages": 256}]
     measured = SimCluster(ClusterConfig(engines=engines, cost_model=profile_path, measured_host=True))
     profile = CostProfile.load(profile_path)
-    by_hand = ClusterConfig(engines=engines, cost_model=profile_path, **host_effects_of(profile),
+    by_hand = ClusterConfig(engines=engines, cost_model=profile_path, **host_effects(profile),
                             link=profile_link(profile, EngineConfig(**engines[0])))
     assert measured.config == by_hand  # resolved: what it took is written out
     workload = generate(WorkloadSpec(num_requests=6, vocab_size=256, prompt_len={"kind": "fixed", "value": 40}))
@@ -249,9 +247,3 @@ def test_a_cluster_config_can_take_its_host_effects_from_its_fitted_profile(tmp_
     with pytest.raises(ValueError, match="measured_host sets link, rpc_latency_s from the profile"):
         ClusterConfig(engines=engines, cost_model=profile_path, measured_host=True, rpc_latency_s=1e-3,
                       link={"latency_s": 0, "bandwidth_Bps": 1e9})
-
-
-def host_effects_of(profile):
-    from sim.measured_host import host_effects
-
-    return host_effects(profile)
