@@ -5,7 +5,7 @@ Two models behind one protocol:
 - RooflineCostModel: from a GPU spec and a model spec. Each kind of kernel is a roofline term
   of a compute time FLOPs / (peak * eff_compute) and a memory time bytes / (HBM bw *
   eff_memory), combined as their sum less `overlap` x the smaller one (overlap=1 is the
-  classic max(); the fitted default is 0.55, see below). Terms add up (kernels run one after
+  classic max(); the fitted default is 0.52, see below). Terms add up (kernels run one after
   another): linear layers (every token through every weight, weights read once per step),
   prefill attention, decode attention (streams the context's KV),
   elementwise ops (norms, RoPE, activation, residual: activation traffic), the LM head for
@@ -20,13 +20,14 @@ roofline --data shared/data`, calibration/roofline_fit.py; 5,364 observations): 
 0.19 profiles composed into whole steps (RTX 4090, RTX PRO 6000; Llama-3.1-8B, Qwen3-32B; TP 1-2),
 Vidur's linear-layer profiles (A100, H100; Llama-2-7B/70B; TP 1-8), Hugging Face layer timings on
 H100 (Llama-3.1-8B/70B; TP 1-4) and Splitwise's whole-model prefill and decode times (Llama-2-70B
-on A100 and H100, TP 2-8). One set of GPU efficiencies for all GPUs (0.747 of peak FLOP/s for
-GEMMs, 0.987 of HBM bandwidth, 52.5% of the smaller roof hidden under the larger) and vLLM's
-software factors (its attention kernels at 0.835 of peak, 95 us per layer per step, no per-step
-constant); the other sources' software factors are fitted separately, since they describe their
-engines, not the GPU (Splitwise's attention reaches 0.08 of peak). Error, as mean absolute
-error over measurement groups: 10% on A100 and H100, 13% on RTX 4090, 7% on RTX PRO 6000; with
-the GPU itself left out of the fit (what a GPU nobody profiled gets): 12%, 12%, 15%, 13%. Per-GPU fits (`calibration/profiles/roofline-<gpu>.json`) do better on their GPU;
+on A100 and H100, TP 2-8). Each GPU is fitted its own GPU efficiencies; the defaults are the
+typical GPU, the median of the four (0.748 of peak FLOP/s for GEMMs, 1.0 of HBM bandwidth, 51.8%
+of the smaller roof hidden under the larger), with vLLM's software factors (its attention kernels
+at 0.686 of peak, 96 us per layer per step, no per-step constant); the other sources' software
+factors are fitted separately, since they describe their engines, not the GPU (Splitwise's
+attention reaches 0.08 of peak). Error, as mean absolute error over measurement groups: 10% on
+A100 and H100, 12% on RTX 4090, 7% on RTX PRO 6000; with the GPU itself left out of the fit
+(what a GPU nobody profiled gets): 12%, 12%, 14%, 10%. Per-GPU fits (`calibration/profiles/roofline-<gpu>.json`) do better on their GPU;
 measured layer tables (sim.layer_cost_model) better still. Docs: docs/fidelity.md.
 - All-reduce: bandwidth term 0.7 of NVLink fits NCCL kernel times from 4 MB to 64 MB within
   ~20% (Vidur's H100 all_reduce.csv); 20 us latency sits between NCCL's ~40 us floor below 4 MB
@@ -74,14 +75,14 @@ class RooflineEfficiency(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    compute: float = Field(default=0.747, gt=0, le=1, description="GEMM FLOP/s / peak")
-    memory: float = Field(default=0.987, gt=0, le=1, description="achieved HBM bandwidth / peak")
-    attention: float = Field(default=0.835, gt=0, le=1, description="attention FLOP/s / peak (the engine's kernels)")
+    compute: float = Field(default=0.748, gt=0, le=1, description="GEMM FLOP/s / peak")
+    memory: float = Field(default=1.0, gt=0, le=1, description="achieved HBM bandwidth / peak")
+    attention: float = Field(default=0.686, gt=0, le=1, description="attention FLOP/s / peak (the engine's kernels)")
     network: float = Field(default=0.7, gt=0, le=1, description="all-reduce bus bandwidth / NVLink")
     allreduce_latency_s: float = Field(default=20e-6, ge=0)
-    layer_overhead_s: float = Field(default=95e-6, ge=0, description="per layer per step (kernel floors)")
+    layer_overhead_s: float = Field(default=96e-6, ge=0, description="per layer per step (kernel floors)")
     step_overhead_s: float = Field(default=0.0, ge=0, description="per step (scheduling, sampling)")
-    overlap: float = Field(default=0.525, ge=0, le=1, description=(
+    overlap: float = Field(default=0.518, ge=0, le=1, description=(
         "share of the smaller roof hidden under the larger: 1 = classic max(), 0 = sum"))
 
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from calibration.public_data import Observation, h100_v0_layers, splitwise, vidur_mlp
-from calibration.roofline_fit import fit, gpu_holdout_fits, mape, to_profile, tp_holdout
+from calibration.roofline_fit import fit, for_any_gpu, gpu_holdout_fits, mape, to_profile, tp_holdout
 from core_api.step import StepFeatures
 from sim.cluster import SimCluster
 from sim.config import ClusterConfig, EngineConfig
@@ -41,7 +41,7 @@ def synthetic_observations(eff: RooflineEfficiency, gpus=("H100-SXM", "A100-80G"
 
 def test_a_fit_recovers_the_factors_that_made_the_data():
     obs = synthetic_observations(TRUE)
-    fitted = fit(obs)
+    fitted = for_any_gpu(fit(obs))
     assert mape(obs, fitted) < 1e-4
     eff = fitted.efficiency(source="engine")
     for name in ("compute", "memory", "attention", "overlap", "layer_overhead_s", "step_overhead_s"):
@@ -124,7 +124,23 @@ def test_attention_speed_belongs_to_the_engine_that_measured_it_not_to_the_gpu()
                   for o in synthetic_observations(slow, gpus=("A100-80G",))
                   if o.kind == "step" and not o.features.decode_seqs]  # whole prefill steps only
     obs = synthetic_observations(TRUE) + old_engine
-    fitted = fit(obs, per_gpu=True)
+    fitted = fit(obs)
     assert fitted.efficiency("A100-80G", "engine").attention == pytest.approx(TRUE.attention, rel=0.02)
     assert fitted.efficiency("A100-80G", "old-engine").attention == pytest.approx(0.08, rel=0.02)
     assert mape(obs, fitted) < 1e-3
+
+
+def test_a_gpu_off_its_datasheet_moves_its_own_factors_not_the_engines_software_factors():
+    """One GPU whose GEMMs reach far more of its datasheet peak than the others' (a card clocked
+    above its rated boost): its factors say so, the engine's attention and fixed costs are still
+    recovered, and a GPU nobody measured gets the median GPU, not a compromise bent by the outlier."""
+    fast = TRUE.model_copy(update={"compute": 0.95, "memory": 0.9})
+    obs = synthetic_observations(TRUE, gpus=("H100-SXM", "A100-80G")) + synthetic_observations(fast, gpus=("RTX4090",))
+    fitted = fit(obs)
+    assert mape(obs, fitted) < 1e-3
+    assert fitted.efficiency("RTX4090", "engine").compute == pytest.approx(0.95, rel=0.02)
+    typical = for_any_gpu(fitted).efficiency("L40S", "engine")
+    for name in ("compute", "memory", "attention", "layer_overhead_s", "step_overhead_s"):
+        assert getattr(typical, name) == pytest.approx(getattr(TRUE, name), rel=0.02, abs=1e-6), name
+    with pytest.raises(KeyError, match="no factors fitted for GPU 'L40S'"):
+        fitted.efficiency("L40S")
