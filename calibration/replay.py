@@ -117,6 +117,7 @@ class Replay:
     result: RunResult
     queue_trace: list[tuple[float, int, int, float]]
     cost_model: str  # what priced the steps: "roofline" or a profile's path
+    warnings: list[str]  # what the replay had to assume, besides the run's own warnings
 
     def sim_latencies(self) -> dict[str, np.ndarray]:
         recs = {r.request_id: r for r in self.result.records}
@@ -152,9 +153,15 @@ def replay(run: RealRun, cost_model: str = "auto", gpu: str | None = None, model
     trace: list[tuple[float, int, int, float]] = []
     for engine in cluster.engines.values():
         engine.queue_trace = trace
+    warnings = []
+    if not run.meta.settings().num_gpu_blocks:
+        kv = next(iter(cluster.engines.values())).sched.kv
+        # Admission and preemption follow the KV capacity, so an estimate can move every latency.
+        warnings.append(f"{run.path}/meta.json records no kv_cache.num_gpu_blocks: KV capacity estimated from the "
+                        f"GPU's memory as {kv.num_pages} pages of {kv.page_size} tokens")
     result = cluster.run(workload(run, seed), seed=seed)
     cluster.check_no_leaks()
-    replayed = Replay(run, result, trace, cost_model)
+    replayed = Replay(run, result, trace, cost_model, warnings)
     failed = replayed.failed()
     if failed:
         raise RunDirError(f"{len(failed)} request(s) failed in the simulation, first: {failed[0]}")

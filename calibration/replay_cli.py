@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     except (RunDirError, ProfileError, ValueError, OSError) as exc:
         print(f"error: {error_text(exc)}", file=sys.stderr)
         return 2
-    for warning in real_run.warnings:
+    for warning in real_run.warnings + replayed.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     cost = _shown(replayed.cost_model)
     metrics = replayed.metrics()

@@ -209,3 +209,17 @@ def test_a_queue_log_that_cannot_be_read_is_left_out_with_a_warning(tmp_path, ca
     out = capsys.readouterr()
     assert "timeseries.csv: left out (needs columns t, running, waiting)" in out.err
     assert json.loads(out.out)["metrics"]["mean_ttft_ms"]["diff_pct"] == 0.0
+
+
+def test_a_run_that_recorded_no_kv_blocks_is_replayed_with_an_estimate_and_says_so(tmp_path, capsys):
+    run_dir, _ = simulated_run(tmp_path)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    meta.pop("kv_cache")
+    meta.pop("resolved_config", None)
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    assert main(["replay", str(run_dir), "--cost-model", "roofline", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "meta.json records no kv_cache.num_gpu_blocks: KV capacity estimated from the GPU's memory as" in err
+    assert replay(load_run(run_dir), "roofline").result.engine_stats["e0"]["preemptions"] == 0  # 24 GB, not 300 pages
+    run_dir_recorded, _ = simulated_run(tmp_path / "recorded")
+    assert replay(load_run(run_dir_recorded), "roofline").warnings == []
