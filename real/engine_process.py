@@ -35,15 +35,16 @@ def engine_main(spec: EngineSpec, report: Callable[[dict], None] | None = None) 
         return 1
 
     def stop(signum, frame):
-        raise KeyboardInterrupt
+        # The loop ends at its next poll (within IDLE_POLL_MS). Raising here instead could land
+        # in a C callback (a zmq frame's dealloc), which prints the exception and swallows it.
+        worker.running = False
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         report({"address": worker.address, "shm": worker.shared and worker.shared.path, "host": worker.host,
                 "pid": os.getpid()})
         worker.serve()
-    except KeyboardInterrupt:
-        pass
     finally:
         # A second signal (Ctrl-C reaches the whole process group, then the launcher's SIGTERM)
         # must not interrupt the cleanup.
