@@ -65,6 +65,8 @@ class SimEngine(HostEffects, EngineFaults, DecodeRuns):
         self._half_rpc = rpc_latency_s / 2
         self.send_overhead_s = send_overhead_s
         self._overhead = 0.0  # CPU owed to calls, charged to the next step
+        self._in_step = False  # a single step is running (a decode run prices its steps ahead)
+        self._stolen = 0.0  # CPU another process took from the step in progress, which it stretches
         self.calls_between_steps = calls_between_steps
         self.router_cpu_per_token_s = router_cpu_per_token_s
         self._streams = StreamQueue(stream_cost) if stream_cost is not None else None
@@ -199,7 +201,8 @@ class SimEngine(HostEffects, EngineFaults, DecodeRuns):
                 self._after_idle()
             # A decode run prices its steps ahead; work between steps (charges, streaming) is
             # priced step by step.
-            ahead = self.fast_forward and not self._overhead and self._streams is None
+            ahead = (self.fast_forward and not self._overhead and self._streams is None
+                     and not self.router_cpu_per_token_s)
             run = sched.decode_run_length(batch, out) if ahead else 1
             if run > 1:
                 yield from self._decode_run(batch, run, life)
@@ -209,7 +212,14 @@ class SimEngine(HostEffects, EngineFaults, DecodeRuns):
             if self._overhead:
                 duration, self._overhead = duration + self._overhead, 0.0
             self._step_end = start + duration
+            self._in_step = True
             yield env.timeout(duration)
+            while self._stolen:  # the step ends later by what the router took of its core meanwhile
+                extra, self._stolen = self._stolen, 0.0
+                duration += extra
+                self._step_end = env.now + extra
+                yield env.timeout(extra)
+            self._in_step = False
             stretch = self._stall_extension(start, env.now)
             if stretch:
                 yield env.timeout(stretch)

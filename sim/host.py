@@ -13,7 +13,9 @@ default (and then free of events, so exact timings elsewhere stay exact):
   streamed token, and that time comes out of the engines', split evenly: on a 2-core host the
   engines' measured wait for their cores during a validation run equals the router's CPU time,
   about half each, even at half load (the kernel wakes the router beside a busy engine, not
-  on the idle core);
+  on the idle core). A step in progress ends later by its share (the router ran during it: a
+  validation's per-step log showed prefill steps as much longer than their CPU time as decode
+  steps); an engine between steps pays it in its next step;
 - `stream` (sim.stream_cost): queueing streamed tokens and sending them to the router, between
   steps, one message per stream interval;
 - `idle` (sim.idle_cost): the first step after the engine sat idle runs slower, by more the
@@ -65,12 +67,17 @@ class HostEffects:
             then()
 
     def _router_work(self, tokens: int) -> None:
-        """The router decodes these tokens on the engines' cores: each engine's next step pays
-        an equal share (see the module docstring for why an idle engine's core is no refuge)."""
+        """The router decodes these tokens on the engines' cores, an equal share from each (see
+        the module docstring for why an idle engine's core is no refuge): a step in progress ends
+        that much later, since the router runs while it does; an engine between steps pays it in
+        its next step."""
         engines = self.peers.values()
         share = tokens * self.router_cpu_per_token_s / len(engines)
         for e in engines:
-            e.charge(share)
+            if e._in_step:
+                e._stolen += share
+            else:
+                e.charge(share)
 
     def _stream_after_step(self, result) -> float:
         """Seconds of queueing and sending a step's streamed tokens (sim.stream_cost): every

@@ -72,6 +72,24 @@ def test_router_cpu_is_taken_from_every_engine_in_equal_shares():
     assert all(b > a for a, b in zip(finish_times(), finish_times(router_cpu_per_token_s=1e-4)))
 
 
+def test_router_cpu_taken_during_a_step_makes_that_step_end_later():
+    """The router runs while a step runs, on its core: an engine in a long prefill while the other
+    streams tokens delivers its first token later by its share of their router time (not its next
+    step: that is when the router takes an idle engine's share)."""
+    cost = 2e-5  # small enough that the stretch itself sees no more tokens
+
+    def records(**host):
+        config = small_cluster(2, "round_robin", max_num_batched_tokens=8192).model_copy(update=host)
+        reqs = [make_request("a", 16, 400), make_request("b", 8000, 2, seed=1)]  # a on e0, b on e1
+        return {r.request_id: r for r in SimCluster(config).run(workload_of(reqs)).records}
+
+    base, paid = records(), records(router_cpu_per_token_s=cost)
+    tokens_meanwhile = sum(t < base["b"].first_token_time for t in paid["a"].token_times)
+    assert tokens_meanwhile > 10
+    assert paid["b"].first_token_time - base["b"].first_token_time == pytest.approx(
+        tokens_meanwhile * cost / 2, abs=1e-12)
+
+
 # -- streaming tokens to the router (sim.stream_cost) ------------------------------------------
 def stream(message=0.0, step=0.0, token=0.0, interval=0.0):
     return StreamCost(interval_s=interval, message_s=message, step_s=step, token_s=token)
