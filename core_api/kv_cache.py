@@ -8,11 +8,21 @@ Every page is in exactly one state:
 Pages are handed out from the free list first and then by evicting cached pages, so a prefix
 lives as long as nothing needs its room. Reservations are counted apart from used pages so that
 `stats()` shows how much memory waits for transfers.
+
+Every page operation is on the simulator's hot path (a 10k-request run makes millions), so the
+two indexes are kept lazily, with the same answers as eager ones:
+- the LRU order is a deque of pages appended as they become cached; a page acquired and released
+  again is appended again, and only its newest entry counts (`_entries` counts each page's
+  entries; eviction skips the older ones and pages in use). No per-page unlinking, and pages
+  cached together are evicted in the order they were released;
+- the prefix index maps a key to the page that held it; an evicted page's entry is left behind
+  and read as absent (the page's own key, `_key_of`, no longer matches). Both are rebuilt from
+  the pages when stale entries outnumber live ones, so memory stays bounded.
 """
 from __future__ import annotations
 
 import random
-from collections import OrderedDict
+from collections import deque
 from dataclasses import dataclass
 
 
@@ -39,11 +49,12 @@ class BlockManager:
         self.page_size = page_size
         self._free = list(range(num_pages - 1, -1, -1))  # pop() hands out page 0 first
         self._ref = [0] * num_pages
-        self._key_of: list[bytes | None] = [None] * num_pages
-        self._page_of: dict[bytes, int] = {}
-        # Insertion order = LRU order. OrderedDict pops its oldest in O(1); a plain dict's
-        # next(iter()) degrades to O(deleted entries) once many were removed from its front.
-        self._evictable: OrderedDict[int, bytes] = OrderedDict()  # page -> its key
+        self._key_of: list[bytes | None] = [None] * num_pages  # a cached or used page's prefix key
+        self._page_of: dict[bytes, int] = {}  # key -> page; stale where _key_of[page] differs
+        self._lru: deque[int] = deque()  # cached pages, least recently released first (stale entries too)
+        self._entries = [0] * num_pages  # each page's entries in _lru; only the newest is live
+        self._num_cached = 0
+        self._stale_limit = 2 * num_pages + 64  # index sizes past which they are rebuilt
         self.num_reserved = 0
         self.hits = 0  # prefix-cache tokens served, for stats
         self.evictions = 0
@@ -55,12 +66,12 @@ class BlockManager:
 
     @property
     def num_cached(self) -> int:
-        return len(self._evictable)
+        return self._num_cached
 
     @property
     def num_available(self) -> int:
         """Pages allocate() could hand out right now."""
-        return len(self._free) + len(self._evictable)
+        return len(self._free) + self._num_cached
 
     def pages_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.page_size)
@@ -77,19 +88,13 @@ class BlockManager:
 
         Free pages go first (taken in bulk), then the least recently used cached pages."""
         free = self._free
-        if n > len(free) + len(self._evictable):
+        if n > len(free) + self._num_cached:
             return None
         k = min(n, len(free))
         pages = free[len(free) - k :][::-1]  # the order pop() would give
         del free[len(free) - k :]
         if k < n:
-            pop, page_of, key_of = self._evictable.popitem, self._page_of, self._key_of
-            for _ in range(n - k):
-                page, key = pop(False)
-                del page_of[key]
-                key_of[page] = None
-                pages.append(page)
-            self.evictions += n - k
+            self._evict(n - k, pages)
         ref = self._ref
         for page in pages:
             ref[page] = 1
@@ -99,8 +104,8 @@ class BlockManager:
         """Take one more reference on pages (e.g. a prefix-cache hit)."""
         ref = self._ref
         for page in pages:
-            if ref[page] == 0:
-                del self._evictable[page]
+            if ref[page] == 0:  # cached: its LRU entry goes stale
+                self._num_cached -= 1
             ref[page] += 1
 
     def release(self, pages: list[int]) -> None:
@@ -109,27 +114,67 @@ class BlockManager:
         Released back to front, so a sequence's tail is evicted before its head, which other
         requests are more likely to share.
         """
-        ref, key_of = self._ref, self._key_of
+        ref, key_of, entries, lru = self._ref, self._key_of, self._entries, self._lru
+        cached = 0
         for page in reversed(pages):
             r = ref[page] - 1
             if r < 0:
                 raise KVLeakError(f"page {page} released more often than acquired")
             ref[page] = r
             if r == 0:
-                key = key_of[page]
-                if key is None:
+                if key_of[page] is None:
                     self._free.append(page)
                 else:
-                    self._evictable[page] = key
+                    lru.append(page)
+                    entries[page] += 1
+                    cached += 1
+        self._num_cached += cached
+        if len(lru) > self._stale_limit:
+            self._rebuild_lru()
+
+    def _evict(self, n: int, into: list[int]) -> None:
+        """Append the n least recently released cached pages to `into`, their keys dropped."""
+        popleft, entries, ref, key_of = self._lru.popleft, self._entries, self._ref, self._key_of
+        taken = 0
+        while taken < n:
+            page = popleft()
+            left = entries[page] - 1
+            entries[page] = left
+            if left or ref[page]:
+                continue  # a newer entry of the page is further back, or it is in use again
+            key_of[page] = None  # its prefix-index entry is stale from now on
+            into.append(page)
+            taken += 1
+        self._num_cached -= n
+        self.evictions += n
+
+    def _live_lru(self) -> list[int]:
+        """The cached pages in LRU order: each page's newest entry, if the page is still cached."""
+        ref, key_of = self._ref, self._key_of
+        live, seen = [], set()
+        for page in reversed(self._lru):
+            if page not in seen:
+                seen.add(page)
+                if ref[page] == 0 and key_of[page] is not None:
+                    live.append(page)
+        live.reverse()
+        return live
+
+    def _rebuild_lru(self) -> None:
+        live = self._live_lru()
+        self._lru = deque(live)
+        self._entries = [0] * self.num_pages
+        for page in live:
+            self._entries[page] = 1
 
     # -- prefix cache ---------------------------------------------------------------------
     def match(self, keys: list[bytes]) -> list[int]:
         """Pages holding the longest cached prefix with these chained page keys (no ref taken)."""
         pages = []
-        page_of = self._page_of
+        page_of, key_of = self._page_of, self._key_of
         for key in keys:
             page = page_of.get(key)
-            if page is None:
+            if page is None or key_of[page] != key:
                 break
             pages.append(page)
         return pages
@@ -139,9 +184,13 @@ class BlockManager:
         already keyed) is left as it is. One call per sequence step on the hot path."""
         page_of, key_of = self._page_of, self._key_of
         for page, key in zip(pages, keys):
-            if key not in page_of and key_of[page] is None:
-                page_of[key] = page
-                key_of[page] = key
+            if key_of[page] is None:
+                holder = page_of.get(key)
+                if holder is None or key_of[holder] != key:
+                    page_of[key] = page
+                    key_of[page] = key
+        if len(page_of) > self._stale_limit:
+            self._page_of = {key: page for page, key in enumerate(key_of) if key is not None}
 
     def reserve(self, n: int) -> None:
         """Count n held pages as reserved (a reservation's, awaiting KV from a peer)."""
@@ -164,8 +213,8 @@ class BlockManager:
 
     # -- accounting -----------------------------------------------------------------------
     def stats(self) -> KVStats:
-        used = self.num_pages - len(self._free) - len(self._evictable)
-        return KVStats(self.num_pages, len(self._free), used - self.num_reserved, len(self._evictable), self.num_reserved)
+        used = self.num_pages - len(self._free) - self._num_cached
+        return KVStats(self.num_pages, len(self._free), used - self.num_reserved, self._num_cached, self.num_reserved)
 
     def check_no_leaks(self) -> None:
         """Raise KVLeakError unless every page is free or cached and the indexes agree."""
@@ -175,9 +224,14 @@ class BlockManager:
         self.check_consistent()
 
     def check_consistent(self) -> None:
-        free, evictable = set(self._free), set(self._evictable)
+        live = self._live_lru()
+        free, evictable = set(self._free), set(live)
         if len(free) != len(self._free):
             raise KVLeakError("a page is on the free list twice")
+        if len(evictable) != self._num_cached:
+            raise KVLeakError(f"{self._num_cached} pages counted cached, {len(evictable)} in the LRU order")
+        if sum(self._entries) != len(self._lru) or any(self._entries[p] < 1 for p in evictable):
+            raise KVLeakError("the LRU entry counts disagree with the LRU order")
         if free & evictable:
             raise KVLeakError("a page is both free and cached")
         for page, ref in enumerate(self._ref):
@@ -191,5 +245,3 @@ class BlockManager:
                 raise KVLeakError(f"cached page {page} has no key")
             if key is not None and self._page_of.get(key) != page:
                 raise KVLeakError(f"page {page}'s key maps elsewhere")
-        if len(self._page_of) != sum(k is not None for k in self._key_of):
-            raise KVLeakError("prefix index and page keys disagree")
