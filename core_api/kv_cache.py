@@ -10,20 +10,21 @@ lives as long as nothing needs its room. Reservations are counted apart from use
 `stats()` shows how much memory waits for transfers.
 
 Every page operation is on the simulator's hot path (a 10k-request run makes millions), so the
-two indexes are kept lazily, with the same answers as eager ones:
-- the LRU order is a deque of pages appended as they become cached; a page acquired and released
-  again is appended again, and only its newest entry counts (`_entries` counts each page's
-  entries; eviction skips the older ones and pages in use). No per-page unlinking, and pages
-  cached together are evicted in the order they were released;
-- the prefix index maps a key to the page that held it; an evicted page's entry is left behind
-  and read as absent (the page's own key, `_key_of`, no longer matches). Both are rebuilt from
-  the pages when stale entries outnumber live ones, so memory stays bounded.
+LRU order is kept lazily, with the answers an eager one would give: a deque of pages appended as
+they become cached; a page acquired and released again is appended again, and only its newest
+entry counts (`_entries` counts each page's entries; eviction skips the older ones and pages in
+use). No per-page unlinking, and pages cached together are evicted in the order they were
+released; the deque is rebuilt when stale entries outnumber live ones. The prefix index
+(core_api.prefix_index) is lazy in the same spirit.
 """
 from __future__ import annotations
 
 import random
 from collections import deque
 from dataclasses import dataclass
+
+from core_api.hashing import PageKeys
+from core_api.prefix_index import PrefixIndex
 
 
 class KVLeakError(AssertionError):
@@ -49,12 +50,12 @@ class BlockManager:
         self.page_size = page_size
         self._free = list(range(num_pages - 1, -1, -1))  # pop() hands out page 0 first
         self._ref = [0] * num_pages
-        self._key_of: list[bytes | None] = [None] * num_pages  # a cached or used page's prefix key
-        self._page_of: dict[bytes, int] = {}  # key -> page; stale where _key_of[page] differs
+        self._index = PrefixIndex(num_pages)
+        self._key_of = self._index.key_of  # None: the page is not registered (it frees, not caches)
         self._lru: deque[int] = deque()  # cached pages, least recently released first (stale entries too)
         self._entries = [0] * num_pages  # each page's entries in _lru; only the newest is live
         self._num_cached = 0
-        self._stale_limit = 2 * num_pages + 64  # index sizes past which they are rebuilt
+        self._stale_limit = 2 * num_pages + 64  # LRU entries past which it is rebuilt
         self.num_reserved = 0
         self.hits = 0  # prefix-cache tokens served, for stats
         self.evictions = 0
@@ -134,17 +135,17 @@ class BlockManager:
 
     def _evict(self, n: int, into: list[int]) -> None:
         """Append the n least recently released cached pages to `into`, their keys dropped."""
-        popleft, entries, ref, key_of = self._lru.popleft, self._entries, self._ref, self._key_of
-        taken = 0
+        popleft, entries, ref = self._lru.popleft, self._entries, self._ref
+        start, taken = len(into), 0
         while taken < n:
             page = popleft()
             left = entries[page] - 1
             entries[page] = left
             if left or ref[page]:
                 continue  # a newer entry of the page is further back, or it is in use again
-            key_of[page] = None  # its prefix-index entry is stale from now on
             into.append(page)
             taken += 1
+        self._index.drop(into[start:])
         self._num_cached -= n
         self.evictions += n
 
@@ -168,29 +169,15 @@ class BlockManager:
             self._entries[page] = 1
 
     # -- prefix cache ---------------------------------------------------------------------
-    def match(self, keys: list[bytes]) -> list[int]:
-        """Pages holding the longest cached prefix with these chained page keys (no ref taken)."""
-        pages = []
-        page_of, key_of = self._page_of, self._key_of
-        for key in keys:
-            page = page_of.get(key)
-            if page is None or key_of[page] != key:
-                break
-            pages.append(page)
-        return pages
+    def match(self, keys: PageKeys, limit: int | None = None) -> list[int]:
+        """Pages holding the longest cached prefix with these chained page keys, at most `limit`
+        (no ref taken)."""
+        return self._index.match(keys, len(keys) if limit is None else limit)
 
-    def register_all(self, pages: list[int], keys: list[bytes]) -> None:
-        """Publish full, computed pages under their prefix keys; a key already cached (or a page
-        already keyed) is left as it is. One call per sequence step on the hot path."""
-        page_of, key_of = self._page_of, self._key_of
-        for page, key in zip(pages, keys):
-            if key_of[page] is None:
-                holder = page_of.get(key)
-                if holder is None or key_of[holder] != key:
-                    page_of[key] = page
-                    key_of[page] = key
-        if len(page_of) > self._stale_limit:
-            self._page_of = {key: page for page, key in enumerate(key_of) if key is not None}
+    def register(self, pages: list[int], keys: PageKeys, first: int = 0) -> None:
+        """Publish full, computed pages holding keys[first:first + len(pages)]; a key already
+        cached (or a page already keyed) is left as it is. One call per sequence step on the hot path."""
+        self._index.register(pages, keys, first)
 
     def reserve(self, n: int) -> None:
         """Count n held pages as reserved (a reservation's, awaiting KV from a peer)."""
@@ -243,5 +230,7 @@ class BlockManager:
                 raise KVLeakError(f"free page {page} still has a prefix key")
             if page in evictable and key is None:
                 raise KVLeakError(f"cached page {page} has no key")
-            if key is not None and self._page_of.get(key) != page:
-                raise KVLeakError(f"page {page}'s key maps elsewhere")
+        try:
+            self._index.check_consistent()
+        except AssertionError as exc:
+            raise KVLeakError(f"prefix index: {exc}") from exc

@@ -270,12 +270,11 @@ class Scheduler:
         if seq.matched or not self.policy.prefix_caching:
             return []
         seq.matched = True
-        keys = request_page_keys(seq.req, self.page_size)
         if seq.kind == GENERATE:
             cap = (seq.known_len - 1) // self.page_size
         else:
             cap = seq.target // self.page_size
-        return self.kv.match(keys[:cap])
+        return self.kv.match(request_page_keys(seq.req, self.page_size), cap)
 
     def update(self, batch: Batch, tokens: list[int] | None, now: float) -> StepResult:
         """Apply a finished step. `tokens` holds one id per sampling row (None: the simulator's 0)."""

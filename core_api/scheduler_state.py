@@ -151,9 +151,8 @@ class SchedulerState:
         """Publish computed full prompt pages under their prefix keys."""
         full = min(seq.num_computed, seq.target, seq.prompt_len) // self.page_size
         if full > seq.num_registered and self.prefix_caching:
-            keys = request_page_keys(seq.req, self.page_size)
             first = seq.num_registered
-            self.kv.register_all(seq.pages[first:full], keys[first:full])
+            self.kv.register(seq.pages[first:full], request_page_keys(seq.req, self.page_size), first)
             seq.num_registered = full
 
     # -- reservations landing ------------------------------------------------------------------

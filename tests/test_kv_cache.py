@@ -3,29 +3,32 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core_api.hashing import PageKeys
 from core_api.kv_cache import BlockManager, KVLeakError
+
+K = PageKeys.precomputed
 
 
 def test_allocate_release_and_prefix_reuse():
     kv = BlockManager(num_pages=4, page_size=2)
     pages = kv.allocate(3)
     assert pages == [0, 1, 2] and kv.stats().used == 3
-    kv.register_all(pages[:2], [111, 222])
-    kv.register_all(pages[2:], [111])  # a key already cached is not registered twice
+    kv.register(pages[:2], K([111, 222]))
+    kv.register(pages[2:], K([111]))  # a key already cached is not registered twice
     kv.release(pages)
     assert kv.stats().cached == 2 and kv.stats().free == 2
-    assert kv.match([111, 222, 333]) == [0, 1]
+    assert kv.match(K([111, 222, 333])) == [0, 1]
     kv.check_no_leaks()
 
 
 def test_eviction_is_lru_and_frees_keys():
     kv = BlockManager(num_pages=2, page_size=1)
     a, b = kv.allocate(1), kv.allocate(1)
-    kv.register_all([a[0], b[0]], [1, 2])
+    kv.register([a[0], b[0]], K([1, 2]))
     kv.release(b)
     kv.release(a)  # a is now the most recently used: b goes first
     [page] = kv.allocate(1)
-    assert page == b[0] and kv.match([2]) == [] and kv.match([1]) == [a[0]]
+    assert page == b[0] and kv.match(K([1, 2])) == [a[0]] and kv.match(K([1])) == [a[0]]
     assert kv.allocate(2) is None, "nothing is taken when the request cannot be met"
     kv.release([page])
     kv.check_no_leaks()
@@ -62,6 +65,7 @@ def test_invariants_hold_over_random_operation_sequences(sequence):
     held: list[list[int]] = []  # each entry: pages one owner holds
     reservations: list[list[int]] = []
     next_key = iter(range(10_000))
+    registered: list[int] = []
     for op, a, b in sequence:
         if op == "alloc":
             got = kv.allocate(a)
@@ -84,10 +88,10 @@ def test_invariants_hold_over_random_operation_sequences(sequence):
         elif op == "register" and held:
             owner = held[b % len(held)]
             if owner:
-                kv.register_all([owner[a % len(owner)]], [next(next_key)])
-        elif op == "match":
-            keys = list(kv._page_of)[: a]
-            pages = kv.match(keys)
+                registered.append(next(next_key))
+                kv.register([owner[a % len(owner)]], K([registered[-1]]))
+        elif op == "match" and registered:
+            pages = kv.match(K([registered[b % len(registered)]]))
             if pages:
                 kv.acquire(pages)
                 held.append(pages)

@@ -1,23 +1,27 @@
-"""The block manager keeps its LRU order and prefix index lazily (stale entries skipped, rebuilt
-when they pile up); this holds it to an eager, obviously correct model of the same semantics over
-random operation sequences: the same pages allocated, evicted and matched, the same counts."""
+"""The block manager keeps its LRU order and prefix index lazily (stale entries skipped and
+rebuilt when they pile up; a prompt's pages registered under its first key alone until another
+prompt shares it); this holds it to an eager, obviously correct model of the same semantics over
+random sequences of what a scheduler does (admissions with prefix hits, chunked registration,
+releases, evictions under pressure): the same pages allocated, evicted and matched, the same counts."""
 from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
+from core_api.hashing import PageKeys, prefix_keys
 from core_api.kv_cache import BlockManager
 
 
 class EagerBlockManager:
-    """Free list, a plain LRU list of cached pages, a key index updated at once; slow and plain."""
+    """Free list, a plain LRU list of cached pages, every key indexed at once; slow and plain."""
 
     def __init__(self, num_pages: int) -> None:
         self.free = list(range(num_pages - 1, -1, -1))
         self.ref = [0] * num_pages
-        self.key_of: list[int | None] = [None] * num_pages
-        self.page_of: dict[int, int] = {}
+        self.key_of: list[bytes | None] = [None] * num_pages
+        self.page_of: dict[bytes, int] = {}
         self.lru: list[int] = []  # cached pages, least recently released first
 
     def allocate(self, n: int) -> list[int] | None:
@@ -45,22 +49,23 @@ class EagerBlockManager:
             if self.ref[page] == 0:
                 (self.free if self.key_of[page] is None else self.lru).append(page)
 
-    def match(self, keys: list[int]) -> list[int]:
+    def match(self, keys: list[bytes], limit: int) -> list[int]:
         pages = []
-        for key in keys:
+        for key in keys[:limit]:
             if key not in self.page_of:
                 break
             pages.append(self.page_of[key])
         return pages
 
-    def register_all(self, pages: list[int], keys: list[int]) -> None:
-        for page, key in zip(pages, keys):
+    def register(self, pages: list[int], keys: list[bytes], first: int) -> None:
+        for page, key in zip(pages, keys[first:]):
             if key not in self.page_of and self.key_of[page] is None:
                 self.page_of[key] = page
                 self.key_of[page] = key
 
 
-NUM_PAGES = 6  # small, so that evictions, re-registrations and the rebuilds of both indexes are frequent
+NUM_PAGES = 8  # small, so that evictions, re-registrations and the rebuilds of the indexes are frequent
+PROMPTS = [np.array(p) for p in ([0, 1, 2, 0, 1], [0, 1, 2, 2], [0, 1], [1, 2, 0, 1, 2, 0], [2, 2, 2], [0, 2, 1, 1])]
 
 
 @pytest.mark.parametrize("stale_limit", [NUM_PAGES + 2, 10_000])  # rebuilt often, or never (default: 2x pages)
@@ -68,33 +73,59 @@ def test_lazy_indexes_answer_as_eager_ones(stale_limit):
     rng = random.Random(0)
     for _ in range(300):
         lazy, eager = BlockManager(NUM_PAGES, 1), EagerBlockManager(NUM_PAGES)
-        lazy._stale_limit = stale_limit
-        held: list[list[int]] = []
-        for _ in range(150):
-            op, a, b = rng.choice(("alloc", "free", "hit", "register")), rng.randrange(8), rng.randrange(8)
-            if op == "alloc":
-                got = lazy.allocate(a % 4 + 1)
-                assert got == eager.allocate(a % 4 + 1)
+        lazy._stale_limit = lazy._index._stale_limit = stale_limit
+        seqs: list[dict] = []  # pages held, keys (both kinds), pages registered so far
+        for _ in range(120):
+            op = rng.choice(("admit", "admit", "register", "register", "finish", "pressure"))
+            if op == "admit":  # a new request: prefix hit, then pages for (part of) the rest
+                tokens = PROMPTS[rng.randrange(len(PROMPTS))]
+                keys, chain = PageKeys(tokens, 1), prefix_keys(tokens, 1)  # a request of its own
+                limit = rng.randrange(len(tokens) + 1)
+                hit = lazy.match(keys, limit)
+                assert hit == eager.match(chain, limit)
+                need = rng.randrange(len(tokens) - len(hit) + 1)
+                new = lazy.allocate(need)
+                assert new == eager.allocate(need)
+                if new is None:
+                    continue
+                lazy.acquire(hit)
+                eager.acquire(hit)
+                seqs.append({"pages": hit + new, "keys": keys, "chain": chain, "done": len(hit)})
+            elif op == "register" and seqs:  # a step computed some of its pages
+                seq = seqs[rng.randrange(len(seqs))]
+                upto = rng.randint(seq["done"], len(seq["pages"]))
+                lazy.register(seq["pages"][seq["done"]:upto], seq["keys"], seq["done"])
+                eager.register(seq["pages"][seq["done"]:upto], seq["chain"], seq["done"])
+                seq["done"] = upto
+            elif op == "finish" and seqs:
+                seq = seqs.pop(rng.randrange(len(seqs)))
+                lazy.release(seq["pages"])
+                eager.release(seq["pages"])
+            elif op == "pressure":  # someone else's pages, taken and given back: evicts cached ones
+                n = rng.randint(1, NUM_PAGES)
+                got = lazy.allocate(n)
+                assert got == eager.allocate(n)
                 if got is not None:
-                    held.append(got)
-            elif op == "free" and held:
-                pages = held.pop(b % len(held))
-                lazy.release(pages)
-                eager.release(pages)
-            elif op == "register" and held:
-                pages = held[b % len(held)]
-                keys = [(a + i) % 9 for i in range(len(pages))]  # few keys: the same key comes back often
-                lazy.register_all(pages, keys)
-                eager.register_all(pages, keys)
-            elif op == "hit":  # a prefix-cache hit: the cached pages are taken again, then released later
-                keys = [(a + i) % 9 for i in range(b % 3 + 1)]
-                pages = lazy.match(keys)
-                assert pages == eager.match(keys)
-                if pages:
-                    lazy.acquire(pages)
-                    eager.acquire(pages)
-                    held.append(pages)
+                    lazy.release(got)
+                    eager.release(got)
             assert (lazy.num_free, lazy.num_cached) == (len(eager.free), len(eager.lru))
             assert lazy._live_lru() == eager.lru
             lazy.check_consistent()
-        assert len(lazy._lru) <= stale_limit + 4 and len(lazy._page_of) <= stale_limit + 4
+        for seq in seqs:
+            lazy.release(seq["pages"])
+        lazy.check_no_leaks()
+        assert len(lazy._lru) <= stale_limit + NUM_PAGES and len(lazy._index._page_of) <= stale_limit + NUM_PAGES
+
+
+def test_a_prompt_nobody_shares_is_hashed_one_page_deep():
+    kv = BlockManager(64, 4)
+    tokens = np.arange(40)
+    keys = PageKeys(tokens, 4)
+    assert kv.match(keys) == []
+    pages = kv.allocate(10)
+    kv.register(pages[:6], keys, 0)
+    kv.register(pages[6:], keys, 6)
+    kv.release(pages)
+    assert keys._all is None, "one hash: the first page's"
+    again = PageKeys(tokens.copy(), 4)  # the same prompt from another request: now every key
+    assert kv.match(again) == pages and again.all() == prefix_keys(tokens, 4)
