@@ -117,19 +117,21 @@ class BlockManager:
         """
         ref, key_of, entries, lru = self._ref, self._key_of, self._entries, self._lru
         cached = 0
-        for page in reversed(pages):
-            r = ref[page] - 1
-            if r < 0:
-                raise KVLeakError(f"page {page} released more often than acquired")
-            ref[page] = r
-            if r == 0:
-                if key_of[page] is None:
-                    self._free.append(page)
-                else:
-                    lru.append(page)
-                    entries[page] += 1
-                    cached += 1
-        self._num_cached += cached
+        try:
+            for page in reversed(pages):
+                r = ref[page] - 1
+                if r < 0:
+                    raise KVLeakError(f"page {page} released more often than acquired")
+                ref[page] = r
+                if r == 0:
+                    if key_of[page] is None:
+                        self._free.append(page)
+                    else:
+                        lru.append(page)
+                        entries[page] += 1
+                        cached += 1
+        finally:  # the pages before a bad one were released: the count follows them
+            self._num_cached += cached
         if len(lru) > self._stale_limit:
             self._rebuild_lru()
 

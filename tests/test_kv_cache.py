@@ -43,6 +43,16 @@ def test_leak_detection():
         kv.release([2])  # a free page cannot be released
 
 
+def test_a_release_that_fails_part_way_leaves_the_counts_true():
+    kv = BlockManager(num_pages=4, page_size=1)
+    pages = kv.allocate(2)
+    kv.register(pages, K([1, 2]))
+    with pytest.raises(KVLeakError, match="page 3 released more often"):
+        kv.release([3, *pages])  # released back to front: both pages go before page 3 fails
+    assert kv.stats().cached == 2
+    kv.check_no_leaks()
+
+
 def test_bad_sizes_are_rejected():
     with pytest.raises(ValueError):
         BlockManager(num_pages=0, page_size=16)
