@@ -199,8 +199,8 @@ class SimEngine(HostEffects, EngineFaults, DecodeRuns):
                 continue
             if self._idle_since is not None:
                 self._after_idle()
-            # A decode run prices its steps ahead; work between steps (charges, streaming) is
-            # priced step by step.
+            # A decode run prices its steps ahead; work between steps (charges, streaming) and the
+            # router's CPU taken during them are priced step by step.
             ahead = (self.fast_forward and not self._overhead and self._streams is None
                      and not self.router_cpu_per_token_s)
             run = sched.decode_run_length(batch, out) if ahead else 1
