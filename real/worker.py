@@ -7,7 +7,8 @@ stalls a step; when idle the loop blocks in poll until a message arrives (waking
 
 Router calls (prep_recv, remote_send, start_generate, release, cached_prefix_len, stats, ping,
 hello, peer_down, shutdown) arrive on the ROUTER socket; so do KV chunks from peer engines, which
-land in this pool and are acknowledged on the same connection. A prep_recv or start_generate
+land in this pool and are acknowledged on the same connection. Their handlers are
+real.engine_calls. A prep_recv or start_generate
 that must wait (for pages, for compute) keeps the caller's identity on its sequence (`handle`)
 and is answered when the step loop gets there. Every failure is an error answer with a reason:
 a call never goes unanswered, and an exception in one handler never stops the engine.
@@ -23,16 +24,16 @@ import zmq
 
 from core_api.errors import (
     EngineCallError,
-    EngineDown,
     RequestFailed,
     RequestRejected,
     RequestReleased,
     ReservationExpired,
 )
 from core_api.scheduler import Scheduler
-from core_api.sequence import FAILED, SENT, Sequence
+from core_api.sequence import FAILED, Sequence
 from real import protocol as p
 from real.config import EngineSpec
+from real.engine_calls import EngineCalls
 from real.engine_stats import IdleSpells, add_features, engine_stats, feature_totals
 from real.engine_transports import EngineTransports
 from real.keys import ENGINE, load_keys, start_authenticator
@@ -41,7 +42,7 @@ from real.kv_sender import KVSender, OutgoingSend
 from real.loading import load_model
 from real.pool_files import host_key
 from real.runner import ModelRunner
-from real.streams import Caller, Stream, StreamOut
+from real.streams import Caller, StreamOut
 from real.transport import LocalKV, resolve_mode
 from real.transports import transport_class
 
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 IDLE_POLL_MS = 100
 
 
-class EngineWorker:
+class EngineWorker(EngineCalls):
     def __init__(self, spec: EngineSpec, ctx: zmq.Context | None = None) -> None:
         torch.set_num_threads(spec.threads)
         self.spec, self.id = spec, spec.id
@@ -261,120 +262,6 @@ class EngineWorker:
             self._deferred_release.discard(send.req_id)
             for seq in self.sched.release(send.req_id):
                 self._fail(seq, f"request {send.req_id} released on engine {self.id}", RequestReleased)
-
-    # -- router calls -------------------------------------------------------------------------
-    def _check_owner(self, req_id: str) -> None:
-        """Only the client that created a request here may continue, release or abort it."""
-        for seq in self.sched.sequences_of(req_id):
-            if seq.owner is not None and seq.owner != self._principal:
-                log.warning("engine %s: a connection that does not own request %s tried to use it", self.id, req_id)
-                raise ValueError(f"request {req_id} belongs to another connection")
-
-    def _request(self, wire: p.WireRequest):
-        """The Request, refused here (not in a batch with others) if a token id is out of vocabulary."""
-        req = wire.to_request()
-        vocab = self.model.config.vocab_size
-        if int(req.prompt.max()) >= vocab or int(req.prompt.min()) < 0:
-            raise ValueError(f"request {req.id}: token ids must lie in [0, {vocab}) for this model")
-        return req
-
-    def _hello(self, ident, msg: p.Hello, frames) -> None:
-        c, s = self.model.config, self.spec
-        self._reply(ident, msg.id, engine_id=self.id, address=self.address, host=self.host, pid=os.getpid(),
-                    now=time.monotonic(), model=s.model_name, model_seed=s.model_seed, dtype=str(self.model.dtype),
-                    vocab_size=c.vocab_size, eos_token_id=c.eos_token_id, page_size=s.page_size,
-                    num_pages=s.num_pages, max_model_len=self.sched.config.max_model_len, device=s.device,
-                    batch_invariant=s.batch_invariant, **self.transports.hello_fields())
-
-    def _ping(self, ident, msg: p.Ping, frames) -> None:
-        self._reply(ident, msg.id, now=time.monotonic())
-
-    def _prep_recv(self, ident, msg: p.PrepRecv, frames) -> None:
-        now = time.monotonic()
-        self._check_owner(msg.req.id)
-        seq = self.sched.add_receive(self._request(msg.req), msg.end)
-        seq.owner = self._principal
-        if self.sched.try_admit_receive(seq, now):
-            self._answer_prep(Caller(ident, msg.id), seq)
-        else:
-            seq.handle = Caller(ident, msg.id)
-
-    def _remote_send(self, ident, msg: p.RemoteSend, frames) -> None:
-        req = self._request(msg.req)
-        end, kv = req.resolve(msg.end), msg.kv_addr
-        if kv.engine_id != msg.dst:
-            raise ValueError(f"KVAddr belongs to {kv.engine_id!r}, not to the destination {msg.dst!r}")
-        if (msg.begin, end) != (kv.begin, kv.end):
-            raise ValueError(f"request {req.id}: range [{msg.begin}, {end}) does not match the receiver's "
-                             f"reservation [{kv.begin}, {kv.end})")
-        kv.to_kv_addr()  # validates page count and alignment
-        if kv.page_size != self.sched.page_size:
-            raise ValueError(f"receiver page size {kv.page_size} differs from this engine's {self.sched.page_size}")
-        self._check_owner(req.id)
-        seq = self.sched.add_send(req, msg.begin, end)
-        seq.owner = self._principal
-        self.sender.start(seq, OutgoingSend(ident, msg.id, req.id, msg.dst, msg.dst_address, tuple(kv.page_ids),
-                                            kv.token, msg.begin, end, self.transports.sender_for(msg)))
-        if seq.status == SENT:  # the prefix cache held the whole range: ship it now
-            self.sender.ship(seq)
-
-    def _start_generate(self, ident, msg: p.StartGenerate, frames) -> None:
-        self._check_owner(msg.req.id)
-        seq = self.sched.add_generate(self._request(msg.req), msg.begin)
-        seq.owner, seq.handle = self._principal, Stream(ident, msg.id)
-
-    def _release(self, ident, msg: p.Release, frames) -> None:
-        self._check_owner(msg.req_id)
-        send = self.sender.sends.get(msg.req_id)
-        if send is not None and send.in_flight:
-            # Its pages may still be read by the receiver (shared memory): free them only after
-            # the acknowledgements in flight are in (or the peer timeout), then release the rest.
-            self._deferred_release.add(msg.req_id)
-            self.sender.fail(send, f"request {msg.req_id} released on engine {self.id}", kind=RequestReleased.kind)
-        else:
-            for seq in self.sched.release(msg.req_id):
-                self._fail(seq, f"request {msg.req_id} released on engine {self.id}", RequestReleased)
-        self._reply(ident, msg.id)
-
-    def _cached_prefix_len(self, ident, msg: p.CachedPrefixLen, frames) -> None:
-        self._reply(ident, msg.id, tokens=self.sched.cached_prefix_len(self._request(msg.req)))
-
-    def _stats(self, ident, msg: p.Stats, frames) -> None:
-        self._reply(ident, msg.id, **self.stats())
-
-    def _peer_down(self, ident, msg: p.PeerDown, frames) -> None:
-        self.sender.peer_down(msg.engine_id, msg.address)
-        self._reply(ident, msg.id)
-
-    def _link_fault(self, ident, msg: p.LinkFault, frames) -> None:
-        self.sender.degrade(msg.dst, time.monotonic() + msg.duration, msg.factor)
-        self._reply(ident, msg.id)
-
-    def _reset(self, ident, msg: p.Reset, frames) -> None:
-        """Fencing after a false death: work of the earlier incarnation would be zombie work (its
-        requests already failed at the router), so all of it ends and its pages are freed."""
-        sched = self.sched
-        held = {s.id for s in sched.sequences()} | set(self.sender.sends)
-        for req_id in held:
-            send = self.sender.sends.get(req_id)
-            if send is not None:
-                self.sender.fail(send, f"engine {self.id} was reset", abandon=True, kind=EngineDown.kind)
-            for seq in sched.release(req_id):
-                self._fail(seq, f"engine {self.id} was declared dead and reset", EngineDown)
-        self.incarnation = msg.incarnation
-        log.warning("engine %s reset to incarnation %d: %d requests dropped", self.id, msg.incarnation, len(held))
-        self._reply(ident, msg.id, dropped=len(held))
-
-    def _shutdown(self, ident, msg: p.Shutdown, frames) -> None:
-        self._reply(ident, msg.id)
-        self.running = False
-
-    # -- engine-to-engine ---------------------------------------------------------------------
-    def _kv(self, ident, msg: p.KVChunk, frames) -> None:
-        self.sock.send_multipart([ident, p.encode(self.kv_in.on_chunk(msg, frames))], flags=zmq.NOBLOCK)
-
-    def _kv_ack(self, ident, msg: p.KVAck, frames) -> None:
-        self.sender.on_ack(msg)
 
     # -- views --------------------------------------------------------------------------------
     def stats(self) -> dict:
