@@ -31,7 +31,8 @@ from core_api.sequence import Sequence
 from core_api.step import StepFeatures
 from core_api.types import Request, SamplingParams
 from real.config import EngineSpec
-from real.worker import EngineWorker, Stream
+from real.streams import Stream
+from real.worker import EngineWorker
 
 
 class ProfileError(RuntimeError):
