@@ -54,8 +54,9 @@ class ClusterConfig(Strict):
         "start_generate half (a fitted profile measures it; 0: calls are instantaneous)"))
     send_overhead_s: float = Field(0.0, ge=0, description="engine CPU per remote_send, added to its next step")
     router_cpu_per_token_s: float = Field(0.0, ge=0, description=(
-        "CPU a router sharing the engines' cores spends per streamed token, taken from every engine's next "
-        "step in equal shares (0: the router has cores of its own)"))
+        "CPU a router sharing the engines' cores spends per streamed token, taken from every engine in equal "
+        "shares: a step in progress ends later, an engine between steps pays in its next step (0: the router "
+        "has cores of its own)"))
     crash_detect_s: float = Field(0.1, ge=0, description=(
         "how long after an engine process dies the router notices (real: its process watchdog polls every 0.1 s)"))
     heartbeat_timeout_s: float = Field(30.0, gt=0, description=(

@@ -74,10 +74,7 @@ class HostEffects:
         engines = self.peers.values()
         share = tokens * self.router_cpu_per_token_s / len(engines)
         for e in engines:
-            if e._in_step:
-                e._stolen += share
-            else:
-                e.charge(share)
+            e.lose_core(share)
 
     def _stream_after_step(self, result) -> float:
         """Seconds of queueing and sending a step's streamed tokens (sim.stream_cost): every
@@ -99,6 +96,14 @@ class HostEffects:
         self._step_end = self.env.now + seconds
         self.busy_s += seconds
         yield self.env.timeout(seconds)
+
+    def lose_core(self, seconds: float) -> None:
+        """Another process ran `seconds` on this engine's core: the step in progress ends that much
+        later; between steps, the next step pays it."""
+        if self._in_step:
+            self._stolen += seconds
+        else:
+            self.charge(seconds)
 
     def charge(self, seconds: float) -> None:
         """CPU time this engine owes to work outside its steps (calls, a router on its core),
