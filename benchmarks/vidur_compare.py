@@ -1,6 +1,7 @@
 """Whole-process time of one simulation, this project against Vidur, on the same workload.
 
     .venv/bin/python benchmarks/vidur_compare.py --vidur-python /path/to/venv/bin/python
+    python benchmarks/vidur_compare.py      # with Vidur installed in this Python
 
 The workload: Llama-2-7B on one H100, N requests (default 1000) with Poisson arrivals at 4 req/s
 and fixed lengths (512 prompt, 128 output tokens), the same on both sides. Each side runs as a
@@ -144,9 +145,17 @@ def timed(cmd: list[str], env: dict, cwd: Path) -> float:
     return elapsed
 
 
+def this_python_with_vidur() -> str | None:
+    """This interpreter, if Vidur is installed in it."""
+    from importlib.util import find_spec
+
+    return sys.executable if find_spec("vidur") is not None else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vidur-python", required=True, help="a Python with vidur==0.0.26 installed")
+    parser.add_argument("--vidur-python", help=(
+        "a Python with vidur==0.0.26 installed (default: this one, if Vidur is installed here)"))
     parser.add_argument("--vidur-data", type=Path, default=ROOT.parent / "shared" / "data" / "vidur_h100_profiles",
                         help="folder with Vidur's H100 mlp.csv, all_reduce.csv, send_recv.csv")
     parser.add_argument("--requests", type=int, default=1000)
@@ -156,6 +165,11 @@ def main() -> int:
         "Vidur's prediction grid up to N tokens per request (default: Vidur's own, 2M; its start-up "
         "predicts every grid point, so the workload's longest request is Vidur at its fastest)"))
     args = parser.parse_args()
+    args.vidur_python = args.vidur_python or this_python_with_vidur()
+    if args.vidur_python is None:
+        parser.error("Vidur is not installed in this Python: install vidur==0.0.26 into its own environment "
+                     "(its dependencies pin other versions than this project's) and pass --vidur-python "
+                     "/path/to/that/env/bin/python")
     work = args.out.resolve()
     work.mkdir(parents=True, exist_ok=True)
     used = build_vidur_cache(work, args.vidur_data)

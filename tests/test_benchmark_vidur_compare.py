@@ -62,3 +62,20 @@ def test_both_sides_simulate_the_same_workload(tmp_path):
     assert json.loads((tmp_path / "ours.json").read_text())["token_times"] is False
     vidur_compare.our_command(tmp_path, 100, token_times=True)
     assert json.loads((tmp_path / "ours_token_times.json").read_text())["token_times"] is True
+
+
+def test_without_vidur_it_says_how_to_point_at_one(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(vidur_compare, "this_python_with_vidur", lambda: None)
+    monkeypatch.setattr(sys, "argv", ["vidur_compare.py", "--out", str(tmp_path / "work")])
+    with pytest.raises(SystemExit) as stop:
+        vidur_compare.main()
+    assert stop.value.code == 2
+    assert "--vidur-python" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()  # nothing written before the check
+
+
+def test_vidur_in_this_python_is_found(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "vidur" else None)
+    assert vidur_compare.this_python_with_vidur() == sys.executable
