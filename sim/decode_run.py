@@ -71,14 +71,18 @@ class DecodeRuns:
             yield env.timeout(stretch)
             times[-1] += stretch
         self._run_end = self._run_batch = None
-        if life != self.incarnation:
-            return  # the engine died during the run
-        self.steps += len(times)
+        if life != self.incarnation:  # the engine died in the run's last step (a crash cuts the run there)
+            self._count_steps(durations[: len(times) - 1])  # the steps before it ran, as stepping counts them
+            return
+        self._count_steps(durations[: len(times)])
+        self._after_step(self.sched.apply_decode_run(batch, times), len(times))
+
+    def _count_steps(self, durations: list[float]) -> None:
+        self.steps += len(durations)
         busy = self.busy_s
-        for d in durations[: len(times)]:  # step by step, as stepping adds them
+        for d in durations:  # step by step, as stepping adds them
             busy += d
         self.busy_s = busy
-        self._after_step(self.sched.apply_decode_run(batch, times), len(times))
 
     def _taking_pages(self, call):
         """Run a call that may take pages outside the step loop (a reservation admitted at once, a

@@ -62,8 +62,7 @@ class EngineFaults:
             self.env.timeout(detect_s).callbacks.append(detected)
         else:
             detected()
-        if self._wake is not None and not self._wake.triggered:
-            self._wake.succeed()
+        self._poke(at=now)  # an idle loop wakes, a decode run ends with the step the crash cuts short
 
     def restart(self) -> None:
         if self.down is None:  # up, or dead but not noticed yet (restart then waits for detection)
