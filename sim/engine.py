@@ -200,9 +200,11 @@ class SimEngine(HostEffects, EngineFaults, DecodeRuns):
             if self._idle_since is not None:
                 self._after_idle()
             # A decode run prices its steps ahead; work between steps (charges, streaming) and the
-            # router's CPU taken during them are priced step by step.
+            # router's CPU taken during them are priced step by step. So are calls read between
+            # steps: one reaches the loop exactly when a step ends, after the loop has begun the
+            # next step, which a run cannot tell from new work that came before that step began.
             ahead = (self.fast_forward and not self._overhead and self._streams is None
-                     and not self.router_cpu_per_token_s)
+                     and not self.router_cpu_per_token_s and not self.calls_between_steps)
             run = sched.decode_run_length(batch, out) if ahead else 1
             if run > 1:
                 yield from self._decode_run(batch, run, life)

@@ -25,8 +25,6 @@ All are measured by calibration (cluster_profile, profile) and set by calibratio
 """
 from __future__ import annotations
 
-from bisect import bisect_left
-
 from core_api.errors import EngineDown
 from sim.runtime import SimWait
 
@@ -49,12 +47,9 @@ class HostEffects:
             await SimWait(self.env.timeout(wait))
 
     def _inbox_wait(self) -> float:
-        """Seconds until this engine's loop next reads its socket: the end of the step in progress."""
+        """Seconds until this engine's loop next reads its socket: the end of the step in progress
+        (with calls read between steps the loop steps one step at a time, no decode runs)."""
         now = self.env.now
-        if self._run_end is not None:
-            times = self._run_times
-            i = bisect_left(times, now)
-            return times[i] - now if i < len(times) else 0.0
         return self._step_end - now if self._step_end > now else 0.0
 
     def _when_read(self, then) -> None:

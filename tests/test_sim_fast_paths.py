@@ -3,7 +3,7 @@ in one call when the cost model can) give byte-identical results to stepping eve
 pricing each, on configurations that exercise what could make them differ: PD and balanced PD
 transfers, prefix-cache hits, preemption under memory pressure, context migration, reservations
 admitted and pages taken while a run is in progress, faults that start inside a run (stalls,
-slow-downs, a crash and restart, a held link)."""
+slow-downs, a crash and restart, a held link), calls read only between steps."""
 from __future__ import annotations
 
 import pytest
@@ -29,6 +29,8 @@ CONFIGS = {
     "faults": {"engines": [{"count": 3}], "strategy": {"name": "pd", "params": {"prefill": ["e0"], "decode": ["e1", "e2"],
                                                                                "failover": True}}},
     "data_parallel": {"engines": [{"count": 2}], "strategy": {"name": "round_robin"}},
+    # A call read between steps reaches the loop exactly as a step ends, after the next has begun.
+    "calls_between_steps": {"engines": [{"count": 3}], "strategy": {"name": "pd"}, "calls_between_steps": True},
 }
 # Stalls and slow-downs that start inside decode runs (and their opening steps), a crash and its
 # restart, a link held: the runs are cut, stretched, re-priced or dropped as stepping would.
