@@ -73,7 +73,7 @@ class ClusterConfig(Strict):
         "between steps), as `calibrate validate` simulates real engines (sim.measured_host)"))
     calls_between_steps: bool = Field(False, description=(
         "engines answer prep_recv and take in KV chunks and acknowledgements only between steps, as a real "
-        "engine loop does (sim.engine.SimEngine)"))
+        "engine loop does (sim.engine.SimEngine); every step is then simulated on its own, no decode runs"))
 
     @model_validator(mode="before")
     @classmethod
