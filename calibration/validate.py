@@ -100,6 +100,9 @@ class ValidationReport(BaseModel):
         "per engine, seconds its loop was ready to run but another thread held its core (the kernel's "
         "run delay; mean over the real runs): on a shared host, the router's CPU"))
     sim_busy_s: dict[str, float] = Field(default_factory=dict)
+    sim_router_cpu_s: float | None = Field(None, description=(
+        "the router's CPU the simulation took from the engines' cores (per streamed token, as profiled); "
+        "next to real_cpu_s['router']"))
     cost_model: dict
     step_speed: dict[str, float] = Field(default_factory=dict, description=(
         "per engine, over the real runs: its measured step time / the profile's prediction for the same steps"))
@@ -274,6 +277,7 @@ def validate(case: ValidationCase) -> ValidationReport:
         sim_failed=int(sim_m["failed"] + sim_m["aborted"]),
         real_wall_s=float(np.mean([r.result.wall_time_s for r in runs])), sim_wall_s=sim_wall,
         pinned=runs[0].pinned, foreign_cpu_share=foreign, real_cpu_s=cpu, real_wait_s=wait, sim_busy_s=sim_busy,
+        sim_router_cpu_s=round(cluster.router_cpu_per_token_s * sim_m["total_output_tokens"], 3),
         cost_model=next(iter(sim_result.cost_models.values())))
 
 
@@ -295,7 +299,7 @@ def format_reports(reports: list[ValidationReport], metrics=ERROR_METRICS) -> st
                 f"{'' if sp is None else f'{sp * 100:.1f}%':>34}" for sp in spreads))
     lines.append(f"{'foreign CPU share':<22}" + "".join(f"{_fmt_share(r.foreign_cpu_share):>34}" for r in reports))
     lines.append(f"{'engine CPU-s real/sim':<22}" + "".join(f"{_fmt_cpu(r):>34}" for r in reports))
-    lines.append(f"{'router CPU-s':<22}" + "".join(f"{r.real_cpu_s.get('router', float('nan')):>34.2f}" for r in reports))
+    lines.append(f"{'router CPU-s real/sim':<22}" + "".join(f"{_fmt_router(r):>34}" for r in reports))
     lines.append(f"{'engines waiting, s':<22}" + "".join(f"{_fmt_waiting(r):>34}" for r in reports))
     lines.append(f"{'step speed real/profile':<22}" + "".join(
         f"{' '.join(f'{s:.2f}x' for s in r.step_speed.values()) or 'n/a':>34}" for r in reports))
@@ -321,6 +325,11 @@ def _fmt_waiting(r: ValidationReport) -> str:
 def _fmt_cpu(r: ValidationReport) -> str:
     real = sum(v for k, v in r.real_cpu_s.items() if k != "router")
     return f"{real:.2f}/{sum(r.sim_busy_s.values()):.2f}"
+
+
+def _fmt_router(r: ValidationReport) -> str:
+    real = r.real_cpu_s.get("router")
+    return f"{'n/a' if real is None else f'{real:.2f}'}/{'n/a' if r.sim_router_cpu_s is None else f'{r.sim_router_cpu_s:.2f}'}"
 
 
 def _fmt_share(x: float | None) -> str:

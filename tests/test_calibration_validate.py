@@ -144,6 +144,10 @@ def test_validate_command_on_a_small_case(tmp_path, capsys):
     assert any("another machine" in r for r in report["untrusted"]) == elsewhere
     assert "step speed real/profile" in text and "at the run's measured step speed" in text
     assert "engines waiting, s" in text and set(report["real_wait_s"]) == {"e0", "e1"}
+    # The router's CPU, measured and as the simulation charged it: nothing, with a profile that
+    # did not measure a router on the engines' cores.
+    assert "router CPU-s real/sim" in text and f"{report['real_cpu_s']['router']:.2f}/0.00" in text
+    assert report["sim_router_cpu_s"] == 0.0
 
 
 def test_step_speed_compares_measured_steps_with_the_profiles_prediction_for_them(tmp_path):
