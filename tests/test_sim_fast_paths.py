@@ -32,7 +32,7 @@ CONFIGS = {
     # A call read between steps reaches the loop exactly as a step ends, after the next has begun.
     "calls_between_steps": {"engines": [{"count": 3}], "strategy": {"name": "pd"}, "calls_between_steps": True},
 }
-# Stalls and slow-downs that start inside decode runs (and their opening steps), a crash and its
+# Stalls and slow-downs that start inside decode runs, a crash in the middle of one and its
 # restart, a link held: the runs are cut, stretched, re-priced or dropped as stepping would.
 FAULTS = {"faults": [{"at": 0.7, "kind": "stall", "engine": "e1", "duration": 0.05},
                      {"at": 1.1, "kind": "slow", "engine": "e2", "duration": 0.8, "factor": 1.7},
