@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/sim_speed.py                      # 1k, 10k, 100k requests
     .venv/bin/python benchmarks/sim_speed.py --sizes 1000 10000
-    .venv/bin/python benchmarks/sim_speed.py --sizes 1000000      # a million (about 10 min here)
+    .venv/bin/python benchmarks/sim_speed.py --sizes 1000000      # a million (about 7 min here)
+    .venv/bin/python benchmarks/sim_speed.py --sizes 10000 --repeats 5   # the median of 5
 
 Cluster: 4 engines (Llama-3.1-8B on H100, roofline cost model) as 2P2D disaggregation.
 Workload: chat-like Poisson arrivals (lognormal prompts ~1k tokens, outputs ~256), at a rate
@@ -13,6 +14,8 @@ they arrive (core_api.request_stream) and records keep each request's first and 
 time, not every token's (`token_times: false`; ITL from a histogram within 0.1%), which is
 what lets a million requests fit in memory; `--token-times` keeps them all. "run s" is the
 simulation including building the requests as they arrive; "gen s" is building them alone.
+With `--repeats N` each size runs N times, each in a fresh process, and the row shows the run with
+the median "run s" and the range over the N (this machine's speed moves between runs).
 """
 from __future__ import annotations
 
@@ -76,21 +79,30 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     parser.add_argument("--rate", type=float, default=12.0, help="request rate (req/s)")
     parser.add_argument("--token-times", action="store_true", help="keep every token's time in the records")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per size, each in a fresh process (median shown)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child process: one size, JSON out
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_once(args.one, args.rate, args.token_times)))
         return
+    if args.repeats < 1 or any(n < 1 for n in args.sizes):
+        parser.error("--sizes and --repeats must be at least 1")
     print(f"{'requests':>9} {'ok':>9} {'gen s':>7} {'run s':>8} {'req/s':>7} {'ms/req':>7} {'events':>10} "
-          f"{'events/s':>9} {'steps':>10} {'us/step':>8} {'peak RSS MiB':>13}", flush=True)
+          f"{'events/s':>9} {'steps':>10} {'us/step':>8} {'peak RSS MiB':>13}"
+          + (f" {'run s range':>13}" if args.repeats > 1 else ""), flush=True)
     for n in args.sizes:
         child = [sys.executable, __file__, "--one", str(n), "--rate", str(args.rate)]
-        out = subprocess.run(child + (["--token-times"] if args.token_times else []), capture_output=True,
-                             text=True, check=True)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
+        runs = []
+        for _ in range(args.repeats):
+            out = subprocess.run(child + (["--token-times"] if args.token_times else []), capture_output=True,
+                                 text=True, check=True)
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        runs.sort(key=lambda r: r["sim_s"])
+        r = runs[(len(runs) - 1) // 2]  # the median run (the lower one of an even count)
+        spread = f" {runs[0]['sim_s']:>6.2f}-{runs[-1]['sim_s']:<6.2f}" if args.repeats > 1 else ""
         print(f"{r['requests']:>9} {r['ok']:>9} {r['gen_s']:>7.2f} {r['sim_s']:>8.2f} {r['req_per_s']:>7.0f} "
               f"{1e3 * r['sim_s'] / n:>7.3f} {r['events']:>10} {r['events_per_s']:>9.0f} {r['steps']:>10} "
-              f"{1e6 * r['sim_s'] / r['steps']:>8.1f} {r['peak_rss_mib']:>13.0f}", flush=True)
+              f"{1e6 * r['sim_s'] / r['steps']:>8.1f} {r['peak_rss_mib']:>13.0f}{spread}", flush=True)
 
 
 if __name__ == "__main__":
