@@ -158,3 +158,42 @@ def test_fast_paths_match_stepping_under_random_faults():
         assert runs[0] == runs[1], (name, faults)
         checked += 1
     assert checked >= 30
+
+
+def _random_configuration(rng) -> tuple[dict, dict]:
+    """A cluster and a workload drawn across what changes when a run may be taken: strategy,
+    memory pressure, token and sequence budgets, reservation timeouts, admission policy, prefix
+    sharing, arrival rate and lengths."""
+    engine = {"count": rng.randint(2, 4), "max_num_batched_tokens": rng.choice([256, 512, 2048, 8192]),
+              "max_num_seqs": rng.choice([4, 16, 64, 256]), "reservation_timeout_s": rng.choice([30.0, 0.05, 0.3]),
+              "policy": {"watermark": rng.choice([0.0, 0.01, 0.05]), "admit_whole_sequence": rng.random() < 0.3,
+                         "admit_after_preemption": rng.random() < 0.7, "prefix_caching": rng.random() < 0.8}}
+    pages = rng.choice([None, 300, 600, 1500])
+    if pages is not None:
+        engine["num_pages"] = pages
+    strategy = rng.choice(["adaptive", "balanced_pd", "least_loaded", "pd", "pd_prefix_aware", "prefix_aware",
+                           "prefix_migration", "round_robin"])
+    workload = {"num_requests": rng.randint(40, 120), "arrival": {"rate": rng.choice([5, 20, 60, float("inf")])},
+                "prompt_len": {"kind": "lognormal", "mean": rng.choice([100, 400, 1500]), "sigma": 0.8, "max": 4000},
+                "output_len": {"kind": "uniform", "low": 1, "high": rng.choice([8, 64, 300])}}
+    if rng.random() < 0.6:
+        workload["prefix"] = {"num_groups": rng.randint(1, 6), "prefix_len": rng.choice([64, 256, 512]),
+                              "fraction": rng.choice([0.3, 0.7, 1.0])}
+    return {"engines": [engine], "strategy": {"name": strategy}}, workload
+
+
+@pytest.mark.slow
+def test_fast_paths_match_stepping_on_random_configurations():
+    import random
+
+    for i in range(24):
+        cluster_config, workload = _random_configuration(random.Random(1000 + i))
+        config = SimConfig.model_validate({"cluster": cluster_config, "workload": workload, "seed": i})
+        runs = []
+        for fast in (True, False):
+            cluster = SimCluster(config.cluster)
+            for engine in cluster.engines.values():
+                engine.fast_forward = fast
+            runs.append(cluster.run(generate(config.workload), seed=i).to_json())
+            cluster.check_no_leaks()
+        assert runs[0] == runs[1], (cluster_config, workload)
