@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from core_api.metrics import latency_stats, percentile_name
+from core_api.metrics import latency_stats, ordered_sum, percentile_name
 
 ALPHA = 1e-3  # relative accuracy of every reported percentile
 _FLUSH = 1 << 16  # pending token times that trigger a vectorized flush
@@ -51,7 +51,8 @@ class ItlHistogram:
         gaps = gaps[keep]
         self._pending, self._pending_lens = [], []
         n = gaps.size
-        mean, m2 = float(gaps.mean()), float(((gaps - gaps.mean()) ** 2).sum())
+        mean = ordered_sum(gaps) / n
+        m2 = ordered_sum((gaps - mean) ** 2)
         delta, total = mean - self._mean, self.count + n
         self._m2 += m2 + delta * delta * self.count * n / total
         self._mean += delta * n / total

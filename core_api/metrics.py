@@ -18,6 +18,7 @@ throughputs are 0 when there is nothing to count or the duration is 0.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain
 from typing import TYPE_CHECKING
@@ -37,6 +38,14 @@ _ALWAYS_PERCENTILES = (90, 99)
 def percentile_name(p: float) -> str:
     """vLLM's key spelling: 99 -> 'p99', 99.9 -> 'p99.9'."""
     return f"p{int(p)}" if float(p) == int(p) else f"p{p}"
+
+
+def ordered_sum(values: np.ndarray) -> float:
+    """The sum of `values` added in index order (np.add.accumulate): the same float on every numpy
+    release and CPU. np.sum adds in pairwise blocks laid out for the SIMD width numpy picks, so its
+    last bits move between releases (a run's mean ITL differed in its last digit between the numpy
+    of Python 3.10 and of 3.11), and a seeded run's results must not."""
+    return float(np.add.accumulate(values)[-1]) if values.size else 0.0
 
 
 def median(values: np.ndarray) -> float:
@@ -86,9 +95,10 @@ def latency_stats(name: str, values_s: np.ndarray, percentiles: Sequence[float])
         for p in percentiles:
             out[f"{percentile_name(p)}_{name}_ms"] = nan
         return out
-    out[f"mean_{name}_ms"] = float(ms.mean())
+    mean = ordered_sum(ms) / ms.size
+    out[f"mean_{name}_ms"] = mean
     out[f"median_{name}_ms"] = median(ms)
-    out[f"std_{name}_ms"] = float(ms.std())
+    out[f"std_{name}_ms"] = math.sqrt(ordered_sum((ms - mean) ** 2) / ms.size)
     for p, v in zip(percentiles, percentiles_of(ms, percentiles)):
         out[f"{percentile_name(p)}_{name}_ms"] = float(v)
     return out

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from core_api.metrics import format_table, summarize
+from core_api.metrics import format_table, latency_stats, ordered_sum, summarize
 from core_api.types import RequestRecord
 
 
@@ -125,3 +125,19 @@ def test_percentiles_are_numpys_to_the_bit():
         for values in (rng.lognormal(3, 2, n) * 1000.0, rng.integers(0, 4, n).astype(float)):  # ties too
             assert percentiles_of(values, ps) == [float(v) for v in np.percentile(values, ps)]
     assert all(np.isnan(percentiles_of(np.array([1.0, np.nan, 3.0]), [10, 90])))
+
+
+def test_sums_add_in_index_order_so_every_numpy_gives_the_same_float():
+    """np.sum's pairwise blocks follow numpy's SIMD layout, which moved the last digit of a mean
+    between numpy releases; the metrics add in index order instead."""
+    values = np.random.default_rng(0).lognormal(size=100_003)
+    expected = 0.0
+    for v in values.tolist():
+        expected += v
+    assert ordered_sum(values) == expected and ordered_sum(values[:0]) == 0.0
+    stats = latency_stats("x", values, [50])
+    ms = values * 1000.0
+    mean = ordered_sum(ms) / ms.size
+    assert stats["mean_x_ms"] == mean
+    assert stats["std_x_ms"] == math.sqrt(ordered_sum((ms - mean) ** 2) / ms.size)
+    assert stats["std_x_ms"] == pytest.approx(float(ms.std()), rel=1e-12)
