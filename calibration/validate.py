@@ -101,7 +101,7 @@ class ValidationReport(BaseModel):
         "run delay; mean over the real runs): on a shared host, the router's CPU"))
     sim_busy_s: dict[str, float] = Field(default_factory=dict)
     sim_router_cpu_s: float | None = Field(None, description=(
-        "the router's CPU the simulation took from the engines' cores (per streamed token, as profiled); "
+        "the router's CPU the simulation took from the engines' cores (sim.host, per streamed token as profiled); "
         "next to real_cpu_s['router']"))
     cost_model: dict
     step_speed: dict[str, float] = Field(default_factory=dict, description=(
@@ -256,7 +256,8 @@ def validate(case: ValidationCase) -> ValidationReport:
     cluster = sim_cluster_config(case, profile, spec)
     workload = generate(case.workload)
     t0 = time.perf_counter()
-    sim_result = SimCluster(cluster).run(workload, seed=case.seed)
+    simulated = SimCluster(cluster)
+    sim_result = simulated.run(workload, seed=case.seed)
     intervals = metric_intervals(cluster, workload, case.seed) if case.interval and profile.fit_error else None
     sim_wall = time.perf_counter() - t0
     sim_busy = {eid: round(st["busy_s"], 3) for eid, st in sim_result.engine_stats.items()}
@@ -277,7 +278,7 @@ def validate(case: ValidationCase) -> ValidationReport:
         sim_failed=int(sim_m["failed"] + sim_m["aborted"]),
         real_wall_s=float(np.mean([r.result.wall_time_s for r in runs])), sim_wall_s=sim_wall,
         pinned=runs[0].pinned, foreign_cpu_share=foreign, real_cpu_s=cpu, real_wait_s=wait, sim_busy_s=sim_busy,
-        sim_router_cpu_s=round(cluster.router_cpu_per_token_s * sim_m["total_output_tokens"], 3),
+        sim_router_cpu_s=round(sum(e.router_cpu_s for e in simulated.engines.values()), 3),
         cost_model=next(iter(sim_result.cost_models.values())))
 
 

@@ -12,6 +12,7 @@ from core_api.workload import WorkloadSpec
 from sim.cost_models import CostModelSpec, parse_cost_model
 from sim.hardware import GPUSpec, ModelSpec
 from sim.idle_cost import IdleCost
+from sim.measured_host import MEASURED_HOST_FIELDS
 from sim.network import LinkSpec
 from sim.stream_cost import StreamCost
 
@@ -34,11 +35,6 @@ class EngineConfig(Strict, SchedulerLimits):
 class LinkOverride(LinkSpec):
     src: str
     dst: str
-
-
-# What measured_host takes from the profile (sim.measured_host).
-MEASURED_HOST_FIELDS = frozenset({"link", "rpc_latency_s", "send_overhead_s", "router_cpu_per_token_s", "stream",
-                                  "idle", "calls_between_steps"})
 
 
 class ClusterConfig(Strict):

@@ -69,6 +69,7 @@ class SimEngine(HostEffects, EngineFaults, DecodeRuns):
         self._stolen = 0.0  # CPU another process took from the step in progress, which it stretches
         self.calls_between_steps = calls_between_steps
         self.router_cpu_per_token_s = router_cpu_per_token_s
+        self.router_cpu_s = 0.0  # the router's CPU charged for this engine's streamed tokens (sim.host)
         self._streams = StreamQueue(stream_cost) if stream_cost is not None else None
         self._idle_cost = idle_cost
         self._idle_since: float | None = None  # start of the idle spell in progress (with an idle cost)

@@ -67,7 +67,9 @@ class HostEffects:
         that much later, since the router runs while it does; an engine between steps pays it in
         its next step."""
         engines = self.peers.values()
-        share = tokens * self.router_cpu_per_token_s / len(engines)
+        seconds = tokens * self.router_cpu_per_token_s
+        self.router_cpu_s += seconds
+        share = seconds / len(engines)
         for e in engines:
             e.lose_core(share)
 

@@ -14,10 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 from sim.hardware import get_model, kv_bytes_per_token
 from sim.network import LinkSpec
-from sim.profile import CostProfile
 
 if TYPE_CHECKING:
     from sim.config import ClusterConfig, EngineConfig
+    from sim.profile import CostProfile
+
+
+# The ClusterConfig fields measured_host sets: the link (profile_link) and host_effects' keys.
+MEASURED_HOST_FIELDS = frozenset({"link", "rpc_latency_s", "send_overhead_s", "router_cpu_per_token_s",
+                                  "calls_between_steps", "stream", "idle"})
 
 
 def host_effects(profile: CostProfile, stream_interval_s: float | None = None) -> dict[str, Any]:

@@ -112,6 +112,18 @@ def test_without_shared_prefixes_turning_the_prefix_cache_off_changes_no_time(na
     assert cached.metrics() == uncached.metrics()
 
 
+def _fast_and_stepped(config: SimConfig, seed: int) -> tuple[str, str]:
+    """The run's result JSON with decode runs, and with every step taken alone."""
+    out = []
+    for fast in (True, False):
+        cluster = SimCluster(config.cluster)
+        for engine in cluster.engines.values():
+            engine.fast_forward = fast
+        out.append(cluster.run(generate(config.workload), seed=seed, faults=config.faults).to_json())
+        cluster.check_no_leaks()
+    return out[0], out[1]
+
+
 def _random_faults(rng, engines: list[str]) -> list[dict]:
     faults, crashed = [], set()
     for _ in range(rng.randint(1, 5)):
@@ -148,14 +160,8 @@ def test_fast_paths_match_stepping_under_random_faults():
                                                "faults": {"faults": faults}})
         except ValidationError:
             continue  # e.g. a fault on an engine that is down then
-        runs = []
-        for fast in (True, False):
-            cluster = SimCluster(config.cluster)
-            for engine in cluster.engines.values():
-                engine.fast_forward = fast
-            runs.append(cluster.run(generate(config.workload), seed=i, faults=config.faults).to_json())
-            cluster.check_no_leaks()
-        assert runs[0] == runs[1], (name, faults)
+        fast, stepped = _fast_and_stepped(config, i)
+        assert fast == stepped, (name, faults)
         checked += 1
     assert checked >= 30
 
@@ -189,11 +195,5 @@ def test_fast_paths_match_stepping_on_random_configurations():
     for i in range(24):
         cluster_config, workload = _random_configuration(random.Random(1000 + i))
         config = SimConfig.model_validate({"cluster": cluster_config, "workload": workload, "seed": i})
-        runs = []
-        for fast in (True, False):
-            cluster = SimCluster(config.cluster)
-            for engine in cluster.engines.values():
-                engine.fast_forward = fast
-            runs.append(cluster.run(generate(config.workload), seed=i).to_json())
-            cluster.check_no_leaks()
-        assert runs[0] == runs[1], (cluster_config, workload)
+        fast, stepped = _fast_and_stepped(config, i)
+        assert fast == stepped, (cluster_config, workload)
