@@ -106,6 +106,9 @@ class ValidationReport(BaseModel):
     cost_model: dict
     step_speed: dict[str, float] = Field(default_factory=dict, description=(
         "per engine, over the real runs: its measured step time / the profile's prediction for the same steps"))
+    warmup_step_speed: dict[str, float] = Field(default_factory=dict, description=(
+        "per engine, the same ratio over the warm-up before each real run (its first steps pay for lazy "
+        "initialisation): how well the machine's speed just before a run foretells its speed during it"))
     at_run_speed: dict[str, MetricComparison] | None = Field(None, description=(
         "the comparison again with the profile scaled to the measured step speed: the simulator's own error"))
     untrusted: list[str] = Field(default_factory=list, description="reasons not to trust this comparison")
@@ -149,6 +152,8 @@ class RealRun:
     """One real run on freshly started engine processes, and what the machine did meanwhile."""
 
     result: Any  # real.cluster.RealRunResult
+    stats: dict[str, dict]  # each engine's stats over this run alone (its warm-up subtracted)
+    warmup_stats: dict[str, dict]  # and over the warm-up before it
     pinned: dict[str, int]
     foreign_share: float | None  # the CPU other processes used
     cpu_s: dict[str, float]  # CPU seconds of each engine process and of the router
@@ -158,6 +163,7 @@ class RealRun:
 def run_real(case: ValidationCase, spec, workload: Workload) -> RealRun:
     from real.cluster import RealCluster
     from real.config import RealClusterConfig
+    from real.engine_stats import stats_between
 
     config = RealClusterConfig(engines=[{"count": case.engines, **spec.model_dump(exclude={"id", "listen"})}],
                                strategy={"name": case.strategy, "params": case.params})
@@ -165,11 +171,12 @@ def run_real(case: ValidationCase, spec, workload: Workload) -> RealRun:
     try:
         with RealCluster(config) as cluster:
             pinned = pin_engines(cluster.procs) if case.pin else {}
+            warmed: dict[str, dict] = {}
             if case.warmup_requests:
                 warm = generate(case.workload.model_copy(update={
                     "num_requests": case.warmup_requests, "seed": case.workload.seed + 10_000,
                     "arrival": case.workload.arrival.model_copy(update={"rate": float("inf")})}))
-                cluster.run(warm, seed=case.seed)
+                warmed = cluster.run(warm, seed=case.seed).engine_stats
             procs = dict(cluster.procs)
             cpu0 = {eid: process_seconds(p.pid) for eid, p in procs.items()}
             wait0 = {eid: run_delay_seconds(p.pid) for eid, p in procs.items()}
@@ -179,7 +186,9 @@ def run_real(case: ValidationCase, spec, workload: Workload) -> RealRun:
             cpu = {eid: round(process_seconds(p.pid) - cpu0[eid], 3) for eid, p in procs.items()}
             cpu["router"] = round(time.process_time() - router0, 3)
             wait = {eid: round(run_delay_seconds(p.pid) - wait0[eid], 3) for eid, p in procs.items()}
-            return RealRun(result, pinned, foreign.share, cpu, wait)
+            own = {eid: stats_between(warmed[eid], st) if eid in warmed else st
+                   for eid, st in result.engine_stats.items()}
+            return RealRun(result, own, warmed, pinned, foreign.share, cpu, wait)
     finally:
         if affinity is not None:
             os.sched_setaffinity(0, affinity)
@@ -209,7 +218,7 @@ def step_speed(profile: CostProfile, runs_stats: list[dict[str, dict]],
             if sc is not None and "stream" in st:
                 predicted[eid] += sc.seconds(**st["stream"])
             if idle is not None:
-                predicted[eid] += sum(n * idle.seconds(total / n) for n, total in st.get("idle_spells", []) if n)
+                predicted[eid] += sum(n * idle.seconds(total / n) for _, n, total in st.get("idle_spells", []) if n)
     return {eid: measured[eid] / predicted[eid] for eid in sorted(measured) if predicted[eid] > 0 and measured[eid] > 0}
 
 
@@ -266,12 +275,14 @@ def validate(case: ValidationCase) -> ValidationReport:
     shares = [r.foreign_share for r in runs if r.foreign_share is not None]
     cpu = {k: round(float(np.mean([r.cpu_s[k] for r in runs])), 3) for k in runs[0].cpu_s}
     wait = {k: round(float(np.mean([r.wait_s[k] for r in runs])), 3) for k in runs[0].wait_s}
-    speeds = step_speed(profile, [r.result.engine_stats for r in runs], [r.wait_s for r in runs])
+    speeds = step_speed(profile, [r.stats for r in runs], [r.wait_s for r in runs])
+    warmup_speeds = step_speed(profile, [r.warmup_stats for r in runs if r.warmup_stats])
     at_speed = compare(real_ms, run_scaled(cluster, workload, speeds, case.seed).metrics()) if speeds else None
     metrics = compare(real_ms, sim_m, intervals)
     foreign = max(shares) if shares else None
     return ValidationReport(
         step_speed={eid: round(s, 4) for eid, s in speeds.items()}, at_run_speed=at_speed,
+        warmup_step_speed={eid: round(s, 4) for eid, s in warmup_speeds.items()},
         untrusted=untrusted_reasons(profile, speeds, foreign, metrics),
         case=case, rate=case.workload.arrival.rate, metrics=metrics,
         real_failed=int(sum(m["failed"] + m["aborted"] for m in real_ms)),
@@ -304,6 +315,8 @@ def format_reports(reports: list[ValidationReport], metrics=ERROR_METRICS) -> st
     lines.append(f"{'engines waiting, s':<22}" + "".join(f"{_fmt_waiting(r):>34}" for r in reports))
     lines.append(f"{'step speed real/profile':<22}" + "".join(
         f"{' '.join(f'{s:.2f}x' for s in r.step_speed.values()) or 'n/a':>34}" for r in reports))
+    lines.append(f"{'  in the warm-up':<22}" + "".join(
+        f"{' '.join(f'{s:.2f}x' for s in r.warmup_step_speed.values()) or 'n/a':>34}" for r in reports))
     if all(r.at_run_speed for r in reports):
         lines.append("at the run's measured step speed (the simulator's own error):")
         for m in HEADLINE:

@@ -49,8 +49,9 @@ class IdleSpells:
         entry[1] += seconds
 
     def as_list(self) -> list[list[float]]:
-        """[count, summed seconds] per bin, shortest spells first."""
-        return [list(self.bins[b]) for b in sorted(self.bins)]
+        """[bin, count, summed seconds] per bin, shortest spells first (the bin, so that two
+        reports of one process can be subtracted: stats_between)."""
+        return [[b, *self.bins[b]] for b in sorted(self.bins)]
 
 
 def engine_stats(worker) -> dict:
@@ -73,3 +74,29 @@ def engine_stats(worker) -> dict:
             "idle_spells": worker.idle_spells.as_list(),
             "stream": {"steps": worker.stream_out.steps, "tokens": worker.stream_out.tokens,
                        "messages": worker.stream_out.messages}}
+
+
+# The stats that count up over a process's life: what it did between two reports is their difference.
+_COUNTERS = ("steps", "busy_s", "loop_s")
+
+
+def stats_between(before: dict, after: dict) -> dict:
+    """What one engine process did between two of its reports (`after` taken later): its steps,
+    loop time, step features, streamed tokens and idle spells over that span, the rest as `after`
+    says. A calibration run preceded by a warm-up on the same processes compares only its own
+    steps with the profile; the warm-up's first steps pay for lazy initialisation."""
+    if "loop_s" not in before or "loop_s" not in after:
+        return after  # a dead engine's report: nothing to subtract
+    out = dict(after)
+    for name in _COUNTERS:
+        out[name] = after[name] - before[name]
+    out["step_features"] = {k: v - before["step_features"].get(k, 0.0) for k, v in after["step_features"].items()}
+    out["stream"] = {k: v - before["stream"].get(k, 0) for k, v in after["stream"].items()}
+    earlier = {b: (n, total) for b, n, total in before["idle_spells"]}
+    spells = []
+    for b, n, total in after["idle_spells"]:
+        n0, total0 = earlier.get(b, (0, 0.0))
+        if n > n0:
+            spells.append([b, n - n0, total - total0])
+    out["idle_spells"] = spells
+    return out

@@ -137,6 +137,7 @@ def test_validate_command_on_a_small_case(tmp_path, capsys):
     # The engines reported their steps: the speed against the profile, and the rerun at that speed.
     assert set(report["step_speed"]) == {"e0", "e1"} and all(s > 0 for s in report["step_speed"].values())
     assert set(report["at_run_speed"]) == set(report["metrics"])
+    assert set(report["warmup_step_speed"]) == {"e0", "e1"}  # the warm-up's steps, apart from the run's
     # The shipped profile was measured on the project's VM: anywhere else, that is said.
     from calibration.environment import boot_id
 
@@ -172,9 +173,28 @@ def test_step_speed_compares_measured_steps_with_the_profiles_prediction_for_the
     # bin of spells priced at its mean: 3 spells of 10 ms on average, 1 of 100 ms.
     idle = {"idle_s": [0.01, 0.1], "extra_s": [2e-4, 1e-3]}
     cold = CostProfile.load(tiny_profile(tmp_path, stream=streamed.stream.model_dump(), idle=idle))
-    stats["e0"]["idle_spells"] = [[3, 0.03], [1, 0.1]]
+    stats["e0"]["idle_spells"] = [[-8, 3, 0.03], [-4, 1, 0.1]]  # [bin, count, seconds]
     stats["e0"]["loop_s"] = with_stream + 3 * 2e-4 + 1e-3
     assert step_speed(cold, [stats]) == {"e0": pytest.approx(1.0)}
+
+
+def test_a_run_is_compared_by_its_own_steps_not_its_warm_ups():
+    from real.engine_stats import stats_between
+
+    def report(steps, loop_s, prefill, tokens, spells):
+        return {"steps": steps, "busy_s": loop_s / 2, "loop_s": loop_s, "running": 0,
+                "step_features": {"prefill_tokens": prefill, "decode_seqs": 0.0},
+                "stream": {"steps": steps, "tokens": tokens, "messages": tokens // 2}, "idle_spells": spells}
+
+    warm = report(10, 0.5, 800.0, 40, [[-12, 2, 0.002], [1, 1, 2.0]])
+    later = report(110, 1.5, 5800.0, 440, [[-12, 5, 0.005], [-6, 1, 0.05], [1, 1, 2.0]])
+    own = stats_between(warm, later)
+    assert (own["steps"], own["loop_s"], own["busy_s"]) == (100, 1.0, 0.5)
+    assert own["step_features"] == {"prefill_tokens": 5000.0, "decode_seqs": 0.0}
+    assert own["stream"] == {"steps": 100, "tokens": 400, "messages": 200}
+    assert own["idle_spells"] == [[-12, 3, pytest.approx(0.003)], [-6, 1, 0.05]]  # the 2 s spell was the warm-up's
+    assert own["running"] == 0
+    assert stats_between(warm, {"down": "killed"}) == {"down": "killed"}
 
 
 def test_validation_says_when_not_to_trust_it(tmp_path):

@@ -16,7 +16,9 @@ def test_idle_spells_keep_counts_and_sums_in_log_spaced_bins():
     for s in (0.0011, 0.0012, 0.05, 0.051, 2.0, 0.0):
         spells.add(s)
     # four bins a decade: 1.1 and 1.2 ms share one, 50 and 51 ms another; a zero spell its own
-    assert spells.as_list() == [[1, 0.0], [2, pytest.approx(0.0023)], [2, pytest.approx(0.101)], [1, 2.0]]
+    assert [[n, total] for _, n, total in spells.as_list()] == [
+        [1, 0.0], [2, pytest.approx(0.0023)], [2, pytest.approx(0.101)], [1, 2.0]]
+    assert [b for b, _, _ in spells.as_list()] == [-36, -12, -6, 1]  # floor(4 * log10(seconds))
 
 
 def test_the_serving_loop_records_the_spell_a_request_ended():
@@ -36,5 +38,5 @@ def test_the_serving_loop_records_the_spell_a_request_ended():
         worker.running = False
         loop.join(timeout=5)
         engine.worker.close()
-    [[count, seconds]] = worker.idle_spells.as_list()  # the decode step followed a step
+    [[_, count, seconds]] = worker.idle_spells.as_list()  # the decode step followed a step
     assert count == 1 and 0.04 < seconds < 5
