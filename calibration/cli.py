@@ -66,6 +66,9 @@ def add_parser(sub) -> None:
     va.add_argument("--seed", type=int, default=0)
     va.add_argument("--real-repeats", type=int, default=1,
                     help="real runs per point (fresh engines each); the table shows their mean and spread")
+    va.add_argument("--probe-s", type=float, default=2.0, metavar="SECONDS",
+                    help="before each real run, serve this many seconds of the workload (another seed) on the same "
+                         "engines to measure the machine's step speed then (0: no probe)")
     va.add_argument("--no-pin", action="store_true", help="do not pin engine processes to cores")
     va.add_argument("--no-interval", action="store_true", help="skip the error-bound reruns")
     va.add_argument("--out", type=Path, help="reports JSON")
@@ -219,7 +222,8 @@ def _validate(args) -> int:
     for strategy in args.strategy or ["round_robin"]:
         case = ValidationCase(profile=str(args.profile), strategy=strategy, params=params_from_cli(args.param),
                               engines=args.engines, engine=_kv(args.engine_opt), workload=workload, seed=args.seed,
-                              pin=not args.no_pin, interval=not args.no_interval, real_repeats=args.real_repeats)
+                              pin=not args.no_pin, interval=not args.no_interval, real_repeats=args.real_repeats,
+                              probe_s=args.probe_s)
         rates = args.rate
         if not rates:
             cluster = sim_cluster_config(case, profile, real_engine_spec(case, profile))

@@ -20,9 +20,13 @@ virtual machine a core's speed drifts by tens of percent over seconds, invisibly
 taken and 0.55-1.1 ms a minute later. So the engines report every step they ran (the whole
 loop iteration, timed as the profiler times it, and the steps' summed features), and the report
 gives the step speed: the engines' measured step time over what the profile predicts for those
-very steps. Next to the plain comparison it reruns the simulation with the profile scaled to
-that measured speed: the error left then is the simulator's own (scheduling, overheads between
-steps), separated from the machine's drift. It also says when a result is not to be trusted:
+very steps (the warm-up's steps left out: stats_between). Next to the plain comparison it reruns
+the simulation with the profile scaled to that measured speed: the error left then is the
+simulator's own (scheduling, overheads between steps), separated from the machine's drift. Since
+that speed is only known once the run is over, each real run is preceded by a probe: a couple of
+seconds of the same workload (another seed) on the same engines, whose step speed is measured the
+same way; the comparison at the probed speed is a prediction made before the run, at the
+machine's speed of the moment. It also says when a result is not to be trusted:
 steps ran more than 5% off the profile, other processes used the CPU, the profile was measured
 on another machine (or before a reboot), or the real repeats spread more than the error.
 """
@@ -52,6 +56,9 @@ ERROR_METRICS = DEFAULT_METRICS
 HEADLINE = ("mean_ttft_ms", "mean_tpot_ms", "mean_e2el_ms")  # the issue's goal: median |error| <= 5%
 TRUSTED_STEP_DRIFT = 0.05  # steps off the profile by more than this: the plain comparison measures the machine
 TRUSTED_FOREIGN_SHARE = 0.05
+# The comparisons rerun with the profile at a measured step speed: (report field, what it is).
+RESCALED = (("at_probe_speed", "at the step speed probed just before each run (a prediction)"),
+            ("at_run_speed", "at the run's measured step speed (the simulator's own error)"))
 
 
 class ValidationCase(BaseModel):
@@ -67,6 +74,9 @@ class ValidationCase(BaseModel):
     workload: WorkloadSpec
     seed: int = 0
     warmup_requests: int = Field(8, ge=0)
+    probe_s: float = Field(2.0, ge=0, description=(
+        "seconds of the workload's arrivals (another seed) served just before each real run, on the same "
+        "engines, to measure the machine's step speed then (0: none)"))
     real_repeats: int = Field(1, ge=1, description="real runs (fresh engines each); metrics are their mean")
     pin: bool = Field(True, description="pin each engine process to its own core")
     interval: bool = True
@@ -106,9 +116,10 @@ class ValidationReport(BaseModel):
     cost_model: dict
     step_speed: dict[str, float] = Field(default_factory=dict, description=(
         "per engine, over the real runs: its measured step time / the profile's prediction for the same steps"))
-    warmup_step_speed: dict[str, float] = Field(default_factory=dict, description=(
-        "per engine, the same ratio over the warm-up before each real run (its first steps pay for lazy "
-        "initialisation): how well the machine's speed just before a run foretells its speed during it"))
+    probe_step_speed: dict[str, float] = Field(default_factory=dict, description=(
+        "per engine, the same ratio over the probe served just before each real run: the machine's speed then"))
+    at_probe_speed: dict[str, MetricComparison] | None = Field(None, description=(
+        "the comparison with the profile scaled to the probe's step speed: a prediction made before the run"))
     at_run_speed: dict[str, MetricComparison] | None = Field(None, description=(
         "the comparison again with the profile scaled to the measured step speed: the simulator's own error"))
     untrusted: list[str] = Field(default_factory=list, description="reasons not to trust this comparison")
@@ -152,12 +163,20 @@ class RealRun:
     """One real run on freshly started engine processes, and what the machine did meanwhile."""
 
     result: Any  # real.cluster.RealRunResult
-    stats: dict[str, dict]  # each engine's stats over this run alone (its warm-up subtracted)
-    warmup_stats: dict[str, dict]  # and over the warm-up before it
+    stats: dict[str, dict]  # each engine's stats over this run alone (warm-up and probe subtracted)
+    probe_stats: dict[str, dict]  # and over the probe just before it (empty without one)
+    probe_wait_s: dict[str, float]  # seconds each engine's loop waited for its core during the probe
     pinned: dict[str, int]
     foreign_share: float | None  # the CPU other processes used
     cpu_s: dict[str, float]  # CPU seconds of each engine process and of the router
     wait_s: dict[str, float]  # seconds each engine's loop was ready to run but its core was taken
+
+
+def probe_workload(case: ValidationCase) -> Workload:
+    """`probe_s` seconds of the case's arrivals, drawn with another seed: steps like the run's."""
+    rate = case.workload.arrival.rate
+    n = max(4, round(case.probe_s * rate)) if np.isfinite(rate) else case.warmup_requests or 8
+    return generate(case.workload.model_copy(update={"num_requests": n, "seed": case.workload.seed + 20_000}))
 
 
 def run_real(case: ValidationCase, spec, workload: Workload) -> RealRun:
@@ -178,6 +197,14 @@ def run_real(case: ValidationCase, spec, workload: Workload) -> RealRun:
                     "arrival": case.workload.arrival.model_copy(update={"rate": float("inf")})}))
                 warmed = cluster.run(warm, seed=case.seed).engine_stats
             procs = dict(cluster.procs)
+            probe: dict[str, dict] = {}
+            probe_wait: dict[str, float] = {}
+            if case.probe_s > 0:
+                before = {eid: run_delay_seconds(p.pid) for eid, p in procs.items()}
+                probed = cluster.run(probe_workload(case), seed=case.seed).engine_stats
+                probe_wait = {eid: run_delay_seconds(p.pid) - before[eid] for eid, p in procs.items()}
+                probe = {eid: stats_between(warmed[eid], st) if eid in warmed else st for eid, st in probed.items()}
+                warmed = probed
             cpu0 = {eid: process_seconds(p.pid) for eid, p in procs.items()}
             wait0 = {eid: run_delay_seconds(p.pid) for eid, p in procs.items()}
             router0 = time.process_time()
@@ -188,7 +215,7 @@ def run_real(case: ValidationCase, spec, workload: Workload) -> RealRun:
             wait = {eid: round(run_delay_seconds(p.pid) - wait0[eid], 3) for eid, p in procs.items()}
             own = {eid: stats_between(warmed[eid], st) if eid in warmed else st
                    for eid, st in result.engine_stats.items()}
-            return RealRun(result, own, warmed, pinned, foreign.share, cpu, wait)
+            return RealRun(result, own, probe, probe_wait, pinned, foreign.share, cpu, wait)
     finally:
         if affinity is not None:
             os.sched_setaffinity(0, affinity)
@@ -276,13 +303,15 @@ def validate(case: ValidationCase) -> ValidationReport:
     cpu = {k: round(float(np.mean([r.cpu_s[k] for r in runs])), 3) for k in runs[0].cpu_s}
     wait = {k: round(float(np.mean([r.wait_s[k] for r in runs])), 3) for k in runs[0].wait_s}
     speeds = step_speed(profile, [r.stats for r in runs], [r.wait_s for r in runs])
-    warmup_speeds = step_speed(profile, [r.warmup_stats for r in runs if r.warmup_stats])
+    probed = [r for r in runs if r.probe_stats]
+    probe_speeds = step_speed(profile, [r.probe_stats for r in probed], [r.probe_wait_s for r in probed])
+    at_probe = compare(real_ms, run_scaled(cluster, workload, probe_speeds, case.seed).metrics()) if probe_speeds else None
     at_speed = compare(real_ms, run_scaled(cluster, workload, speeds, case.seed).metrics()) if speeds else None
     metrics = compare(real_ms, sim_m, intervals)
     foreign = max(shares) if shares else None
     return ValidationReport(
         step_speed={eid: round(s, 4) for eid, s in speeds.items()}, at_run_speed=at_speed,
-        warmup_step_speed={eid: round(s, 4) for eid, s in warmup_speeds.items()},
+        probe_step_speed={eid: round(s, 4) for eid, s in probe_speeds.items()}, at_probe_speed=at_probe,
         untrusted=untrusted_reasons(profile, speeds, foreign, metrics),
         case=case, rate=case.workload.arrival.rate, metrics=metrics,
         real_failed=int(sum(m["failed"] + m["aborted"] for m in real_ms)),
@@ -315,17 +344,19 @@ def format_reports(reports: list[ValidationReport], metrics=ERROR_METRICS) -> st
     lines.append(f"{'engines waiting, s':<22}" + "".join(f"{_fmt_waiting(r):>34}" for r in reports))
     lines.append(f"{'step speed real/profile':<22}" + "".join(
         f"{' '.join(f'{s:.2f}x' for s in r.step_speed.values()) or 'n/a':>34}" for r in reports))
-    lines.append(f"{'  in the warm-up':<22}" + "".join(
-        f"{' '.join(f'{s:.2f}x' for s in r.warmup_step_speed.values()) or 'n/a':>34}" for r in reports))
-    if all(r.at_run_speed for r in reports):
-        lines.append("at the run's measured step speed (the simulator's own error):")
-        for m in HEADLINE:
-            lines.append(f"  {m:<20}" + "".join(
-                f"{r.metrics[m].real:>11.3f}{r.at_run_speed[m].sim:>11.3f}{r.at_run_speed[m].rel_error * 100:>11.1f}%"
-                for r in reports))
+    lines.append(f"{'  in the probe before':<22}" + "".join(
+        f"{' '.join(f'{s:.2f}x' for s in r.probe_step_speed.values()) or 'n/a':>34}" for r in reports))
+    for which, title in RESCALED:
+        if all(getattr(r, which) for r in reports):
+            lines.append(f"{title}:")
+            for m in HEADLINE:
+                lines.append(f"  {m:<20}" + "".join(
+                    f"{r.metrics[m].real:>11.3f}{getattr(r, which)[m].sim:>11.3f}"
+                    f"{getattr(r, which)[m].rel_error * 100:>11.1f}%" for r in reports))
     lines.append(f"median |error| of {', '.join(HEADLINE)}: {headline_error(reports) * 100:.1f}%")
-    if all(r.at_run_speed for r in reports):
-        lines.append(f"  at the run's measured step speed: {headline_error(reports, at_run_speed=True) * 100:.1f}%")
+    for which, title in RESCALED:
+        if all(getattr(r, which) for r in reports):
+            lines.append(f"  {title.split(' (')[0]}: {headline_error(reports, which) * 100:.1f}%")
     for r in reports:
         for reason in r.untrusted:
             lines.append(f"not to be trusted ({r.case.strategy}@{r.rate:.3g}/s): {reason}")
@@ -350,8 +381,8 @@ def _fmt_share(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-def headline_error(reports: list[ValidationReport], at_run_speed: bool = False) -> float:
+def headline_error(reports: list[ValidationReport], which: str = "metrics") -> float:
     import statistics
 
-    errors = [abs((r.at_run_speed if at_run_speed else r.metrics)[m].rel_error) for r in reports for m in HEADLINE]
+    errors = [abs(getattr(r, which)[m].rel_error) for r in reports for m in HEADLINE]
     return statistics.median(errors) if errors else float("nan")

@@ -125,7 +125,7 @@ def test_validate_command_on_a_small_case(tmp_path, capsys):
     out = tmp_path / "val.json"
     rc = main(["calibrate", "validate", "--profile", str(SHIPPED), "--num-requests", "10", "--rate", "20",
                "--prompt-len", "16:64", "--output-len", "4:12", "--engine-opt", "num_pages=256", "--no-interval",
-               "--out", str(out)])
+               "--probe-s", "0.5", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
     assert "mean_ttft_ms" in text and "median |error|" in text
@@ -137,7 +137,9 @@ def test_validate_command_on_a_small_case(tmp_path, capsys):
     # The engines reported their steps: the speed against the profile, and the rerun at that speed.
     assert set(report["step_speed"]) == {"e0", "e1"} and all(s > 0 for s in report["step_speed"].values())
     assert set(report["at_run_speed"]) == set(report["metrics"])
-    assert set(report["warmup_step_speed"]) == {"e0", "e1"}  # the warm-up's steps, apart from the run's
+    # The probe just before the run: its own step speed, and the comparison at that speed.
+    assert set(report["probe_step_speed"]) == {"e0", "e1"} and set(report["at_probe_speed"]) == set(report["metrics"])
+    assert "at the step speed probed just before each run" in text
     # The shipped profile was measured on the project's VM: anywhere else, that is said.
     from calibration.environment import boot_id
 
@@ -195,6 +197,20 @@ def test_a_run_is_compared_by_its_own_steps_not_its_warm_ups():
     assert own["idle_spells"] == [[-12, 3, pytest.approx(0.003)], [-6, 1, 0.05]]  # the 2 s spell was the warm-up's
     assert own["running"] == 0
     assert stats_between(warm, {"down": "killed"}) == {"down": "killed"}
+
+
+def test_the_probe_is_a_few_seconds_of_the_workload_drawn_with_another_seed():
+    from calibration.validate import ValidationCase, probe_workload
+
+    spec = WorkloadSpec(num_requests=100, arrival={"process": "poisson", "rate": 25.0}, seed=3)
+    case = ValidationCase(profile="p.json", workload=spec, probe_s=2.0)
+    probe = list(probe_workload(case))
+    run = list(generate(spec))
+    assert len(probe) == 50 and probe[-1].arrival_time < 4.0
+    assert [r.arrival_time for r in probe[:5]] != [r.arrival_time for r in run[:5]]  # another draw
+    burst = case.model_copy(update={"workload": spec.model_copy(update={
+        "arrival": spec.arrival.model_copy(update={"rate": float("inf")})})})
+    assert len(list(probe_workload(burst))) == case.warmup_requests
 
 
 def test_validation_says_when_not_to_trust_it(tmp_path):
