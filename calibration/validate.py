@@ -250,13 +250,18 @@ def step_speed(profile: CostProfile, runs_stats: list[dict[str, dict]],
 
 
 def untrusted_reasons(profile: CostProfile, speeds: dict[str, float], foreign: float | None,
-                      metrics: dict[str, MetricComparison]) -> list[str]:
+                      metrics: dict[str, MetricComparison], probe_speeds: dict[str, float] | None = None) -> list[str]:
     reasons = []
     if speeds and max(abs(s - 1) for s in speeds.values()) > TRUSTED_STEP_DRIFT:
         shown = ", ".join(f"{eid} {s:.2f}x" for eid, s in speeds.items())
         reasons.append(f"the engines' steps ran at {shown} the profile's step time: the machine's speed moved "
                        f"since profiling, so the plain error measures that drift (see the comparison at the run's "
                        f"speed)")
+    moved = {eid: s / probe_speeds[eid] for eid, s in speeds.items() if probe_speeds and eid in probe_speeds}
+    if moved and max(abs(m - 1) for m in moved.values()) > TRUSTED_STEP_DRIFT:
+        shown = ", ".join(f"{eid} {probe_speeds[eid]:.2f}x -> {speeds[eid]:.2f}x" for eid in moved)
+        reasons.append(f"the machine's speed moved between the probe and the run ({shown} the profile's step time), "
+                       f"so the comparison at the probed speed measures that drift too")
     if foreign is not None and foreign > TRUSTED_FOREIGN_SHARE:
         reasons.append(f"other processes used {foreign:.0%} of the CPU during the real run")
     measured_on = profile.environment.get("boot_id")
@@ -312,7 +317,7 @@ def validate(case: ValidationCase) -> ValidationReport:
     return ValidationReport(
         step_speed={eid: round(s, 4) for eid, s in speeds.items()}, at_run_speed=at_speed,
         probe_step_speed={eid: round(s, 4) for eid, s in probe_speeds.items()}, at_probe_speed=at_probe,
-        untrusted=untrusted_reasons(profile, speeds, foreign, metrics),
+        untrusted=untrusted_reasons(profile, speeds, foreign, metrics, probe_speeds),
         case=case, rate=case.workload.arrival.rate, metrics=metrics,
         real_failed=int(sum(m["failed"] + m["aborted"] for m in real_ms)),
         sim_failed=int(sim_m["failed"] + sim_m["aborted"]),

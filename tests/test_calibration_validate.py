@@ -226,6 +226,10 @@ def test_validation_says_when_not_to_trust_it(tmp_path):
     assert "e0 1.30x the profile's step time" in reasons[0]
     assert "other processes used 20% of the CPU" in reasons[1]
     assert "spread more than the error on mean_ttft_ms" in reasons[2]
+    # A probe just before the run that read another speed than the run's: the probed comparison is drift too.
+    assert untrusted_reasons(here, {"e0": 1.03, "e1": 0.99}, 0.0, calm, {"e0": 1.02, "e1": 0.99}) == []
+    (moved,) = untrusted_reasons(here, {"e0": 1.03, "e1": 0.99}, 0.0, calm, {"e0": 0.96, "e1": 0.99})
+    assert "between the probe and the run (e0 0.96x -> 1.03x, e1 0.99x -> 0.99x" in moved
     elsewhere = CostProfile.load(tiny_profile(tmp_path, environment={"boot_id": "another-boot"}))
     expected = "the profile was measured on another machine (or before a reboot)"
     assert untrusted_reasons(elsewhere, {}, None, calm) == [expected]
