@@ -74,7 +74,7 @@ class ValidationCase(BaseModel):
     workload: WorkloadSpec
     seed: int = 0
     warmup_requests: int = Field(8, ge=0)
-    probe_s: float = Field(2.0, ge=0, description=(
+    probe_s: float = Field(2.0, ge=0, le=600, allow_inf_nan=False, description=(
         "seconds of the workload's arrivals (another seed) served just before each real run, on the same "
         "engines, to measure the machine's step speed then (0: none)"))
     real_repeats: int = Field(1, ge=1, description="real runs (fresh engines each); metrics are their mean")

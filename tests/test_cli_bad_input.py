@@ -33,6 +33,13 @@ def _fails_with(argv: list[str], says: str, capsys) -> None:
     assert "Traceback" not in err and "errors.pydantic.dev" not in err, err
 
 
+@pytest.mark.parametrize("value, says", [("inf", "a finite number"), ("nan", "a finite number"),
+                                         ("-1", "greater than or equal to 0")])
+def test_a_bad_validation_probe_fails_before_any_engine_starts(value, says, capsys):
+    _fails_with(["calibrate", "validate", "--profile", str(ROOT / "calibration/profiles/cpu-tiny.json"),
+                 "--rate", "5", "--num-requests", "4", "--probe-s", value], f"probe_s: Input should be {says}", capsys)
+
+
 def test_search_names_unknown_strategies(capsys):
     _fails_with(["search", "--ttft-slo", "100", "--strategies", "foo,bar"], "unknown strategies bar, foo", capsys)
 
