@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from core_api.validation_errors import error_text
+from experiments.arg_types import arrival_rate, positive_float
 
 
 def add_parser(sub) -> None:
@@ -58,8 +59,9 @@ def add_parser(sub) -> None:
                     help="override a real engine setting (EngineSpec field), e.g. num_pages=512")
     va.add_argument("--num-requests", type=int, default=100)
     rate = va.add_mutually_exclusive_group()
-    rate.add_argument("--rate", type=float, action="append", help="arrival rate in req/s (repeatable)")
-    rate.add_argument("--load", type=float, action="append",
+    rate.add_argument("--rate", type=arrival_rate, action="append",
+                      help="arrival rate in req/s (repeatable; inf: every request at once)")
+    rate.add_argument("--load", type=positive_float, action="append",
                       help="arrival rate as a fraction of the simulated capacity (repeatable; default 0.5 and 1.5)")
     va.add_argument("--prompt-len", default="64:512", help="LO:HI uniform prompt tokens")
     va.add_argument("--output-len", default="16:128", help="LO:HI uniform output tokens")

@@ -17,6 +17,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def arrival_rate(text: str) -> float:
+    """Requests per second: a positive number, or inf for every request at once (a burst)."""
+    if text.strip().lower() in ("inf", "infinity"):
+        return math.inf
+    return positive_float(text)
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -19,6 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
     (["capacity", "--ttft-slo", "100", "--target", "1.5"], "--target: must be in (0, 1], got 1.5"),
     (["capacity", "--ttft-slo", "nan"], "--ttft-slo: must be a positive number"),
     (["search", "--ttft-slo", "100", "--num-requests", "0"], "--num-requests: must be at least 1"),
+    # A negative or zero rate used to run a validation (a negative rate even "succeeded").
+    (["calibrate", "validate", "--profile", "p.json", "--rate", "-1"], "--rate: must be a positive number, got -1"),
+    (["calibrate", "validate", "--profile", "p.json", "--rate", "nan"], "--rate: must be a positive number"),
+    (["calibrate", "validate", "--profile", "p.json", "--load", "0"], "--load: must be a positive number, got 0"),
 ])
 def test_bad_numbers_are_argparse_errors(argv, says, capsys):
     with pytest.raises(SystemExit) as exit_:
