@@ -27,6 +27,7 @@ import sys
 import time
 
 from core_api.workload import WorkloadSpec, generate
+from experiments.arg_types import positive_float
 from sim.cluster import SimCluster
 from sim.config import ClusterConfig, EngineConfig, StrategyConfig
 
@@ -77,7 +78,7 @@ def run_once(n: int, rate: float, token_times: bool = False) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
-    parser.add_argument("--rate", type=float, default=12.0, help="request rate (req/s)")
+    parser.add_argument("--rate", type=positive_float, default=12.0, help="request rate (req/s)")
     parser.add_argument("--token-times", action="store_true", help="keep every token's time in the records")
     parser.add_argument("--repeats", type=int, default=1, help="runs per size, each in a fresh process (median shown)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child process: one size, JSON out

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from core_api.validation_errors import error_text
+from experiments.arg_types import non_negative_int
 
 
 def add_parser(sub) -> None:
@@ -32,7 +33,7 @@ def add_parser(sub) -> None:
     p.add_argument("--gpu", help="GPU preset, overriding what meta.json says")
     p.add_argument("--model", help="model preset, Hugging Face id or config.json path, overriding meta.json")
     p.add_argument("--workload", type=Path, help="workload JSONL with input_tok_ids (default: meta.json's dataset_path)")
-    p.add_argument("--seed", type=int, default=0, help="seed for prompts drawn when no token ids are known")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed for prompts drawn when no token ids are known")
     p.add_argument("--out", type=Path, help="write requests.csv, metrics.json, queue.csv and plots here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
     (["calibrate", "validate", "--profile", "p.json", "--rate", "-1"], "--rate: must be a positive number, got -1"),
     (["calibrate", "validate", "--profile", "p.json", "--rate", "nan"], "--rate: must be a positive number"),
     (["calibrate", "validate", "--profile", "p.json", "--load", "0"], "--load: must be a positive number, got 0"),
+    (["replay", "run_dir", "--seed", "-1"], "--seed: must be 0 or more, got -1"),
 ])
 def test_bad_numbers_are_argparse_errors(argv, says, capsys):
     with pytest.raises(SystemExit) as exit_:
