@@ -56,9 +56,9 @@ ERROR_METRICS = DEFAULT_METRICS
 HEADLINE = ("mean_ttft_ms", "mean_tpot_ms", "mean_e2el_ms")  # the issue's goal: median |error| <= 5%
 TRUSTED_STEP_DRIFT = 0.05  # steps off the profile by more than this: the plain comparison measures the machine
 TRUSTED_FOREIGN_SHARE = 0.05
-# The comparisons rerun with the profile at a measured step speed: (report field, what it is).
-RESCALED = (("at_probe_speed", "at the step speed probed just before each run (a prediction)"),
-            ("at_run_speed", "at the run's measured step speed (the simulator's own error)"))
+# The comparisons rerun with the profile at a measured step speed: (report field, title, what it is).
+RESCALED = (("at_probe_speed", "at the step speed probed just before each run", "a prediction"),
+            ("at_run_speed", "at the run's measured step speed", "the simulator's own error"))
 
 
 class ValidationCase(BaseModel):
@@ -179,10 +179,16 @@ def probe_workload(case: ValidationCase) -> Workload:
     return generate(case.workload.model_copy(update={"num_requests": n, "seed": case.workload.seed + 20_000}))
 
 
+def _since(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict]:
+    """Each engine's stats between two reports of the same processes (all of `after` without one)."""
+    from real.engine_stats import stats_between
+
+    return {eid: stats_between(before[eid], st) if eid in before else st for eid, st in after.items()}
+
+
 def run_real(case: ValidationCase, spec, workload: Workload) -> RealRun:
     from real.cluster import RealCluster
     from real.config import RealClusterConfig
-    from real.engine_stats import stats_between
 
     config = RealClusterConfig(engines=[{"count": case.engines, **spec.model_dump(exclude={"id", "listen"})}],
                                strategy={"name": case.strategy, "params": case.params})
@@ -203,7 +209,7 @@ def run_real(case: ValidationCase, spec, workload: Workload) -> RealRun:
                 before = {eid: run_delay_seconds(p.pid) for eid, p in procs.items()}
                 probed = cluster.run(probe_workload(case), seed=case.seed).engine_stats
                 probe_wait = {eid: run_delay_seconds(p.pid) - before[eid] for eid, p in procs.items()}
-                probe = {eid: stats_between(warmed[eid], st) if eid in warmed else st for eid, st in probed.items()}
+                probe = _since(warmed, probed)
                 warmed = probed
             cpu0 = {eid: process_seconds(p.pid) for eid, p in procs.items()}
             wait0 = {eid: run_delay_seconds(p.pid) for eid, p in procs.items()}
@@ -213,9 +219,8 @@ def run_real(case: ValidationCase, spec, workload: Workload) -> RealRun:
             cpu = {eid: round(process_seconds(p.pid) - cpu0[eid], 3) for eid, p in procs.items()}
             cpu["router"] = round(time.process_time() - router0, 3)
             wait = {eid: round(run_delay_seconds(p.pid) - wait0[eid], 3) for eid, p in procs.items()}
-            own = {eid: stats_between(warmed[eid], st) if eid in warmed else st
-                   for eid, st in result.engine_stats.items()}
-            return RealRun(result, own, probe, probe_wait, pinned, foreign.share, cpu, wait)
+            return RealRun(result, _since(warmed, result.engine_stats), probe, probe_wait, pinned, foreign.share, cpu,
+                           wait)
     finally:
         if affinity is not None:
             os.sched_setaffinity(0, affinity)
@@ -351,17 +356,17 @@ def format_reports(reports: list[ValidationReport], metrics=ERROR_METRICS) -> st
         f"{' '.join(f'{s:.2f}x' for s in r.step_speed.values()) or 'n/a':>34}" for r in reports))
     lines.append(f"{'  in the probe before':<22}" + "".join(
         f"{' '.join(f'{s:.2f}x' for s in r.probe_step_speed.values()) or 'n/a':>34}" for r in reports))
-    for which, title in RESCALED:
+    for which, title, meaning in RESCALED:
         if all(getattr(r, which) for r in reports):
-            lines.append(f"{title}:")
+            lines.append(f"{title} ({meaning}):")
             for m in HEADLINE:
                 lines.append(f"  {m:<20}" + "".join(
                     f"{r.metrics[m].real:>11.3f}{getattr(r, which)[m].sim:>11.3f}"
                     f"{getattr(r, which)[m].rel_error * 100:>11.1f}%" for r in reports))
     lines.append(f"median |error| of {', '.join(HEADLINE)}: {headline_error(reports) * 100:.1f}%")
-    for which, title in RESCALED:
+    for which, title, _ in RESCALED:
         if all(getattr(r, which) for r in reports):
-            lines.append(f"  {title.split(' (')[0]}: {headline_error(reports, which) * 100:.1f}%")
+            lines.append(f"  {title}: {headline_error(reports, which) * 100:.1f}%")
     for r in reports:
         for reason in r.untrusted:
             lines.append(f"not to be trusted ({r.case.strategy}@{r.rate:.3g}/s): {reason}")

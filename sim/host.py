@@ -70,8 +70,11 @@ class HostEffects:
         seconds = tokens * self.router_cpu_per_token_s
         self.router_cpu_s += seconds
         share = seconds / len(engines)
-        for e in engines:
-            e.lose_core(share)
+        for e in engines:  # a step in progress ends later; between steps, the next step pays it
+            if e._in_step:
+                e._stolen += share
+            else:
+                e.charge(share)
 
     def _stream_after_step(self, result) -> float:
         """Seconds of queueing and sending a step's streamed tokens (sim.stream_cost): every
@@ -93,14 +96,6 @@ class HostEffects:
         self._step_end = self.env.now + seconds
         self.busy_s += seconds
         yield self.env.timeout(seconds)
-
-    def lose_core(self, seconds: float) -> None:
-        """Another process ran `seconds` on this engine's core: the step in progress ends that much
-        later; between steps, the next step pays it."""
-        if self._in_step:
-            self._stolen += seconds
-        else:
-            self.charge(seconds)
 
     def charge(self, seconds: float) -> None:
         """CPU time this engine owes to work outside its steps (calls, a router on its core),
