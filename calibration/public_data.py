@@ -57,12 +57,15 @@ def layer_profile_steps(profile: LayerProfile, source: str) -> list[Observation]
     shapes = [(f"prefill {c} over {kp}", _prefill(c, kp)) for c in chunks for kp in (0, 1024, 4096)
               if kp in set(grid.kv_prefill)]
     shapes += [(f"decode {n} x {k}", _decode(n, k)) for n in decodes for k in contexts]
+    # Chunked prefill batched with running decodes: what a loaded vLLM engine runs most of the time,
+    # and what its one varlen attention kernel runs slowest (see RooflineEfficiency.mixed_decode_memory).
     for c in (256, 1024):
-        for n in (16, 64):
-            if c in chunks and n in decodes and 1024 in contexts:
-                f = _prefill(c, 0)
-                f.decode_seqs, f.decode_context, f.decode_max_context, f.sampled = n, n * 1024, 1024, n + 1
-                shapes.append((f"mixed {c} + {n} x 1024", f))
+        for n in (16, 64, 128):
+            for k in (1024, 4096):
+                if c in chunks and n in decodes and k in contexts:
+                    f = _prefill(c, 0)
+                    f.decode_seqs, f.decode_context, f.decode_max_context, f.sampled = n, n * k, k, n + 1
+                    shapes.append((f"mixed {c} + {n} x {k}", f))
     return [Observation(source, profile.gpu or profile.hardware, profile.model_name, profile.tp, "step",
                         cost.step_time(f), features=f, with_allreduce=profile.tp == 1, label=label)
             for label, f in shapes]

@@ -46,17 +46,20 @@ from sim.roofline_profile import RooflineProfile
 # Llama-2-70B steps, the only attention measured on A100 and H100, reach 0.08 of peak, vLLM's
 # kernels on the RTX cards 0.7-0.8. As a GPU factor, Splitwise's value became the attention of
 # every A100 and H100 roofline and priced a vLLM engine's prefill attention 10x too slow.
+# How fast decode rows stream their KV beside a prefill chunk is fitted per GPU, and only where a
+# GPU measured such batches: the same vLLM kernels reach 1.3x HBM bandwidth on the RTX 4090 and
+# 1.7x on the RTX PRO 6000 (RooflineCostModel: read once per query head).
 GPU_PARAMS: dict[str, tuple[float, float]] = {
     "compute": (0.05, 1.0),
     "memory": (0.05, 1.0),
     "overlap": (0.0, 1.0),
+    "mixed_decode_memory": (0.05, 16.0),
 }
 ENGINE_PARAMS: dict[str, tuple[float, float]] = {
     "attention": (0.02, 1.0),
     "layer_overhead_s": (0.0, 2e-4),
     "step_overhead_s": (0.0, 5e-2),
 }
-LAYER_ONLY_PARAMS = {"layer_overhead_s": ENGINE_PARAMS["layer_overhead_s"]}
 # The engine whose fixed costs a fitted roofline carries: the one the simulated engines stand for.
 DEFAULT_ENGINE_SOURCE = "vllm-layers"
 
@@ -105,6 +108,7 @@ class RooflineFit:
         if factors is None:
             raise KeyError(f"no factors fitted for GPU {gpu!r} (fitted: {sorted(self.gpus)}); for_any_gpu() gives "
                            "the typical GPU's")
+        factors = {**_typical(self.gpus.values()), **factors}  # what this GPU never measured
         own = self.engines.get(source or DEFAULT_ENGINE_SOURCE, {})
         software = {}
         for name in ENGINE_PARAMS:
@@ -114,6 +118,33 @@ class RooflineFit:
             elif fitted:
                 software[name] = float(np.median(fitted))
         return RooflineEfficiency.model_validate({**RooflineEfficiency().model_dump(), **factors, **software})
+
+
+def _typical(factor_sets: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Each factor's median over the sets that have it."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for factors in factor_sets:
+        for name, value in factors.items():
+            values[name].append(value)
+    return {name: float(np.median(v)) for name, v in values.items()}
+
+
+def _is_mixed(o: Observation) -> bool:
+    return o.kind == "step" and bool(o.features.prefill_tokens and o.features.decode_seqs)
+
+
+def _gpu_params(gpu: str, observations: Sequence[Observation]) -> dict[str, tuple[float, float]]:
+    """The GPU factors `gpu`'s observations can tell: none of them says how decode rows run beside a
+    prefill chunk unless one mixed the two in a step."""
+    mixed = any(_is_mixed(o) for o in observations if o.gpu == gpu)
+    return {n: b for n, b in GPU_PARAMS.items() if mixed or n != "mixed_decode_memory"}
+
+
+def _engine_params(source: str, observations: Sequence[Observation]) -> dict[str, tuple[float, float]]:
+    """The software factors `source`'s observations can tell: a source that timed only single layers
+    says nothing about attention or per-step costs."""
+    stepped = any(o.kind == "step" for o in observations if o.source == source)
+    return {n: b for n, b in ENGINE_PARAMS.items() if stepped or n == "layer_overhead_s"}
 
 
 def fit(observations: Sequence[Observation]) -> RooflineFit:
@@ -129,20 +160,17 @@ def fit(observations: Sequence[Observation]) -> RooflineFit:
     weights = np.array([1.0 / math.sqrt(counts[group_of(o)]) for o in observations])
     measured = np.log([o.seconds for o in observations])
     base = RooflineEfficiency()
-    # A source that timed only single layers says nothing about attention or per-step costs.
-    stepped = {o.source for o in observations if o.kind == "step"}
-    blocks = [(GPU_PARAMS, g) for g in gpus] + [
-        (ENGINE_PARAMS if src in stepped else LAYER_ONLY_PARAMS, src) for src in sources]
-    bounds = [b for params, _ in blocks for b in params.values()]
+    blocks = [("gpus", _gpu_params(g, observations), g) for g in gpus] + [
+        ("engines", _engine_params(src, observations), src) for src in sources]
+    bounds = [b for _, params, _ in blocks for b in params.values()]
     lo, hi = [b[0] for b in bounds], [b[1] for b in bounds]
-    x0 = [min(max(getattr(base, n), b[0]), b[1]) for params, _ in blocks for n, b in params.items()]
+    x0 = [min(max(getattr(base, n), b[0]), b[1]) for _, params, _ in blocks for n, b in params.items()]
 
     def unpack(x) -> RooflineFit:
         out: dict[str, dict] = {"gpus": {}, "engines": {}}
         k = 0
-        for params, key in blocks:
-            values = dict(zip(params, map(float, x[k: k + len(params)])))
-            out["gpus" if params is GPU_PARAMS else "engines"][key] = values
+        for kind, params, key in blocks:
+            out[kind][key] = dict(zip(params, map(float, x[k: k + len(params)])))
             k += len(params)
         return RooflineFit(out["gpus"], out["engines"])
 
@@ -155,10 +183,9 @@ def fit(observations: Sequence[Observation]) -> RooflineFit:
 
 
 def for_any_gpu(fitted: RooflineFit) -> RooflineFit:
-    """The fit's typical GPU: each GPU factor the median of the fitted GPUs' own, with the same
-    software factors. What a GPU without measurements is priced with."""
-    typical = {name: float(np.median([own[name] for own in fitted.gpus.values()])) for name in GPU_PARAMS}
-    return RooflineFit({ANY_GPU: typical}, fitted.engines)
+    """The fit's typical GPU: each GPU factor the median of the fitted GPUs' own (of those that
+    measured it), with the same software factors. What a GPU without measurements is priced with."""
+    return RooflineFit({ANY_GPU: _typical(fitted.gpus.values())}, fitted.engines)
 
 
 def mape_by_group(observations: Iterable[Observation], fitted: RooflineFit) -> dict[tuple, float]:

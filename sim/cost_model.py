@@ -76,14 +76,17 @@ class RooflineEfficiency(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     compute: float = Field(default=0.748, gt=0, le=1, description="GEMM FLOP/s / peak")
-    memory: float = Field(default=1.0, gt=0, le=1, description="achieved HBM bandwidth / peak")
-    attention: float = Field(default=0.686, gt=0, le=1, description="attention FLOP/s / peak (the engine's kernels)")
+    memory: float = Field(default=0.998, gt=0, le=1, description="achieved HBM bandwidth / peak")
+    attention: float = Field(default=0.567, gt=0, le=1, description="attention FLOP/s / peak (the engine's kernels)")
     network: float = Field(default=0.7, gt=0, le=1, description="all-reduce bus bandwidth / NVLink")
     allreduce_latency_s: float = Field(default=20e-6, ge=0)
-    layer_overhead_s: float = Field(default=96e-6, ge=0, description="per layer per step (kernel floors)")
+    layer_overhead_s: float = Field(default=97e-6, ge=0, description="per layer per step (kernel floors)")
     step_overhead_s: float = Field(default=0.0, ge=0, description="per step (scheduling, sampling)")
     overlap: float = Field(default=0.518, ge=0, le=1, description=(
         "share of the smaller roof hidden under the larger: 1 = classic max(), 0 = sum"))
+    mixed_decode_memory: float = Field(default=1.5, gt=0, le=16, description=(
+        "decode rows in a step that also prefills: multiple of HBM bandwidth at which they stream "
+        "their KV once per query head (see RooflineCostModel)"))
 
 
 class RooflineCostModel:
@@ -107,6 +110,13 @@ class RooflineCostModel:
         # Attention: QK^T and PV, 2 FLOPs per multiply-add each, per query-key pair per head dim.
         self._s_attn_unit = 4 * L * m.num_heads * m.head_dim / tp / (g.peak_flops(m.dtype) * e.attention)
         self._s_kv_token = kv_bytes_per_token_per_gpu(m, tp) / bw
+        # Decode rows batched with a prefill chunk: an engine that runs one attention kernel over
+        # the whole batch (vLLM's varlen kernels) sends them down the prefill path, which reads a
+        # KV head once for each query head of its group instead of once (L2 catches part of the
+        # repeats, hence a multiple of HBM bandwidth). vLLM 0.19's measured mixed batches took
+        # 1.2-3.8x the two kernels apart, and Qwen3-32B's 8 query heads per KV head about twice
+        # Llama-3.1-8B's 4 on the same GPU: the per-query-head reading.
+        self._s_kv_token_mixed = self._s_kv_token * (m.num_heads / m.num_kv_heads) / e.mixed_decode_memory
         # Elementwise traffic per token per layer (2-byte activations): two RMSNorms (read +
         # write hidden), residual adds, RoPE on q and k, SwiGLU (read 2 x ffn, write ffn).
         q_k = (m.num_heads + m.num_kv_heads) * m.head_dim
@@ -145,7 +155,8 @@ class RooflineCostModel:
                 max(f.prefill_seqs, 1) * f.prefill_attn / f.prefill_tokens + f.prefill_tokens / 2)
             t += roof(f.prefill_attn * self._s_attn_unit, kv_read * self._s_kv_token)
         if f.decode_seqs:
-            t += roof(f.decode_context * self._s_attn_unit, f.decode_context * self._s_kv_token)
+            kv_token = self._s_kv_token_mixed if f.prefill_tokens else self._s_kv_token
+            t += roof(f.decode_context * self._s_attn_unit, f.decode_context * kv_token)
         if f.sampled:
             t += roof(f.sampled * self._s_head_row, self._s_head_weights)
         return t

@@ -17,15 +17,21 @@ from sim.profile_match import ProfileMismatch
 from sim.roofline_profile import RooflineProfile
 
 TRUE = RooflineEfficiency(compute=0.6, memory=0.8, attention=0.4, overlap=0.3, layer_overhead_s=20e-6,
-                          step_overhead_s=1e-3)
+                          step_overhead_s=1e-3, mixed_decode_memory=2.0)
 
 
-def synthetic_observations(eff: RooflineEfficiency, gpus=("H100-SXM", "A100-80G"), tps=(1, 2)) -> list[Observation]:
-    """Steps and single linear layers priced by a known roofline."""
+def synthetic_observations(eff: RooflineEfficiency, gpus=("H100-SXM", "A100-80G"), tps=(1, 2),
+                           mixed: bool = False) -> list[Observation]:
+    """Steps and single linear layers priced by a known roofline; mixed: also steps that batch
+    decode rows with a prefill chunk."""
     out = []
     for gpu in gpus:
         for tp in tps:
             cm = RooflineCostModel(gpu, "Llama-3.1-8B", tp, eff)
+            for n, b, ctx in ((256, 16, 1024), (1024, 64, 1024), (256, 128, 4096)) if mixed else ():
+                f = StepFeatures(prefill_tokens=n, prefill_seqs=1, prefill_attn=n * n / 2, prefill_context=n,
+                                 decode_seqs=b, decode_context=b * ctx, decode_max_context=ctx, sampled=b + 1)
+                out.append(Observation("engine", gpu, "Llama-3.1-8B", tp, "step", cm.step_time(f), features=f))
             for n in (16, 128, 1024, 4096):
                 f = StepFeatures(prefill_tokens=n, prefill_seqs=1, prefill_attn=n * n / 2, prefill_context=n, sampled=1)
                 out.append(Observation("engine", gpu, "Llama-3.1-8B", tp, "step", cm.step_time(f), features=f))
@@ -144,3 +150,19 @@ def test_a_gpu_off_its_datasheet_moves_its_own_factors_not_the_engines_software_
         assert getattr(typical, name) == pytest.approx(getattr(TRUE, name), rel=0.02, abs=1e-6), name
     with pytest.raises(KeyError, match="no factors fitted for GPU 'L40S'"):
         fitted.efficiency("L40S")
+
+
+def test_how_decode_rows_run_beside_a_prefill_is_fitted_only_on_a_gpu_that_measured_it():
+    """One GPU measured mixed batches (its kernels slower than the others' would be): its factor is
+    recovered, and a GPU that never mixed prefill and decode, like one nobody profiled, gets the
+    measured GPUs' median instead of a value no observation constrained."""
+    slow_mixing = TRUE.model_copy(update={"mixed_decode_memory": 1.0})
+    obs = synthetic_observations(TRUE, gpus=("H100-SXM",), mixed=True) + synthetic_observations(
+        slow_mixing, gpus=("RTX4090",), mixed=True) + synthetic_observations(TRUE, gpus=("A100-80G",))
+    fitted = fit(obs)
+    assert mape(obs, fitted) < 1e-3
+    assert fitted.efficiency("H100-SXM", "engine").mixed_decode_memory == pytest.approx(2.0, rel=0.02)
+    assert fitted.efficiency("RTX4090", "engine").mixed_decode_memory == pytest.approx(1.0, rel=0.02)
+    assert "mixed_decode_memory" not in fitted.gpus["A100-80G"]
+    assert fitted.efficiency("A100-80G", "engine").mixed_decode_memory == pytest.approx(1.5, rel=0.02)
+    assert for_any_gpu(fitted).efficiency(source="engine").mixed_decode_memory == pytest.approx(1.5, rel=0.02)
