@@ -171,6 +171,15 @@ where queues had formed), JCTs by 2-16%, TPOT by up to 13% where prefills share 
 decodes (data parallel, TP8) and not on PD's decode engines. The conclusions hold: 1P1D has the
 lowest p99 JCT at 1.6 req/s, balanced PD at 5.6 req/s (now 5% below 1P1D instead of 14%), and
 the best balance ratio is still 0.15.
+
+Then the roofline learned that decode rows batched with a prefill chunk run slower than the two
+kernels apart (vLLM runs one attention kernel over the batch, which reads a KV head once per query
+head; docs/fidelity.md). The H100 has no measurement of it, so it gets the median of the two GPUs
+that have (1.5x HBM bandwidth per query head); the refit also moved vLLM's attention from 0.69 to
+0.57 of peak. Where prefills share steps with decodes, TPOT rose by up to 4% (TP8 at 5.6 req/s:
+29.0 -> 30.2 ms) and p99 JCT by up to 5%; PD's decode engines never mix and moved by about 1%. The
+conclusions hold: 1P1D lowest at 1.6 req/s, balanced PD 5% below 1P1D at 5.6 req/s, best ratio
+0.15.
 """
 
 
