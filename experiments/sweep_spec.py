@@ -177,8 +177,43 @@ class RunSpec(Strict):
 
     @property
     def key(self) -> str:
-        text = json.dumps(self.config(), sort_keys=True, separators=(",", ":"))
+        """Hash of the config and of the files it names (profiles, traces): a profile refitted in
+        place must make `--resume` rerun its runs, not keep results priced by the old one."""
+        config = self.config()
+        inputs = {path: _file_digest(path) for path in sorted(_named_files(config))}
+        text = json.dumps({"config": config, "inputs": inputs} if inputs else config, sort_keys=True,
+                          separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _named_files(config: Any) -> set[str]:
+    """Every `path` in a config (a profile's, a trace's) that names an existing file."""
+    found: set[str] = set()
+    if isinstance(config, dict):
+        path = config.get("path")
+        if isinstance(path, str) and Path(path).is_file():
+            found.add(path)
+        for value in config.values():
+            found |= _named_files(value)
+    elif isinstance(config, list):
+        for value in config:
+            found |= _named_files(value)
+    return found
+
+
+_digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256: a sweep hashes each file once
+
+
+def _file_digest(path: str) -> str:
+    stat = Path(path).stat()
+    cache_key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if cache_key not in _digests:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _digests[cache_key] = digest.hexdigest()
+    return _digests[cache_key]
 
 
 def deep_merge(base: dict, over: dict) -> dict:

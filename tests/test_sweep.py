@@ -168,3 +168,25 @@ def test_sweep_on_ray_without_ray_installed_says_how_to_get_it(tmp_path, capsys,
     assert "pip install 'llm-microserving[ray]'" in capsys.readouterr().err
     assert main(["sweep", str(spec), "-o", str(out), "--ray-working-dir", ".", "--no-plots"]) == 2
     assert "--ray-working-dir goes with --ray" in capsys.readouterr().err
+
+
+def test_resume_reruns_runs_whose_profile_file_changed(tmp_path):
+    """A profile refitted in place (same path, new factors) must not leave results priced by the old
+    one in place on --resume; an untouched profile reruns nothing."""
+    import shutil
+
+    profile = tmp_path / "roofline.json"
+    shutil.copy("calibration/profiles/roofline-any.json", profile)
+    spec = SweepSpec.model_validate(
+        {**TINY, "base": {**TINY["base"], "cluster": {**TINY["base"]["cluster"],
+                                                      "cost_model": {"kind": "roofline", "path": str(profile)}}},
+         "strategies": [{"name": "round_robin"}], "seeds": [0]})
+    out = tmp_path / "r.jsonl"
+    assert run_sweep(spec, out, jobs=1).done == 2
+    assert run_sweep(spec, out, jobs=1, resume=True).skipped == 2
+    data = json.loads(profile.read_text())
+    data["efficiency"]["compute"] /= 2
+    profile.write_text(json.dumps(data))
+    again = run_sweep(spec, out, jobs=1, resume=True)
+    assert again.done == 2 and again.skipped == 0
+    assert len({ln["key"] for ln in read_results(out)}) == 4  # the old results stay, under their own keys
