@@ -66,9 +66,31 @@ def layer_profile_steps(profile: LayerProfile, source: str) -> list[Observation]
                     f = _prefill(c, 0)
                     f.decode_seqs, f.decode_context, f.decode_max_context, f.sampled = n, n * k, k, n + 1
                     shapes.append((f"mixed {c} + {n} x {k}", f))
+    # The tables are per rank without communication: what they measured is the step less the
+    # all-reduces the layer model adds for tp > 1 (compared with the roofline's likewise).
     return [Observation(source, profile.gpu or profile.hardware, profile.model_name, profile.tp, "step",
-                        cost.step_time(f), features=f, with_allreduce=profile.tp == 1, label=label)
+                        cost.step_time(f) - cost.step_allreduce_time(f.total_tokens), features=f,
+                        with_allreduce=profile.tp == 1, label=label)
             for label, f in shapes]
+
+
+# Token counts kept from tables that have every one: powers of two and their midpoints (every count
+# would cost fitting time without adding information).
+POW2_GRID = frozenset({2**k for k in range(15)} | {3 * 2**k for k in range(14)})
+
+
+def layer_profile_linear(profile: LayerProfile, source: str) -> list[Observation]:
+    """The linear layers of one decoder layer (every `*_proj` operator) vs tokens, from the dense
+    tables: what pins a GPU's GEMM and memory factors apart from its attention, which whole steps
+    alone trade against them."""
+    linear = {op: n for op, n in profile.per_layer.items() if op.endswith("_proj")}
+    if not linear:
+        return []
+    grid = sorted(set.intersection(*(set(profile.dense[op].x) for op in linear)) & POW2_GRID)
+    tables = {op: dict(zip(profile.dense[op].x, profile.dense[op].us)) for op in linear}
+    return [Observation(source, profile.gpu or profile.hardware, profile.model_name, profile.tp, "linear_layer",
+                        sum(n * tables[op][x] for op, n in linear.items()) * 1e-6, tokens=int(x), label=f"{int(x)} tokens")
+            for x in grid]
 
 
 VIDUR_LINEAR = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
@@ -99,11 +121,8 @@ def h100_v0_layers(path: Path, model: str, tp: int, gpu: str = "H100-SXM") -> li
             if r["layer_name"] in V0_LINEAR and int(r["kv_cache"]) == 0:
                 n = int(r["input"])
                 sums[n] = sums.get(n, 0.0) + float(r["latency(ns)"]) * 1e-9
-    # Powers of two and their midpoints: the file has every token count, which would outweigh
-    # every other source in a fit without adding information.
-    keep = {2**k for k in range(12)} | {3 * 2**k for k in range(11)}
     return [Observation("h100-v0-layers", gpu, model, tp, "linear_layer", t, tokens=n, label=f"{n} tokens")
-            for n, t in sorted(sums.items()) if n in keep]
+            for n, t in sorted(sums.items()) if n in POW2_GRID]
 
 
 SPLITWISE_GPUS = {"a100-80gb": "A100-80G", "h100-80gb": "H100-SXM"}
@@ -140,7 +159,8 @@ def load_all(data: Path) -> list[Observation]:
     layers = data / "real_gpu" / "layer_profiles"
     for bundle in sorted(layers.glob("*")) if layers.is_dir() else []:
         for tp_dir in sorted(bundle.glob("tp*")):
-            obs += layer_profile_steps(import_bundle(bundle, int(tp_dir.name[2:])), "vllm-layers")
+            profile = import_bundle(bundle, int(tp_dir.name[2:]))
+            obs += layer_profile_steps(profile, "vllm-layers") + layer_profile_linear(profile, "vllm-linear")
     for path, gpu in ((data / "vidur_h100_profiles" / "mlp.csv", "H100-SXM"),
                       *((p / "mlp.csv", "H100-SXM" if p.name.startswith("h100") else "A100-80G")
                         for p in sorted((data / "vidur_profiles_more").glob("*")))):

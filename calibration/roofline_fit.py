@@ -47,8 +47,8 @@ from sim.roofline_profile import RooflineProfile
 # kernels on the RTX cards 0.7-0.8. As a GPU factor, Splitwise's value became the attention of
 # every A100 and H100 roofline and priced a vLLM engine's prefill attention 10x too slow.
 # How fast decode rows stream their KV beside a prefill chunk is fitted per GPU, and only where a
-# GPU measured such batches: the same vLLM kernels reach 1.3x HBM bandwidth on the RTX 4090 and
-# 1.7x on the RTX PRO 6000 (RooflineCostModel: read once per query head).
+# GPU measured such batches: the same vLLM kernels reach 1.4x HBM bandwidth on the RTX 4090 and
+# 1.8x on the RTX PRO 6000 (RooflineCostModel: read once per query head).
 GPU_PARAMS: dict[str, tuple[float, float]] = {
     "compute": (0.05, 1.0),
     "memory": (0.05, 1.0),

@@ -17,19 +17,19 @@ Two models behind one protocol:
 (Measured per-layer tables are a third model: sim.layer_cost_model.)
 
 Defaults fitted to every public GPU measurement the project has (`microserving calibrate
-roofline --data shared/data`, calibration/roofline_fit.py; 5,404 observations): per-layer vLLM
-0.19 profiles composed into whole steps (RTX 4090, RTX PRO 6000; Llama-3.1-8B, Qwen3-32B; TP 1-2),
+roofline --data shared/data`, calibration/roofline_fit.py; 5,514 observations): per-layer vLLM
+0.19 profiles composed into whole steps per rank, and their linear layers alone (RTX 4090, RTX PRO 6000; Llama-3.1-8B, Qwen3-32B; TP 1-2),
 Vidur's linear-layer profiles (A100, H100; Llama-2-7B/70B; TP 1-8), Hugging Face layer timings on
 H100 (Llama-3.1-8B/70B; TP 1-4) and Splitwise's whole-model prefill and decode times (Llama-2-70B
 on A100 and H100, TP 2-8). Each GPU is fitted its own GPU efficiencies; the defaults are the
-typical GPU, the median of the four (0.748 of peak FLOP/s for GEMMs, 0.998 of HBM bandwidth, 51.8%
-of the smaller roof hidden under the larger; decode rows beside a prefill at 1.5x HBM bandwidth per
-query head, the median of the two GPUs that measured it), with vLLM's software factors (its
-attention kernels at 0.567 of peak, 97 us per layer per step, no per-step constant); the other sources' software
+typical GPU, the median of the four (0.794 of peak FLOP/s for GEMMs, 0.934 of HBM bandwidth, 55.9%
+of the smaller roof hidden under the larger; decode rows beside a prefill at 1.62x HBM bandwidth
+per query head, the median of the two GPUs that measured it), with vLLM's software factors (its
+attention kernels at 0.611 of peak, 44 us per layer per step, no per-step constant); the other sources' software
 factors are fitted separately, since they describe their engines, not the GPU (Splitwise's
-attention reaches 0.08 of peak). Error, as mean absolute error over measurement groups: 10% on
-A100 and H100, 14% on RTX 4090, 7% on RTX PRO 6000; with the GPU itself left out of the fit
-(what a GPU nobody profiled gets): 12%, 12%, 16%, 10%. Per-GPU fits (`calibration/profiles/roofline-<gpu>.json`) do better on their GPU;
+attention reaches 0.08 of peak). Error, as mean absolute error over measurement groups: 12% on
+A100, 10% on H100, 13% on RTX 4090, 3% on RTX PRO 6000; with the GPU itself left out of the fit
+(what a GPU nobody profiled gets): 16%, 13%, 15%, 4%. Per-GPU fits (`calibration/profiles/roofline-<gpu>.json`) do better on their GPU;
 measured layer tables (sim.layer_cost_model) better still. Docs: docs/fidelity.md.
 - All-reduce: bandwidth term 0.7 of NVLink fits NCCL kernel times from 4 MB to 64 MB within
   ~20% (Vidur's H100 all_reduce.csv); 20 us latency sits between NCCL's ~40 us floor below 4 MB
@@ -77,16 +77,16 @@ class RooflineEfficiency(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    compute: float = Field(default=0.748, gt=0, le=1, description="GEMM FLOP/s / peak")
-    memory: float = Field(default=0.998, gt=0, le=1, description="achieved HBM bandwidth / peak")
-    attention: float = Field(default=0.567, gt=0, le=1, description="attention FLOP/s / peak (the engine's kernels)")
+    compute: float = Field(default=0.794, gt=0, le=1, description="GEMM FLOP/s / peak")
+    memory: float = Field(default=0.934, gt=0, le=1, description="achieved HBM bandwidth / peak")
+    attention: float = Field(default=0.611, gt=0, le=1, description="attention FLOP/s / peak (the engine's kernels)")
     network: float = Field(default=0.7, gt=0, le=1, description="all-reduce bus bandwidth / NVLink")
     allreduce_latency_s: float = Field(default=20e-6, ge=0)
-    layer_overhead_s: float = Field(default=97e-6, ge=0, description="per layer per step (kernel floors)")
+    layer_overhead_s: float = Field(default=44e-6, ge=0, description="per layer per step (kernel floors)")
     step_overhead_s: float = Field(default=0.0, ge=0, description="per step (scheduling, sampling)")
-    overlap: float = Field(default=0.518, ge=0, le=1, description=(
+    overlap: float = Field(default=0.559, ge=0, le=1, description=(
         "share of the smaller roof hidden under the larger: 1 = classic max(), 0 = sum"))
-    mixed_decode_memory: float = Field(default=1.5, gt=0, le=16, description=(
+    mixed_decode_memory: float = Field(default=1.62, gt=0, le=16, description=(
         "decode rows in a step that also prefills: multiple of HBM bandwidth at which they stream "
         "their KV once per query head (see RooflineCostModel)"))
 

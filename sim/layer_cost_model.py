@@ -67,10 +67,12 @@ class LayerCostModel:
         us = self._dense(tokens) + self._layers * attention
         if f.sampled and self._per_seq is not None:
             us += self._per_seq(f.sampled)
-        t = us * US
-        if self._ar_token:
-            t += self._ar_fixed + tokens * self._ar_token
-        return t
+        return us * US + self.step_allreduce_time(tokens)
+
+    def step_allreduce_time(self, tokens: int) -> float:
+        """The all-reduces of one step of `tokens` tokens (part of step_time; 0 at tp=1): modelled,
+        since the tables are measured per rank without communication."""
+        return self._ar_fixed + tokens * self._ar_token if tokens and self._ar_token else 0.0
 
     def describe(self) -> dict:
         p = self.profile

@@ -166,3 +166,31 @@ def test_how_decode_rows_run_beside_a_prefill_is_fitted_only_on_a_gpu_that_measu
     assert "mixed_decode_memory" not in fitted.gpus["A100-80G"]
     assert fitted.efficiency("A100-80G", "engine").mixed_decode_memory == pytest.approx(1.5, rel=0.02)
     assert for_any_gpu(fitted).efficiency(source="engine").mixed_decode_memory == pytest.approx(1.5, rel=0.02)
+
+
+def test_per_rank_layer_tables_give_steps_without_the_all_reduces_the_layer_model_adds(tmp_path):
+    """A TP2 layer profile's tables are per rank without communication: the steps composed from
+    them for the fit are the tables alone (the layer model prices all-reduces on top, for a replay)."""
+    from calibration.importers.vllm_layers import import_bundle
+    from calibration.public_data import layer_profile_steps
+    from sim.layer_cost_model import LayerCostModel
+    from tests.replay_helpers import write_layer_bundle
+
+    tp1 = import_bundle(write_layer_bundle(tmp_path / "bundle"), tp=1)
+    tp2 = tp1.model_copy(update={"tp": 2})  # the same tables, read as one rank of two
+    steps1, steps2 = layer_profile_steps(tp1, "vllm"), layer_profile_steps(tp2, "vllm")
+    assert len(steps2) == len(steps1) > 10 and not any(o.with_allreduce for o in steps2)
+    assert [o.seconds for o in steps2] == pytest.approx([o.seconds for o in steps1], rel=1e-12)
+    with_comm = LayerCostModel(tp2)
+    assert all(with_comm.step_time(o.features) > o.seconds for o in steps2)
+
+
+def test_a_layer_profile_gives_its_linear_layers_apart_from_its_steps(tmp_path):
+    from calibration.importers.vllm_layers import import_bundle
+    from calibration.public_data import layer_profile_linear
+    from tests.replay_helpers import TOKENS, dense_us, write_layer_bundle
+
+    obs = layer_profile_linear(import_bundle(write_layer_bundle(tmp_path / "bundle"), tp=1), "vllm-linear")
+    assert [o.tokens for o in obs] == list(TOKENS) and {o.kind for o in obs} == {"linear_layer"}
+    projections = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+    assert [o.seconds for o in obs] == pytest.approx([sum(dense_us(op, t) for op in projections) * 1e-6 for t in TOKENS])
