@@ -195,6 +195,22 @@ def mape_by_group(observations: Iterable[Observation], fitted: RooflineFit) -> d
     return {g: float(np.mean(e)) for g, e in errs.items()}
 
 
+def step_kind(o: Observation) -> str:
+    """What an observation timed: a linear layer, or a prefill, decode or mixed step."""
+    if o.kind == "linear_layer":
+        return "linear layer"
+    f = o.features
+    return "mixed" if f.prefill_tokens and f.decode_seqs else "prefill" if f.prefill_tokens else "decode"
+
+
+def mape_by_kind(observations: Iterable[Observation], fitted: RooflineFit) -> dict[str, float]:
+    """MAPE of each step kind (step_kind), over every observation of that kind."""
+    models, errs = _Models(fitted), defaultdict(list)
+    for o in observations:
+        errs[step_kind(o)].append(abs(predict(o, models) / o.seconds - 1))
+    return {k: float(np.mean(e)) for k, e in sorted(errs.items())}
+
+
 def mape(observations: Sequence[Observation], fitted: RooflineFit) -> float:
     """Mean over groups of each group's MAPE (groups weigh equally, as in the fit)."""
     by_group = mape_by_group(observations, fitted)

@@ -14,6 +14,7 @@ from calibration.roofline_fit import (
     gpu_holdout_fits,
     mape,
     mape_by_group,
+    mape_by_kind,
     to_profile,
     tp_holdout,
 )
@@ -39,7 +40,8 @@ def fit_public_rooflines(data: Path, out: Path, progress: Callable[[str], None] 
         row = {"per_gpu_mape": mape(mine, per_gpu), "typical_gpu_mape": mape(mine, typical),
                "gpu_holdout_mape": mape(mine, holdout[gpu]),
                "gpu_holdout_efficiency": holdout[gpu].efficiency(gpu).model_dump(),
-               "groups": {"/".join(map(str, g)): m for g, m in mape_by_group(mine, holdout[gpu]).items()}}
+               "groups": {"/".join(map(str, g)): m for g, m in mape_by_group(mine, holdout[gpu]).items()},
+               "by_step_kind": {"own_fit": mape_by_kind(mine, per_gpu), "gpu_left_out": mape_by_kind(mine, holdout[gpu])}}
         report["gpus"][gpu] = row
         lines.append(f"{gpu:<12}{row['per_gpu_mape']:>9.1%}{row['typical_gpu_mape']:>10.1%}{row['gpu_holdout_mape']:>14.1%}")
         errors = {"in_sample": row["per_gpu_mape"], "gpu_holdout": row["gpu_holdout_mape"]}
@@ -55,6 +57,12 @@ def fit_public_rooflines(data: Path, out: Path, progress: Callable[[str], None] 
                {"in_sample": mape(observations, typical),
                 **{f"gpu_holdout.{g}": report["gpus"][g]["gpu_holdout_mape"] for g in gpus}},
                "the typical GPU (median of the measured GPUs' own factors): the simulator's defaults").save(out / "roofline-any.json")
+    lines.append("")
+    lines.append("by step kind, own fit / this GPU left out (MAPE over every observation of the kind):")
+    for gpu in gpus:
+        kinds = report["gpus"][gpu]["by_step_kind"]
+        lines.append(f"{gpu:<12}" + "  ".join(f"{k} {v:.1%} / {kinds['gpu_left_out'][k]:.1%}"
+                                                for k, v in kinds["own_fit"].items()))
     lines.append("")
     lines.append(f"{'leave one TP degree out':<58}{'held out':>9}{'in sample':>10}")
     for r in tp_rows:

@@ -194,3 +194,39 @@ def test_a_layer_profile_gives_its_linear_layers_apart_from_its_steps(tmp_path):
     assert [o.tokens for o in obs] == list(TOKENS) and {o.kind for o in obs} == {"linear_layer"}
     projections = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
     assert [o.seconds for o in obs] == pytest.approx([sum(dense_us(op, t) for op in projections) * 1e-6 for t in TOKENS])
+
+
+def test_calibrate_roofline_writes_every_profile_and_the_errors_by_step_kind(tmp_path, capsys):
+    """The whole command on a small data folder in the shared layout: a vLLM layer bundle (RTX 4090)
+    and Vidur linear layers (A100)."""
+    import json
+
+    from calibration.roofline_report import fit_public_rooflines
+    from tests.replay_helpers import write_layer_bundle
+
+    data = tmp_path / "data"
+    write_layer_bundle(data / "real_gpu" / "layer_profiles" / "RTX4090_meta-llama_Llama-3.1-8B")
+    vidur = data / "vidur_profiles_more" / "a100_llama2_7b"
+    vidur.mkdir(parents=True)
+    ops = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
+    rows = [",".join([f"time_stats.{op}.median" for op in ops] + ["n_embd", "n_expanded_embd", "n_head", "num_tokens",
+                                                                    "num_tensor_parallel_workers"])]
+    for tp in (1, 2):
+        cm = RooflineCostModel("A100-80G", "Llama-2-7B", tp, TRUE)
+        for n in (1, 16, 128, 1024, 4096):
+            ms = cm.linear_layer_time(n) * 1e3 / 4
+            rows.append(",".join([f"{ms:.6f}"] * 4 + ["4096", "11008", "32", str(n), str(tp)]))
+    (vidur / "mlp.csv").write_text("\n".join(rows) + "\n")
+
+    out = tmp_path / "profiles"
+    assert fit_public_rooflines(data, out) == 0
+    for name in ("roofline-RTX4090.json", "roofline-RTX4090.holdout.json", "roofline-A100-80G.json",
+                 "roofline-A100-80G.holdout.json", "roofline-any.json"):
+        assert load_profile(str(out / name)).kind == "roofline", name
+    report = json.loads((out / "roofline-report.json").read_text())
+    kinds = report["gpus"]["RTX4090"]["by_step_kind"]
+    assert set(kinds["own_fit"]) == set(kinds["gpu_left_out"]) == {"prefill", "decode", "mixed", "linear layer"}
+    assert set(report["gpus"]["A100-80G"]["by_step_kind"]["own_fit"]) == {"linear layer"}
+    assert report["gpus"]["A100-80G"]["by_step_kind"]["own_fit"]["linear layer"] < 0.01  # priced by a roofline
+    printed = capsys.readouterr().out
+    assert "by step kind" in printed and "RTX4090" in printed and "mixed" in printed
