@@ -5,7 +5,7 @@ Two models behind one protocol:
 - RooflineCostModel: from a GPU spec and a model spec. Each kind of kernel is a roofline term
   of a compute time FLOPs / (peak * eff_compute) and a memory time bytes / (HBM bw *
   eff_memory), combined as their sum less `overlap` x the smaller one (overlap=1 is the
-  classic max(); the fitted default is 0.52, see below). Terms add up (kernels run one after
+  classic max(); the fitted default is 0.56, see below). Terms add up (kernels run one after
   another): linear layers (every token through every weight, weights read once per step),
   prefill attention, decode attention (streams the context's KV; beside a prefill chunk, once per
   query head: see mixed_decode_memory),
@@ -16,21 +16,22 @@ Two models behind one protocol:
   profile (sim/profile.py).
 (Measured per-layer tables are a third model: sim.layer_cost_model.)
 
-Defaults fitted to every public GPU measurement the project has (`microserving calibrate
-roofline --data shared/data`, calibration/roofline_fit.py; 5,514 observations): per-layer vLLM
-0.19 profiles composed into whole steps per rank, and their linear layers alone (RTX 4090, RTX PRO 6000; Llama-3.1-8B, Qwen3-32B; TP 1-2),
-Vidur's linear-layer profiles (A100, H100; Llama-2-7B/70B; TP 1-8), Hugging Face layer timings on
-H100 (Llama-3.1-8B/70B; TP 1-4) and Splitwise's whole-model prefill and decode times (Llama-2-70B
-on A100 and H100, TP 2-8). Each GPU is fitted its own GPU efficiencies; the defaults are the
-typical GPU, the median of the four (0.794 of peak FLOP/s for GEMMs, 0.934 of HBM bandwidth, 55.9%
-of the smaller roof hidden under the larger; decode rows beside a prefill at 1.62x HBM bandwidth
-per query head, the median of the two GPUs that measured it), with vLLM's software factors (its
-attention kernels at 0.611 of peak, 44 us per layer per step, no per-step constant); the other sources' software
-factors are fitted separately, since they describe their engines, not the GPU (Splitwise's
-attention reaches 0.08 of peak). Error, as mean absolute error over measurement groups: 12% on
-A100, 10% on H100, 13% on RTX 4090, 3% on RTX PRO 6000; with the GPU itself left out of the fit
-(what a GPU nobody profiled gets): 16%, 13%, 15%, 4%. Per-GPU fits (`calibration/profiles/roofline-<gpu>.json`) do better on their GPU;
-measured layer tables (sim.layer_cost_model) better still. Docs: docs/fidelity.md.
+Defaults fitted to every public GPU measurement the project has (`microserving calibrate roofline
+--data shared/data`, calibration/roofline_fit.py; 5,514 observations): per-layer vLLM 0.19 profiles
+composed into whole steps per rank, and their linear layers alone (RTX 4090, RTX PRO 6000;
+Llama-3.1-8B, Qwen3-32B; TP 1-2), Vidur's linear-layer profiles (A100, H100; Llama-2-7B/70B; TP
+1-8), Hugging Face layer timings on H100 (Llama-3.1-8B/70B; TP 1-4) and Splitwise's whole-model
+prefill and decode times (Llama-2-70B on A100 and H100, TP 2-8). Each GPU is fitted its own GPU
+efficiencies; the defaults are the typical GPU, the median of the four (0.794 of peak FLOP/s for
+GEMMs, 0.934 of HBM bandwidth, 55.9% of the smaller roof hidden under the larger; decode rows
+beside a prefill at 1.62x HBM bandwidth per query head, the median of the two GPUs that measured
+it), with vLLM's software factors (its attention kernels at 0.611 of peak, 44 us per layer per
+step, no per-step constant); the other sources' software factors are fitted separately, since they
+describe their engines, not the GPU (Splitwise's attention reaches 0.08 of peak). Error, as mean
+absolute error over measurement groups: 12% on A100, 10% on H100, 13% on RTX 4090, 3% on RTX PRO
+6000; with the GPU itself left out of the fit (what a GPU nobody profiled gets): 16%, 13%, 15%, 4%.
+Per-GPU fits (`calibration/profiles/roofline-<gpu>.json`) do better on their GPU; measured layer
+tables (sim.layer_cost_model) better still. Docs: docs/fidelity.md.
 - All-reduce: bandwidth term 0.7 of NVLink fits NCCL kernel times from 4 MB to 64 MB within
   ~20% (Vidur's H100 all_reduce.csv); 20 us latency sits between NCCL's ~40 us floor below 4 MB
   and the 5-10 us of serving engines' custom all-reduce kernels.
