@@ -151,15 +151,24 @@ def splitwise(path: Path) -> list[Observation]:
     return out
 
 
-def load_all(data: Path) -> list[Observation]:
-    """Every source under a data folder laid out as the project's shared/data (missing ones skipped)."""
+def load_all(data: Path, skipped: list[str] | None = None) -> list[Observation]:
+    """Every source under a data folder laid out as the project's shared/data (missing ones skipped).
+    A layer profile of a GPU or model the roofline has no spec for is left out, and said so in
+    `skipped`: the other measurements still fit."""
     from calibration.importers.vllm_layers import import_bundle
+    from sim.cost_model import RooflineCostModel
 
     obs: list[Observation] = []
     layers = data / "real_gpu" / "layer_profiles"
     for bundle in sorted(layers.glob("*")) if layers.is_dir() else []:
         for tp_dir in sorted(bundle.glob("tp*")):
             profile = import_bundle(bundle, int(tp_dir.name[2:]))
+            try:
+                RooflineCostModel(profile.gpu or profile.hardware, profile.model_name, profile.tp)
+            except ValueError as exc:
+                if skipped is not None:
+                    skipped.append(f"{tp_dir}: {exc}; its measurements are left out of the fit")
+                continue
             obs += layer_profile_steps(profile, "vllm-layers") + layer_profile_linear(profile, "vllm-linear")
     for path, gpu in ((data / "vidur_h100_profiles" / "mlp.csv", "H100-SXM"),
                       *((p / "mlp.csv", "H100-SXM" if p.name.startswith("h100") else "A100-80G")

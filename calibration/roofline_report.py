@@ -21,7 +21,10 @@ from calibration.roofline_fit import (
 
 
 def fit_public_rooflines(data: Path, out: Path, progress: Callable[[str], None] = lambda _m: None) -> int:
-    observations = load_all(data)
+    skipped: list[str] = []
+    observations = load_all(data, skipped)
+    for reason in skipped:
+        progress(f"warning: {reason}")
     if not observations:
         raise ValueError(f"{data}: no measurements found (expected real_gpu/, vidur_h100_profiles/, ...)")
     gpus = sorted({o.gpu for o in observations})

@@ -202,10 +202,14 @@ def test_calibrate_roofline_writes_every_profile_and_the_errors_by_step_kind(tmp
     import json
 
     from calibration.roofline_report import fit_public_rooflines
-    from tests.replay_helpers import write_layer_bundle
+    from tests.replay_helpers import LLAMA_META_YAML, write_layer_bundle
 
     data = tmp_path / "data"
     write_layer_bundle(data / "real_gpu" / "layer_profiles" / "RTX4090_meta-llama_Llama-3.1-8B")
+    # A GPU with no preset: left out with a warning naming it, not the end of the whole fit.
+    write_layer_bundle(data / "real_gpu" / "layer_profiles" / "X_meta-llama_Llama-3.1-8B",
+                       LLAMA_META_YAML.replace("NVIDIA GeForce RTX 4090", "NVIDIA Unknown 9000")
+                       .replace("hardware: RTX4090", "hardware: UNKNOWN"))
     vidur = data / "vidur_profiles_more" / "a100_llama2_7b"
     vidur.mkdir(parents=True)
     ops = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
@@ -218,8 +222,10 @@ def test_calibrate_roofline_writes_every_profile_and_the_errors_by_step_kind(tmp
             rows.append(",".join([f"{ms:.6f}"] * 4 + ["4096", "11008", "32", str(n), str(tp)]))
     (vidur / "mlp.csv").write_text("\n".join(rows) + "\n")
 
-    out = tmp_path / "profiles"
-    assert fit_public_rooflines(data, out) == 0
+    out, said = tmp_path / "profiles", []
+    assert fit_public_rooflines(data, out, said.append) == 0
+    assert any("unknown GPU 'NVIDIA Unknown 9000'" in m and "left out of the fit" in m for m in said)
+    assert not list(out.glob("*Unknown*"))
     for name in ("roofline-RTX4090.json", "roofline-RTX4090.holdout.json", "roofline-A100-80G.json",
                  "roofline-A100-80G.holdout.json", "roofline-any.json"):
         assert load_profile(str(out / name)).kind == "roofline", name
