@@ -58,7 +58,7 @@ def layer_profile_steps(profile: LayerProfile, source: str) -> list[Observation]
               if kp in set(grid.kv_prefill)]
     shapes += [(f"decode {n} x {k}", _decode(n, k)) for n in decodes for k in contexts]
     # Chunked prefill batched with running decodes: what a loaded vLLM engine runs most of the time,
-    # and what its one varlen attention kernel runs slowest (see RooflineEfficiency.mixed_decode_memory).
+    # and what its one varlen attention kernel runs slowest (see RooflineEfficiency.mixed_kv_reread).
     for c in (256, 1024):
         for n in (16, 64, 128):
             for k in (1024, 4096):

@@ -46,14 +46,14 @@ from sim.roofline_profile import RooflineProfile
 # Llama-2-70B steps, the only attention measured on A100 and H100, reach 0.08 of peak, vLLM's
 # kernels on the RTX cards 0.7-0.8. As a GPU factor, Splitwise's value became the attention of
 # every A100 and H100 roofline and priced a vLLM engine's prefill attention 10x too slow.
-# How fast decode rows stream their KV beside a prefill chunk is fitted per GPU, and only where a
-# GPU measured such batches: the same vLLM kernels reach 1.4x HBM bandwidth on the RTX 4090 and
-# 1.8x on the RTX PRO 6000 (RooflineCostModel: read once per query head).
+# How dear decode rows beside a prefill chunk re-read their KV (once per query head:
+# RooflineCostModel) is fitted per GPU, and only where a GPU measured such batches: with the same
+# vLLM kernels each re-read costs 0.62 of an HBM read on the RTX 4090 and 0.44 on the RTX PRO 6000.
 GPU_PARAMS: dict[str, tuple[float, float]] = {
     "compute": (0.05, 1.0),
     "memory": (0.05, 1.0),
     "overlap": (0.0, 1.0),
-    "mixed_decode_memory": (0.05, 16.0),
+    "mixed_kv_reread": (0.0, 1.0),
 }
 ENGINE_PARAMS: dict[str, tuple[float, float]] = {
     "attention": (0.02, 1.0),
@@ -137,7 +137,7 @@ def _gpu_params(gpu: str, observations: Sequence[Observation]) -> dict[str, tupl
     """The GPU factors `gpu`'s observations can tell: none of them says how decode rows run beside a
     prefill chunk unless one mixed the two in a step."""
     mixed = any(_is_mixed(o) for o in observations if o.gpu == gpu)
-    return {n: b for n, b in GPU_PARAMS.items() if mixed or n != "mixed_decode_memory"}
+    return {n: b for n, b in GPU_PARAMS.items() if mixed or n != "mixed_kv_reread"}
 
 
 def _engine_params(source: str, observations: Sequence[Observation]) -> dict[str, tuple[float, float]]:

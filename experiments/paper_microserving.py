@@ -179,11 +179,11 @@ each GPU's GEMM factors apart from its attention; and decode rows batched with a
 pay for reading their KV once per query head (the H100 has no measurement of it and gets the
 median of the two GPUs that have). vLLM's per-layer cost fell to 44 us and its attention moved
 from 0.69 to 0.61 of peak; on this 80-layer model that is about 4 ms less per step. TPOT fell by
-24-30% everywhere, mean TTFT by 6-14%, mean JCTs by 22-29%. The conclusions hold: 1P1D has the lowest
-p99 JCT at 1.6 req/s (now 2% below TP8 instead of 6%), balanced PD at 5.6 req/s (5% below
-1P1D), and ratio 0.15 is still the best, now by 0.1% over 0.1. The absolute numbers move with the
-vLLM engine's fixed cost per layer on an H100, which no public measurement gives (it comes from
-the RTX cards' profiles).
+24-30% everywhere, mean TTFT by 6-14%, mean JCTs by 23-29%. The conclusions hold: 1P1D has the
+lowest p99 JCT at 1.6 req/s (now 2% below TP8 instead of 6%) and balanced PD at 5.6 req/s (6%
+below 1P1D); ratios 0.1 and 0.15 now tie for the best (0.1 lower by 0.2%, within the seeds'
+spread). The absolute numbers move with the vLLM engine's fixed cost per layer on an H100, which
+no public measurement gives (it comes from the RTX cards' profiles).
 """
 
 

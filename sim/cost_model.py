@@ -8,7 +8,7 @@ Two models behind one protocol:
   classic max(); the fitted default is 0.56, see below). Terms add up (kernels run one after
   another): linear layers (every token through every weight, weights read once per step),
   prefill attention, decode attention (streams the context's KV; beside a prefill chunk, once per
-  query head: see mixed_decode_memory),
+  query head: see mixed_kv_reread),
   elementwise ops (norms, RoPE, activation, residual: activation traffic), the LM head for
   sampled rows, and with TP > 1 two ring all-reduces per layer. Plus a fixed cost per step
   (scheduler, launch, sampling) and per layer (GEMM kernels have a floor of a few us).
@@ -23,9 +23,9 @@ Llama-3.1-8B, Qwen3-32B; TP 1-2), Vidur's linear-layer profiles (A100, H100; Lla
 1-8), Hugging Face layer timings on H100 (Llama-3.1-8B/70B; TP 1-4) and Splitwise's whole-model
 prefill and decode times (Llama-2-70B on A100 and H100, TP 2-8). Each GPU is fitted its own GPU
 efficiencies; the defaults are the typical GPU, the median of the four (0.794 of peak FLOP/s for
-GEMMs, 0.934 of HBM bandwidth, 55.9% of the smaller roof hidden under the larger; decode rows
-beside a prefill at 1.62x HBM bandwidth per query head, the median of the two GPUs that measured
-it), with vLLM's software factors (its attention kernels at 0.611 of peak, 44 us per layer per
+GEMMs, 0.933 of HBM bandwidth, 55.8% of the smaller roof hidden under the larger; decode rows
+beside a prefill reading their KV for each further query head at 0.53 of an HBM read, the median
+of the two GPUs that measured it), with vLLM's software factors (its attention kernels at 0.611 of peak, 44 us per layer per
 step, no per-step constant); the other sources' software factors are fitted separately, since they
 describe their engines, not the GPU (Splitwise's attention reaches 0.08 of peak). Error, as mean
 absolute error over measurement groups: 12% on A100, 10% on H100, 13% on RTX 4090, 3% on RTX PRO
@@ -79,17 +79,17 @@ class RooflineEfficiency(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     compute: float = Field(default=0.794, gt=0, le=1, description="GEMM FLOP/s / peak")
-    memory: float = Field(default=0.934, gt=0, le=1, description="achieved HBM bandwidth / peak")
+    memory: float = Field(default=0.933, gt=0, le=1, description="achieved HBM bandwidth / peak")
     attention: float = Field(default=0.611, gt=0, le=1, description="attention FLOP/s / peak (the engine's kernels)")
     network: float = Field(default=0.7, gt=0, le=1, description="all-reduce bus bandwidth / NVLink")
     allreduce_latency_s: float = Field(default=20e-6, ge=0)
     layer_overhead_s: float = Field(default=44e-6, ge=0, description="per layer per step (kernel floors)")
     step_overhead_s: float = Field(default=0.0, ge=0, description="per step (scheduling, sampling)")
-    overlap: float = Field(default=0.559, ge=0, le=1, description=(
+    overlap: float = Field(default=0.558, ge=0, le=1, description=(
         "share of the smaller roof hidden under the larger: 1 = classic max(), 0 = sum"))
-    mixed_decode_memory: float = Field(default=1.62, gt=0, le=16, description=(
-        "decode rows in a step that also prefills: multiple of HBM bandwidth at which they stream "
-        "their KV once per query head (see RooflineCostModel)"))
+    mixed_kv_reread: float = Field(default=0.53, ge=0, le=1, description=(
+        "decode rows in a step that also prefills read their KV once per query head: what each read "
+        "after the first costs, as a share of an HBM read (0: read once, as the decode kernel does)"))
 
 
 class RooflineCostModel:
@@ -115,11 +115,13 @@ class RooflineCostModel:
         self._s_kv_token = kv_bytes_per_token_per_gpu(m, tp) / bw
         # Decode rows batched with a prefill chunk: an engine that runs one attention kernel over
         # the whole batch (vLLM's varlen kernels) sends them down the prefill path, which reads a
-        # KV head once for each query head of its group instead of once (L2 catches part of the
-        # repeats, hence a multiple of HBM bandwidth). vLLM 0.19's measured mixed batches took
+        # KV head once for each query head of its group instead of once; L2 serves part of the
+        # repeats, so each costs a share of an HBM read. vLLM 0.19's measured mixed batches took
         # 1.2-3.8x the two kernels apart, and Qwen3-32B's 8 query heads per KV head about twice
-        # Llama-3.1-8B's 4 on the same GPU: the per-query-head reading.
-        self._s_kv_token_mixed = self._s_kv_token * (m.num_heads / m.num_kv_heads) / e.mixed_decode_memory
+        # Llama-3.1-8B's 4 on the same GPU: the per-query-head reading. A model without grouped
+        # heads reads each KV head once either way.
+        group = m.num_heads / m.num_kv_heads
+        self._s_kv_token_mixed = self._s_kv_token * (1 + (group - 1) * e.mixed_kv_reread)
         # Elementwise traffic per token per layer (2-byte activations): two RMSNorms (read +
         # write hidden), residual adds, RoPE on q and k, SwiGLU (read 2 x ffn, write ffn).
         q_k = (m.num_heads + m.num_kv_heads) * m.head_dim

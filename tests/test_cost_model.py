@@ -214,23 +214,25 @@ def test_step_time_is_cheap(h100_8b):
 
 
 def test_decode_rows_beside_a_prefill_chunk_read_their_kv_once_per_query_head():
-    """In a step that also prefills, decode rows stream their KV once per query head of the group
-    (Llama-3.1-8B: 4) at mixed_decode_memory x HBM bandwidth; pure decode and pure prefill steps
-    never pay it."""
+    """In a step that also prefills, decode rows read their KV once per query head of the group
+    (Llama-3.1-8B: 4, Qwen3-32B: 8), each read after the first at mixed_kv_reread of an HBM read;
+    pure decode and pure prefill steps never pay it, nor does a model without grouped heads."""
     from sim.hardware import kv_bytes_per_token_per_gpu
-    once = RooflineCostModel("H100-SXM", "Llama-3.1-8B", 1, {"mixed_decode_memory": 4.0})  # = the decode kernel
-    twice = RooflineCostModel("H100-SXM", "Llama-3.1-8B", 1, {"mixed_decode_memory": 2.0})
+
     decode = StepFeatures(decode_seqs=64, decode_context=64 * 2000, decode_max_context=2000, sampled=64)
-    assert once.step_time(decode) == twice.step_time(decode)
-    assert once.step_time(prefill(512)) == twice.step_time(prefill(512))
     mixed = prefill(512)
     mixed.decode_seqs, mixed.decode_context, mixed.sampled = 64, 64 * 2000, 65
-    # Memory bound either way, so the slower kernel adds exactly one more read of the decode KV.
-    kv_once = 64 * 2000 * kv_bytes_per_token_per_gpu(once.model, 1) / (once.gpu.hbm_bandwidth_Bps * once.eff.memory)
-    assert twice.step_time(mixed) - once.step_time(mixed) == pytest.approx(kv_once, rel=1e-9)
-    # Qwen3-32B has 8 query heads per KV head: at 4.0 it reads its decode KV once more than at 8.0.
-    qwen_once = RooflineCostModel("H100-SXM", "Qwen3-32B", 1, {"mixed_decode_memory": 8.0})
-    qwen_twice = RooflineCostModel("H100-SXM", "Qwen3-32B", 1, {"mixed_decode_memory": 4.0})
-    kv_qwen = 64 * 2000 * kv_bytes_per_token_per_gpu(qwen_once.model, 1) / (
-        qwen_once.gpu.hbm_bandwidth_Bps * qwen_once.eff.memory)
-    assert qwen_twice.step_time(mixed) - qwen_once.step_time(mixed) == pytest.approx(kv_qwen, rel=1e-9)
+
+    def one_more_read(model: str, reread: float) -> float:
+        """Memory bound either way: the step's extra time over reading the decode KV once, in reads."""
+        once = RooflineCostModel("H100-SXM", model, 1, {"mixed_kv_reread": 0.0})
+        more = RooflineCostModel("H100-SXM", model, 1, {"mixed_kv_reread": reread})
+        assert once.step_time(decode) == more.step_time(decode)
+        assert once.step_time(prefill(512)) == more.step_time(prefill(512))
+        read = 64 * 2000 * kv_bytes_per_token_per_gpu(once.model, 1) / (once.gpu.hbm_bandwidth_Bps * once.eff.memory)
+        return (more.step_time(mixed) - once.step_time(mixed)) / read
+
+    assert one_more_read("Llama-3.1-8B", 1.0) == pytest.approx(3.0, rel=1e-9)  # 4 query heads: 3 more reads
+    assert one_more_read("Llama-3.1-8B", 1 / 3) == pytest.approx(1.0, rel=1e-9)
+    assert one_more_read("Qwen3-32B", 1.0) == pytest.approx(7.0, rel=1e-9)  # 8 query heads
+    assert one_more_read("Llama-2-7B", 1.0) == 0.0  # one query head per KV head

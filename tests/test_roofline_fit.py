@@ -17,7 +17,7 @@ from sim.profile_match import ProfileMismatch
 from sim.roofline_profile import RooflineProfile
 
 TRUE = RooflineEfficiency(compute=0.6, memory=0.8, attention=0.4, overlap=0.3, layer_overhead_s=20e-6,
-                          step_overhead_s=1e-3, mixed_decode_memory=2.0)
+                          step_overhead_s=1e-3, mixed_kv_reread=0.5)
 
 
 def synthetic_observations(eff: RooflineEfficiency, gpus=("H100-SXM", "A100-80G"), tps=(1, 2),
@@ -156,16 +156,16 @@ def test_how_decode_rows_run_beside_a_prefill_is_fitted_only_on_a_gpu_that_measu
     """One GPU measured mixed batches (its kernels slower than the others' would be): its factor is
     recovered, and a GPU that never mixed prefill and decode, like one nobody profiled, gets the
     measured GPUs' median instead of a value no observation constrained."""
-    slow_mixing = TRUE.model_copy(update={"mixed_decode_memory": 1.0})
+    slow_mixing = TRUE.model_copy(update={"mixed_kv_reread": 1.0})
     obs = synthetic_observations(TRUE, gpus=("H100-SXM",), mixed=True) + synthetic_observations(
         slow_mixing, gpus=("RTX4090",), mixed=True) + synthetic_observations(TRUE, gpus=("A100-80G",))
     fitted = fit(obs)
     assert mape(obs, fitted) < 1e-3
-    assert fitted.efficiency("H100-SXM", "engine").mixed_decode_memory == pytest.approx(2.0, rel=0.02)
-    assert fitted.efficiency("RTX4090", "engine").mixed_decode_memory == pytest.approx(1.0, rel=0.02)
-    assert "mixed_decode_memory" not in fitted.gpus["A100-80G"]
-    assert fitted.efficiency("A100-80G", "engine").mixed_decode_memory == pytest.approx(1.5, rel=0.02)
-    assert for_any_gpu(fitted).efficiency(source="engine").mixed_decode_memory == pytest.approx(1.5, rel=0.02)
+    assert fitted.efficiency("H100-SXM", "engine").mixed_kv_reread == pytest.approx(0.5, rel=0.02)
+    assert fitted.efficiency("RTX4090", "engine").mixed_kv_reread == pytest.approx(1.0, rel=0.02)
+    assert "mixed_kv_reread" not in fitted.gpus["A100-80G"]
+    assert fitted.efficiency("A100-80G", "engine").mixed_kv_reread == pytest.approx(0.75, rel=0.02)
+    assert for_any_gpu(fitted).efficiency(source="engine").mixed_kv_reread == pytest.approx(0.75, rel=0.02)
 
 
 def test_per_rank_layer_tables_give_steps_without_the_all_reduces_the_layer_model_adds(tmp_path):
