@@ -129,14 +129,10 @@ def _typical(factor_sets: Iterable[dict[str, float]]) -> dict[str, float]:
     return {name: float(np.median(v)) for name, v in values.items()}
 
 
-def _is_mixed(o: Observation) -> bool:
-    return o.kind == "step" and bool(o.features.prefill_tokens and o.features.decode_seqs)
-
-
 def _gpu_params(gpu: str, observations: Sequence[Observation]) -> dict[str, tuple[float, float]]:
     """The GPU factors `gpu`'s observations can tell: none of them says how decode rows run beside a
     prefill chunk unless one mixed the two in a step."""
-    mixed = any(_is_mixed(o) for o in observations if o.gpu == gpu)
+    mixed = any(step_kind(o) == "mixed" for o in observations if o.gpu == gpu)
     return {n: b for n, b in GPU_PARAMS.items() if mixed or n != "mixed_kv_reread"}
 
 
