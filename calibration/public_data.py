@@ -156,7 +156,7 @@ def load_all(data: Path, skipped: list[str] | None = None) -> list[Observation]:
     A layer profile of a GPU or model the roofline has no spec for is left out, and said so in
     `skipped`: the other measurements still fit."""
     from calibration.importers.vllm_layers import import_bundle
-    from sim.cost_model import RooflineCostModel
+    from sim.hardware import get_gpu, get_model
 
     obs: list[Observation] = []
     layers = data / "real_gpu" / "layer_profiles"
@@ -164,7 +164,7 @@ def load_all(data: Path, skipped: list[str] | None = None) -> list[Observation]:
         for tp_dir in sorted(bundle.glob("tp*")):
             profile = import_bundle(bundle, int(tp_dir.name[2:]))
             try:
-                RooflineCostModel(profile.gpu or profile.hardware, profile.model_name, profile.tp)
+                get_gpu(profile.gpu or profile.hardware), get_model(profile.model_name)
             except ValueError as exc:
                 if skipped is not None:
                     skipped.append(f"{tp_dir}: {exc}; its measurements are left out of the fit")

@@ -348,7 +348,7 @@ def format_reports(reports: list[ValidationReport], metrics=ERROR_METRICS) -> st
             spreads = [r.metrics[m].real_spread for r in reports]
             lines.append(f"{'  spread of real runs':<22}" + "".join(
                 f"{'' if sp is None else f'{sp * 100:.1f}%':>34}" for sp in spreads))
-    lines.append(f"{'foreign CPU share':<22}" + "".join(f"{_fmt_share(r.foreign_cpu_share):>34}" for r in reports))
+    lines.append(f"{'foreign CPU share':<22}" + "".join(f"{_fmt_2f(r.foreign_cpu_share):>34}" for r in reports))
     lines.append(f"{'engine CPU-s real/sim':<22}" + "".join(f"{_fmt_cpu(r):>34}" for r in reports))
     lines.append(f"{'router CPU-s real/sim':<22}" + "".join(f"{_fmt_router(r):>34}" for r in reports))
     lines.append(f"{'engines waiting, s':<22}" + "".join(f"{_fmt_waiting(r):>34}" for r in reports))
@@ -383,11 +383,10 @@ def _fmt_cpu(r: ValidationReport) -> str:
 
 
 def _fmt_router(r: ValidationReport) -> str:
-    real = r.real_cpu_s.get("router")
-    return f"{'n/a' if real is None else f'{real:.2f}'}/{'n/a' if r.sim_router_cpu_s is None else f'{r.sim_router_cpu_s:.2f}'}"
+    return f"{_fmt_2f(r.real_cpu_s.get('router'))}/{_fmt_2f(r.sim_router_cpu_s)}"
 
 
-def _fmt_share(x: float | None) -> str:
+def _fmt_2f(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
