@@ -56,6 +56,11 @@ class EngineLoad:
         """Pages that could be handed out now (free, or cached but evictable)."""
         return self.free_pages + self.cached_pages
 
+    @property
+    def busy(self) -> int:
+        """Sequences the engine is working on or waiting for: the load measure of the decode side."""
+        return self.num_running + self.num_waiting + self.num_receiving
+
     @classmethod
     def down(cls, engine_id: str, total_pages: int, page_size: int) -> EngineLoad:
         """What a dead engine reports on both backends: infinitely busy and full, so load-aware

@@ -89,6 +89,15 @@ class BlockManager:
 
         Free pages go first (taken in bulk), then the least recently used cached pages."""
         free = self._free
+        if n == 1:  # most calls: a decoding sequence crossing a page boundary
+            if free:
+                page = free.pop()
+            elif self._num_cached:
+                page = self._evict_one()
+            else:
+                return None
+            self._ref[page] = 1
+            return [page]
         if n > len(free) + self._num_cached:
             return None
         k = min(n, len(free))
@@ -150,6 +159,20 @@ class BlockManager:
         self._index.drop(into[start:])
         self._num_cached -= n
         self.evictions += n
+
+    def _evict_one(self) -> int:
+        """_evict of a single page, without the list: the least recently released cached page."""
+        popleft, entries, ref = self._lru.popleft, self._entries, self._ref
+        while True:
+            page = popleft()
+            left = entries[page] - 1
+            entries[page] = left
+            if not (left or ref[page]):
+                break
+        self._index.drop((page,))
+        self._num_cached -= 1
+        self.evictions += 1
+        return page
 
     def _live_lru(self) -> list[int]:
         """The cached pages in LRU order: each page's newest entry, if the page is still cached."""

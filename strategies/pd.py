@@ -33,9 +33,13 @@ class RoleParams(BaseModel):
 
 
 def busy(engine) -> int:
-    """Sequences an engine is working on or waiting for: the load measure of the decode side."""
-    load = engine.load()
-    return load.num_running + load.num_waiting + load.num_receiving
+    """Sequences an engine is working on or waiting for (EngineLoad.busy)."""
+    return engine.load().busy
+
+
+def _decode_rank(load) -> tuple[int, int]:
+    """Least busy first, then the most usable pages."""
+    return load.busy, -load.usable_pages
 
 
 class DisaggregatedStrategy(Strategy):
@@ -61,7 +65,7 @@ class DisaggregatedStrategy(Strategy):
         pool = [e for e in self.decode if e.healthy and e.id not in exclude]
         if not pool and self.params.failover:
             pool = [e for e in self.engines if e.healthy and e.id not in exclude]
-        return min(self.live(pool or self.decode), key=lambda e: (busy(e), -e.load().usable_pages))
+        return min(self.live(pool or self.decode), key=lambda e: _decode_rank(e.load()))  # one snapshot each
 
     async def split_flow(self, req: Request, split: int, prefill=None, decode=None):
         """prefill computes KV of prompt[:split] into decode's pages; decode prefills prompt[split:]
