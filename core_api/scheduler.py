@@ -286,8 +286,11 @@ class Scheduler:
             if seq.status != RUNNING:  # released while the step ran
                 t += sample
                 continue
-            state.set_computed(seq, start + n)
-            state.register_full_pages(seq)
+            if start < seq.prompt_len:  # a prefill row: fewer prompt tokens queued, maybe full pages to publish
+                state.set_computed(seq, start + n)
+                state.register_full_pages(seq)
+            else:  # a decode row changes neither (as in fast_forward.apply_decode_run)
+                seq.num_computed = start + n
             if seq.kind == SEND:
                 result.sends.append((seq, start, start + n))
                 if seq.num_computed >= seq.target:
