@@ -10,17 +10,18 @@ lives as long as nothing needs its room. Reservations are counted apart from use
 `stats()` shows how much memory waits for transfers.
 
 Every page operation is on the simulator's hot path (a 10k-request run makes millions), so the
-LRU order is kept lazily, with the answers an eager one would give: a deque of pages appended as
-they become cached; a page acquired and released again is appended again, and only its newest
-entry counts (`_entries` counts each page's entries; eviction skips the older ones and pages in
-use). No per-page unlinking, and pages cached together are evicted in the order they were
-released; the deque is rebuilt when stale entries outnumber live ones. The prefix index
+LRU order is kept lazily, with the answers an eager one would give: a list of pages appended as
+they become cached, read from a head index; a page acquired and released again is appended again,
+and only its newest entry counts (`_entries` counts each page's entries; eviction skips the older
+ones and pages in use). No per-page unlinking, and pages cached together are evicted in the order
+they were released; the list is rebuilt when stale entries outnumber live ones. With no stale
+entry at all (entries = cached pages: the usual case without prefix hits), an eviction takes the
+next pages as one slice. The prefix index
 (core_api.prefix_index) is lazy in the same spirit.
 """
 from __future__ import annotations
 
 import random
-from collections import deque
 from dataclasses import dataclass
 
 from core_api.hashing import PageKeys
@@ -52,7 +53,8 @@ class BlockManager:
         self._ref = [0] * num_pages
         self._index = PrefixIndex(num_pages)
         self._key_of = self._index.key_of  # None: the page is not registered (it frees, not caches)
-        self._lru: deque[int] = deque()  # cached pages, least recently released first (stale entries too)
+        self._lru: list[int] = []  # cached pages from _lru_head on, least recently released first (stale entries too)
+        self._lru_head = 0
         self._entries = [0] * num_pages  # each page's entries in _lru; only the newest is live
         self._num_cached = 0
         self._stale_limit = 2 * num_pages + 64  # LRU entries past which it is rebuilt
@@ -141,44 +143,64 @@ class BlockManager:
                         cached += 1
         finally:  # the pages before a bad one were released: the count follows them
             self._num_cached += cached
-        if len(lru) > self._stale_limit:
+        if len(lru) - self._lru_head > self._stale_limit:
             self._rebuild_lru()
 
     def _evict(self, n: int, into: list[int]) -> None:
         """Append the n least recently released cached pages to `into`, their keys dropped."""
-        popleft, entries, ref = self._lru.popleft, self._entries, self._ref
-        start, taken = len(into), 0
-        while taken < n:
-            page = popleft()
-            left = entries[page] - 1
-            entries[page] = left
-            if left or ref[page]:
-                continue  # a newer entry of the page is further back, or it is in use again
-            into.append(page)
-            taken += 1
+        lru, entries, ref = self._lru, self._entries, self._ref
+        head, start = self._lru_head, len(into)
+        if len(lru) - head == self._num_cached:  # no stale entry: the next n are live, each its page's only one
+            into += lru[head : head + n]
+            head += n
+            for page in into[start:]:
+                entries[page] = 0
+        else:
+            taken = 0
+            while taken < n:
+                page = lru[head]
+                head += 1
+                left = entries[page] - 1
+                entries[page] = left
+                if left or ref[page]:
+                    continue  # a newer entry of the page is further back, or it is in use again
+                into.append(page)
+                taken += 1
+        self._consumed(head)
         self._index.drop(into[start:])
         self._num_cached -= n
         self.evictions += n
 
     def _evict_one(self) -> int:
-        """_evict of a single page, without the list: the least recently released cached page."""
-        popleft, entries, ref = self._lru.popleft, self._entries, self._ref
+        """_evict of a single page, without the lists: the least recently released cached page."""
+        lru, entries, ref = self._lru, self._entries, self._ref
+        head = self._lru_head
         while True:
-            page = popleft()
+            page = lru[head]
+            head += 1
             left = entries[page] - 1
             entries[page] = left
             if not (left or ref[page]):
                 break
+        self._consumed(head)
         self._index.drop((page,))
         self._num_cached -= 1
         self.evictions += 1
         return page
 
+    def _consumed(self, head: int) -> None:
+        """The LRU list is read up to `head`; the read part is cut off once it is over a pool's worth
+        and most of the list (so it never holds more than max(num_pages, unread entries))."""
+        if head > self.num_pages and 2 * head > len(self._lru):
+            del self._lru[:head]
+            head = 0
+        self._lru_head = head
+
     def _live_lru(self) -> list[int]:
         """The cached pages in LRU order: each page's newest entry, if the page is still cached."""
         ref, key_of = self._ref, self._key_of
         live, seen = [], set()
-        for page in reversed(self._lru):
+        for page in reversed(self._lru[self._lru_head :]):
             if page not in seen:
                 seen.add(page)
                 if ref[page] == 0 and key_of[page] is not None:
@@ -188,7 +210,7 @@ class BlockManager:
 
     def _rebuild_lru(self) -> None:
         live = self._live_lru()
-        self._lru = deque(live)
+        self._lru, self._lru_head = live, 0
         self._entries = [0] * self.num_pages
         for page in live:
             self._entries[page] = 1
@@ -242,7 +264,7 @@ class BlockManager:
             raise KVLeakError("a page is on the free list twice")
         if len(evictable) != self._num_cached:
             raise KVLeakError(f"{self._num_cached} pages counted cached, {len(evictable)} in the LRU order")
-        if sum(self._entries) != len(self._lru) or any(self._entries[p] < 1 for p in evictable):
+        if sum(self._entries) != len(self._lru) - self._lru_head or any(self._entries[p] < 1 for p in evictable):
             raise KVLeakError("the LRU entry counts disagree with the LRU order")
         if free & evictable:
             raise KVLeakError("a page is both free and cached")
