@@ -151,10 +151,11 @@ class BlockManager:
         lru, entries, ref = self._lru, self._entries, self._ref
         head, start = self._lru_head, len(into)
         if len(lru) - head == self._num_cached:  # no stale entry: the next n are live, each its page's only one
-            into += lru[head : head + n]
+            pages = lru[head : head + n]
             head += n
-            for page in into[start:]:
+            for page in pages:
                 entries[page] = 0
+            into += pages
         else:
             taken = 0
             while taken < n:
