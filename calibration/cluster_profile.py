@@ -7,9 +7,10 @@ acknowledgement. That is what a handoff costs beyond compute, and what the simul
 control round trips + link latency + bytes / bandwidth stand for.
 
 Control calls: the round trip of a no-op call (the simulator's `rpc_latency_s`: prep_recv and
-remote_send each pay one, start_generate half) and the sender engine's CPU per remote_send
-outside any step (`send_overhead_s`). The handoff time above contains both round trips, so the
-fitted link latency is stated net of them (calibration.fit.to_profile).
+remote_send each pay one, start_generate half), the sender engine's CPU per remote_send outside
+any step (`send_overhead_s`) and the receiver's per handoff (`recv_overhead_s`). The handoff time
+above contains both round trips, so the fitted link latency is stated net of them
+(calibration.fit.to_profile).
 
 Router CPU: the router decodes every streamed token's message and resumes the strategy's
 coroutine; on this project's CPU machines that costs tens of microseconds per token. On a GPU
@@ -61,9 +62,11 @@ async def _transfers(engines, pages_list, page_size, kv_bytes_page, vocab, warmu
 
 async def _control(engines, vocab: int, page_size: int, rng, pings: int = 40, sends: int = 16) -> dict:
     """What control calls cost outside the step loop, on idle engines: the round trip of a no-op
-    call (ping: router -> engine -> router), and the sender's own CPU per remote_send (handling
+    call (ping: router -> engine -> router), the sender's own CPU per remote_send (handling
     the call, shipping, acknowledgements, the reply), from the engine's main-thread CPU clock
-    around `sends` transfers of cached prompts, less the cost of the `stats` call that reads it."""
+    around `sends` transfers of cached prompts, less the cost of the `stats` call that reads it,
+    and likewise the receiver's per handoff (the prep_recv call, landing the KV, completing the
+    reservation), read around each handoff."""
     from real import protocol as p
 
     src, dst = engines
@@ -78,19 +81,25 @@ async def _control(engines, vocab: int, page_size: int, rng, pings: int = 40, se
         async for _ in src.start_generate(Request(f"ctl-warm-{i}", prompt, SamplingParams(max_tokens=1,
                                                                                            ignore_eos=True))):
             pass
-    stats_cost = []
-    for _ in range(5):
-        a, b = await src.stats(), await src.stats()
-        stats_cost.append(b["loop_cpu_s"] - a["loop_cpu_s"])
-    before = (await src.stats())["loop_cpu_s"]
+    stats_cost = {}
+    for engine in (src, dst):
+        costs = []
+        for _ in range(5):
+            a, b = await engine.stats(), await engine.stats()
+            costs.append(b["loop_cpu_s"] - a["loop_cpu_s"])
+        stats_cost[engine.id] = statistics.median(costs)
+    before, received = (await src.stats())["loop_cpu_s"], 0.0
     for i, prompt in enumerate(prompts):
         req = Request(f"ctl-{i}", prompt, SamplingParams(max_tokens=1, ignore_eos=True))
+        dst_before = (await dst.stats())["loop_cpu_s"]
         kv_addr, matched = await dst.prep_recv(req, None)
         await src.remote_send(req, kv_addr, dst.id, matched, None)  # all cached: no step
-        await dst.release(req.id)
-    cpu = (await src.stats())["loop_cpu_s"] - before - statistics.median(stats_cost)
+        received += (await dst.stats())["loop_cpu_s"] - dst_before - stats_cost[dst.id]
+        await dst.release(req.id)  # outside the bracket: a PD receiver generates instead
+    cpu = (await src.stats())["loop_cpu_s"] - before - stats_cost[src.id]
     return {"rpc_latency_s": statistics.median(rtts), "send_overhead_s": max(0.0, cpu / sends),
-            "pings": pings, "sends": sends, "stats_call_cpu_s": statistics.median(stats_cost)}
+            "recv_overhead_s": max(0.0, received / sends), "pings": pings, "sends": sends,
+            "stats_call_cpu_s": stats_cost[src.id]}
 
 
 async def _router_cost(engines, vocab: int, seed: int, max_len: int) -> dict:

@@ -49,6 +49,9 @@ class ClusterConfig(Strict):
         "round trip of a control call router <-> engine: prep_recv and remote_send pay it, "
         "start_generate half (a fitted profile measures it; 0: calls are instantaneous)"))
     send_overhead_s: float = Field(0.0, ge=0, description="engine CPU per remote_send, added to its next step")
+    recv_overhead_s: float = Field(0.0, ge=0, description=(
+        "receiving engine CPU per KV handoff (the prep_recv call, landing the KV, completing it), added to its "
+        "next step"))
     router_cpu_per_token_s: float = Field(0.0, ge=0, description=(
         "CPU a router sharing the engines' cores spends per streamed token, taken from every engine in equal "
         "shares: a step in progress ends later, an engine between steps pays in its next step (0: the router "

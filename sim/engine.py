@@ -55,6 +55,7 @@ class SimEngine(HostEffects, EngineFaults, DecodeRuns):
     def __init__(self, env: simpy.Environment, engine_id: str, scheduler: SchedulerConfig,
                  cost_model: CostModel, network: Network, kv_bytes_per_token: float,
                  peers: dict[str, SimEngine], rpc_latency_s: float = 0.0, send_overhead_s: float = 0.0,
+                 recv_overhead_s: float = 0.0,
                  calls_between_steps: bool = False, router_cpu_per_token_s: float = 0.0,
                  stream_cost: StreamCost | None = None, idle_cost: IdleCost | None = None) -> None:
         self.env, self.id = env, engine_id
@@ -63,7 +64,7 @@ class SimEngine(HostEffects, EngineFaults, DecodeRuns):
         self.kv_bytes_per_token = kv_bytes_per_token
         self.peers = peers  # every engine of the cluster by id, this one included
         self._half_rpc = rpc_latency_s / 2
-        self.send_overhead_s = send_overhead_s
+        self.send_overhead_s, self.recv_overhead_s = send_overhead_s, recv_overhead_s
         self._overhead = 0.0  # CPU owed to calls, charged to the next step
         self._in_step = False  # a single step is running (a decode run prices its steps ahead)
         self._stolen = 0.0  # CPU another process took from the step in progress, which it stretches
@@ -293,6 +294,7 @@ class SimEngine(HostEffects, EngineFaults, DecodeRuns):
         if send.error is None:
             try:
                 send.dst.sched.complete_receive(seq.id, self.env.now)
+                send.dst.charge(send.dst.recv_overhead_s)  # the receiver's CPU for the handoff
             except KeyError as exc:
                 send.error = TransferFailed(str(exc.args[0]))
             send.dst._pages_freed()  # its reservation no longer counts against admissions

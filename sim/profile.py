@@ -78,6 +78,8 @@ class CostProfile(ProfileFile):
         "measured round trip of a no-op control call router -> engine -> router (ClusterConfig.rpc_latency_s)"))
     send_overhead_s: float | None = Field(default=None, ge=0, description=(
         "measured engine CPU per remote_send outside steps (ClusterConfig.send_overhead_s)"))
+    recv_overhead_s: float | None = Field(default=None, ge=0, description=(
+        "measured receiving engine CPU per KV handoff outside steps (ClusterConfig.recv_overhead_s)"))
     router_cpu_per_token_s: float | None = Field(default=None, ge=0, description=(
         "measured router CPU per streamed token, for hosts where the router shares the engines' cores "
         "(ClusterConfig.router_cpu_per_token_s; `calibrate fit --colocated-router`)"))

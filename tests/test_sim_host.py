@@ -39,6 +39,15 @@ def test_send_overhead_is_charged_to_the_senders_step():
     assert slow.first_token_time - base.first_token_time == pytest.approx(2e-4, abs=1e-12)
 
 
+def test_recv_overhead_is_charged_to_the_receivers_next_step():
+    base, slow = run_one(), run_one(recv_overhead_s=3e-4)
+    # the decode engine's first step after the handoff (its one-token prefill) pays it, once
+    assert slow.first_token_time - base.first_token_time == pytest.approx(3e-4, abs=1e-12)
+    gaps = lambda r: [b - a for a, b in zip(r.token_times, r.token_times[1:])]
+    assert gaps(slow) == pytest.approx(gaps(base), abs=1e-15)
+    assert run_one("round_robin", recv_overhead_s=3e-4).token_times == run_one("round_robin").token_times
+
+
 def test_calls_between_steps_change_nothing_on_an_idle_cluster():
     base, boundary = run_one(rpc_latency_s=RPC), run_one(rpc_latency_s=RPC, calls_between_steps=True)
     assert boundary.token_times == base.token_times
