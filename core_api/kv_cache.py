@@ -93,13 +93,14 @@ class BlockManager:
         free = self._free
         if n == 1:  # most calls: a decoding sequence crossing a page boundary
             if free:
-                page = free.pop()
+                pages = [free.pop()]
             elif self._num_cached:
-                page = self._evict_one()
+                pages = []
+                self._evict(1, pages)
             else:
                 return None
-            self._ref[page] = 1
-            return [page]
+            self._ref[pages[0]] = 1
+            return pages
         if n > len(free) + self._num_cached:
             return None
         k = min(n, len(free))
@@ -171,23 +172,6 @@ class BlockManager:
         self._index.drop(into[start:])
         self._num_cached -= n
         self.evictions += n
-
-    def _evict_one(self) -> int:
-        """_evict of a single page, without the lists: the least recently released cached page."""
-        lru, entries, ref = self._lru, self._entries, self._ref
-        head = self._lru_head
-        while True:
-            page = lru[head]
-            head += 1
-            left = entries[page] - 1
-            entries[page] = left
-            if not (left or ref[page]):
-                break
-        self._consumed(head)
-        self._index.drop((page,))
-        self._num_cached -= 1
-        self.evictions += 1
-        return page
 
     def _consumed(self, head: int) -> None:
         """The LRU list is read up to `head`; the read part is cut off once it is over a pool's worth
