@@ -4,6 +4,7 @@
     microserving calibrate fit samples.json --out profile.json          # fit the cost model
     microserving calibrate validate --profile profile.json \\
         --strategy round_robin --strategy pd --load 0.5 --load 1.5      # real vs sim, error table
+    microserving calibrate resimulate validation.json [--profile P]   # stored real runs vs sim again
     microserving calibrate import BUNDLE --tp 1 --out profile.json     # public per-layer GPU profile
 """
 from __future__ import annotations
@@ -74,6 +75,14 @@ def add_parser(sub) -> None:
     va.add_argument("--no-pin", action="store_true", help="do not pin engine processes to cores")
     va.add_argument("--no-interval", action="store_true", help="skip the error-bound reruns")
     va.add_argument("--out", type=Path, help="reports JSON")
+
+    rs = cmds.add_parser("resimulate", help="compare a stored validation's real runs with the simulator again",
+                         description="Simulate the cases of a `calibrate validate --out` report again and compare "
+                                     "them with the real runs it recorded (after a change to the simulator, or "
+                                     "with another profile of the same engine), without running real engines.")
+    rs.add_argument("report", type=Path, help="reports JSON written by `calibrate validate --out`")
+    rs.add_argument("--profile", type=Path, help="profile to simulate with (default: the report's own)")
+    rs.add_argument("--out", type=Path, help="write the resimulated reports JSON here")
 
     rf = cmds.add_parser("roofline", help="fit the roofline's efficiency factors to public GPU measurements")
     rf.add_argument("--data", type=Path, required=True,
@@ -243,10 +252,29 @@ def _validate(args) -> int:
             reports.append(validate(case.model_copy(update={"workload": spec})))
     print(format_reports(reports))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps([r.model_dump(mode="json") for r in reports], indent=1) + "\n")
-        print(f"wrote {args.out}")
+        _write_reports(reports, args.out)
     return 0
+
+
+def _resimulate(args) -> int:
+    from calibration.resimulate import load_reports, resimulate
+    from calibration.validate import format_reports, headline_error
+
+    stored = load_reports(args.report)
+    reports = [resimulate(r, args.report, args.profile) for r in stored]
+    print(f"{len(reports)} case(s) of {args.report} simulated again"
+          + (f" with {args.profile}" if args.profile else "") + " against the real runs it recorded; "
+          f"median |error| was {headline_error(stored) * 100:.1f}% as stored", file=sys.stderr)
+    print(format_reports(reports))
+    if args.out:
+        _write_reports(reports, args.out)
+    return 0
+
+
+def _write_reports(reports, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps([r.model_dump(mode="json") for r in reports], indent=1) + "\n")
+    print(f"wrote {out}")
 
 
 def _roofline(args) -> int:
@@ -276,7 +304,8 @@ def run(args: argparse.Namespace) -> int:
     from calibration.samples import SamplesError
     from sim.profile import ProfileError
 
-    handlers = {"profile": _profile, "fit": _fit, "validate": _validate, "import": _import, "roofline": _roofline}
+    handlers = {"profile": _profile, "fit": _fit, "validate": _validate, "resimulate": _resimulate, "import": _import,
+                "roofline": _roofline}
     try:
         return handlers[args.calibrate_command](args)
     except (FitError, SamplesError, ProfileError, ValidationError, ValueError, OSError, RuntimeError) as exc:

@@ -29,6 +29,10 @@ same way; the comparison at the probed speed is a prediction made before the run
 machine's speed of the moment. It also says when a result is not to be trusted:
 steps ran more than 5% off the profile, other processes used the CPU, the profile was measured
 on another machine (or before a reboot), or the real repeats spread more than the error.
+
+A report keeps what its real runs were (each run's metrics and its engines' step totals, the
+engines' settings, the machine they ran on), so calibration.resimulate can hold them against a
+later simulation, or another profile, without running real engines again.
 """
 from __future__ import annotations
 
@@ -56,6 +60,9 @@ ERROR_METRICS = DEFAULT_METRICS
 HEADLINE = ("mean_ttft_ms", "mean_tpot_ms", "mean_e2el_ms")  # the issue's goal: median |error| <= 5%
 TRUSTED_STEP_DRIFT = 0.05  # steps off the profile by more than this: the plain comparison measures the machine
 TRUSTED_FOREIGN_SHARE = 0.05
+# EngineSpec fields that say where an engine ran, not how: a report does not keep them.
+NOT_SIMULATED = {"id", "listen", "keys", "exit_with_parent", "nccl_init", "nccl_rank", "nccl_world"}
+STEP_STATS = ("steps", "loop_s", "step_features", "stream", "idle_spells")  # what step_speed reads of a run
 # The comparisons rerun with the profile at a measured step speed: (report field, title, what it is).
 RESCALED = (("at_probe_speed", "at the step speed probed just before each run", "a prediction"),
             ("at_run_speed", "at the run's measured step speed", "the simulator's own error"))
@@ -92,6 +99,18 @@ class MetricComparison(BaseModel):
     real_spread: float | None = None
 
 
+class RunSteps(BaseModel):
+    """One real run's (or probe's) step totals per engine, what step_speed reads of them."""
+
+    stats: dict[str, dict[str, Any]]
+    wait_s: dict[str, float] = Field(default_factory=dict, description="seconds each engine waited for its core")
+
+    @classmethod
+    def of(cls, stats: dict[str, dict], wait_s: dict[str, float]) -> RunSteps:
+        return cls(stats={eid: {k: st[k] for k in STEP_STATS if k in st} for eid, st in stats.items()},
+                   wait_s=wait_s)
+
+
 class ValidationReport(BaseModel):
     case: ValidationCase
     rate: float
@@ -123,6 +142,12 @@ class ValidationReport(BaseModel):
     at_run_speed: dict[str, MetricComparison] | None = Field(None, description=(
         "the comparison again with the profile scaled to the measured step speed: the simulator's own error"))
     untrusted: list[str] = Field(default_factory=list, description="reasons not to trust this comparison")
+    real_engine: dict[str, Any] | None = Field(None, description=(
+        "the real engines' settings (EngineSpec): what a later resimulation builds its engines from"))
+    real_boot_id: str | None = Field(None, description="the boot of the machine the real runs ran on")
+    run_steps: list[RunSteps] = Field(default_factory=list, description=(
+        "per real run, each engine's step totals: the step speed measured again against another profile"))
+    probe_steps: list[RunSteps] = Field(default_factory=list, description="the same for each probe")
 
 
 # -- building both sides -------------------------------------------------------------------
@@ -255,7 +280,10 @@ def step_speed(profile: CostProfile, runs_stats: list[dict[str, dict]],
 
 
 def untrusted_reasons(profile: CostProfile, speeds: dict[str, float], foreign: float | None,
-                      metrics: dict[str, MetricComparison], probe_speeds: dict[str, float] | None = None) -> list[str]:
+                      metrics: dict[str, MetricComparison], probe_speeds: dict[str, float] | None = None, *,
+                      ran_on: str | None) -> list[str]:
+    """Why a comparison should not be trusted; `ran_on` is the boot id of the machine the real runs
+    ran on (None: not known)."""
     reasons = []
     if speeds and max(abs(s - 1) for s in speeds.values()) > TRUSTED_STEP_DRIFT:
         shown = ", ".join(f"{eid} {s:.2f}x" for eid, s in speeds.items())
@@ -272,7 +300,9 @@ def untrusted_reasons(profile: CostProfile, speeds: dict[str, float], foreign: f
     measured_on = profile.environment.get("boot_id")
     if measured_on is None:
         reasons.append("the profile does not say which machine it was measured on")
-    elif measured_on != boot_id():
+    elif ran_on is None:
+        reasons.append("the report does not say which machine its real runs ran on")
+    elif measured_on != ran_on:
         reasons.append("the profile was measured on another machine (or before a reboot)")
     noisy = [m for m in HEADLINE if m in metrics and metrics[m].real_spread is not None
              and metrics[m].real_spread > abs(metrics[m].rel_error)]
@@ -296,40 +326,96 @@ def compare(real: list[dict[str, float]], sim: dict[str, float], intervals: dict
     return out
 
 
+@dataclass
+class SimSide:
+    """The simulation of a case, run before the real engines so its wall time is its own."""
+
+    cluster: ClusterConfig
+    workload: Workload
+    result: Any  # sim.cluster.RunResult
+    intervals: dict | None
+    wall_s: float
+    router_cpu_s: float
+
+    @classmethod
+    def run(cls, case: ValidationCase, profile: CostProfile, spec) -> SimSide:
+        cluster = sim_cluster_config(case, profile, spec)
+        workload = generate(case.workload)
+        t0 = time.perf_counter()
+        simulated = SimCluster(cluster)
+        result = simulated.run(workload, seed=case.seed)
+        intervals = metric_intervals(cluster, workload, case.seed) if case.interval and profile.fit_error else None
+        return cls(cluster, workload, result, intervals, time.perf_counter() - t0,
+                   sum(e.router_cpu_s for e in simulated.engines.values()))
+
+
+@dataclass
+class RealSide:
+    """What a report keeps of its real runs: everything a comparison with a simulation reads."""
+
+    metrics: list[dict[str, float]]  # each run's
+    failed: int
+    wall_s: float
+    pinned: dict[str, int]
+    foreign_share: float | None  # the largest over the runs
+    cpu_s: dict[str, float]  # means over the runs
+    wait_s: dict[str, float]
+    run_steps: list[RunSteps]
+    probe_steps: list[RunSteps]
+    engine: dict[str, Any] | None
+    boot_id: str | None
+
+    @classmethod
+    def of_runs(cls, runs: list[RealRun], spec) -> RealSide:
+        metrics = [r.result.metrics() for r in runs]
+        shares = [r.foreign_share for r in runs if r.foreign_share is not None]
+        return cls(
+            metrics=metrics, failed=int(sum(m["failed"] + m["aborted"] for m in metrics)),
+            wall_s=float(np.mean([r.result.wall_time_s for r in runs])), pinned=runs[0].pinned,
+            foreign_share=max(shares) if shares else None,
+            cpu_s={k: round(float(np.mean([r.cpu_s[k] for r in runs])), 3) for k in runs[0].cpu_s},
+            wait_s={k: round(float(np.mean([r.wait_s[k] for r in runs])), 3) for k in runs[0].wait_s},
+            run_steps=[RunSteps.of(r.stats, r.wait_s) for r in runs],
+            probe_steps=[RunSteps.of(r.probe_stats, r.probe_wait_s) for r in runs if r.probe_stats],
+            engine=spec.model_dump(mode="json", exclude=NOT_SIMULATED), boot_id=boot_id())
+
+
 def validate(case: ValidationCase) -> ValidationReport:
     profile = CostProfile.load(case.profile)
     spec = real_engine_spec(case, profile)
-    cluster = sim_cluster_config(case, profile, spec)
-    workload = generate(case.workload)
-    t0 = time.perf_counter()
-    simulated = SimCluster(cluster)
-    sim_result = simulated.run(workload, seed=case.seed)
-    intervals = metric_intervals(cluster, workload, case.seed) if case.interval and profile.fit_error else None
-    sim_wall = time.perf_counter() - t0
-    sim_busy = {eid: round(st["busy_s"], 3) for eid, st in sim_result.engine_stats.items()}
-    runs = [run_real(case, spec, workload) for _ in range(case.real_repeats)]  # fresh engines each time
-    real_ms, sim_m = [r.result.metrics() for r in runs], sim_result.metrics()
-    shares = [r.foreign_share for r in runs if r.foreign_share is not None]
-    cpu = {k: round(float(np.mean([r.cpu_s[k] for r in runs])), 3) for k in runs[0].cpu_s}
-    wait = {k: round(float(np.mean([r.wait_s[k] for r in runs])), 3) for k in runs[0].wait_s}
-    speeds = step_speed(profile, [r.stats for r in runs], [r.wait_s for r in runs])
-    probed = [r for r in runs if r.probe_stats]
-    probe_speeds = step_speed(profile, [r.probe_stats for r in probed], [r.probe_wait_s for r in probed])
-    at_probe = compare(real_ms, run_scaled(cluster, workload, probe_speeds, case.seed).metrics()) if probe_speeds else None
-    at_speed = compare(real_ms, run_scaled(cluster, workload, speeds, case.seed).metrics()) if speeds else None
-    metrics = compare(real_ms, sim_m, intervals)
-    foreign = max(shares) if shares else None
+    simulated = SimSide.run(case, profile, spec)
+    runs = [run_real(case, spec, simulated.workload) for _ in range(case.real_repeats)]  # fresh engines each time
+    return compared(case, profile, simulated, RealSide.of_runs(runs, spec))
+
+
+def compared(case: ValidationCase, profile: CostProfile, sim: SimSide, real: RealSide,
+             speeds: dict[str, float] | None = None, probe_speeds: dict[str, float] | None = None) -> ValidationReport:
+    """The report on a case: its real runs against its simulation, plainly and at the step speeds
+    measured against the profile (given, or from the runs' step totals)."""
+    if speeds is None:
+        speeds = steps_speed(profile, real.run_steps)
+    if probe_speeds is None:
+        probe_speeds = steps_speed(profile, real.probe_steps)
+    at_probe = compare(real.metrics, run_scaled(sim.cluster, sim.workload, probe_speeds, case.seed).metrics()) \
+        if probe_speeds else None
+    at_speed = compare(real.metrics, run_scaled(sim.cluster, sim.workload, speeds, case.seed).metrics()) \
+        if speeds else None
+    sim_m = sim.result.metrics()
+    metrics = compare(real.metrics, sim_m, sim.intervals)
     return ValidationReport(
         step_speed={eid: round(s, 4) for eid, s in speeds.items()}, at_run_speed=at_speed,
         probe_step_speed={eid: round(s, 4) for eid, s in probe_speeds.items()}, at_probe_speed=at_probe,
-        untrusted=untrusted_reasons(profile, speeds, foreign, metrics, probe_speeds),
-        case=case, rate=case.workload.arrival.rate, metrics=metrics,
-        real_failed=int(sum(m["failed"] + m["aborted"] for m in real_ms)),
-        sim_failed=int(sim_m["failed"] + sim_m["aborted"]),
-        real_wall_s=float(np.mean([r.result.wall_time_s for r in runs])), sim_wall_s=sim_wall,
-        pinned=runs[0].pinned, foreign_cpu_share=foreign, real_cpu_s=cpu, real_wait_s=wait, sim_busy_s=sim_busy,
-        sim_router_cpu_s=round(sum(e.router_cpu_s for e in simulated.engines.values()), 3),
-        cost_model=next(iter(sim_result.cost_models.values())))
+        untrusted=untrusted_reasons(profile, speeds, real.foreign_share, metrics, probe_speeds, ran_on=real.boot_id),
+        case=case, rate=case.workload.arrival.rate, metrics=metrics, real_failed=real.failed,
+        sim_failed=int(sim_m["failed"] + sim_m["aborted"]), real_wall_s=real.wall_s, sim_wall_s=sim.wall_s,
+        pinned=real.pinned, foreign_cpu_share=real.foreign_share, real_cpu_s=real.cpu_s, real_wait_s=real.wait_s,
+        sim_busy_s={eid: round(st["busy_s"], 3) for eid, st in sim.result.engine_stats.items()},
+        sim_router_cpu_s=round(sim.router_cpu_s, 3), cost_model=next(iter(sim.result.cost_models.values())),
+        real_engine=real.engine, real_boot_id=real.boot_id, run_steps=real.run_steps, probe_steps=real.probe_steps)
+
+
+def steps_speed(profile: CostProfile, steps: list[RunSteps]) -> dict[str, float]:
+    return step_speed(profile, [s.stats for s in steps], [s.wait_s for s in steps])
 
 
 # -- presenting ------------------------------------------------------------------------------

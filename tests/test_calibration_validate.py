@@ -151,6 +151,15 @@ def test_validate_command_on_a_small_case(tmp_path, capsys):
     # did not measure a router on the engines' cores.
     assert "router CPU-s real/sim" in text and f"{report['real_cpu_s']['router']:.2f}/0.00" in text
     assert report["sim_router_cpu_s"] == 0.0
+    # It records what a later resimulation needs, which then gives its comparison back exactly.
+    assert report["real_engine"]["num_pages"] == 256 and "listen" not in report["real_engine"]
+    assert report["real_boot_id"] == boot_id() and len(report["run_steps"]) == len(report["probe_steps"]) == 1
+    from calibration.resimulate import load_reports, resimulate
+
+    (stored,) = load_reports(out)
+    again = resimulate(stored, out)
+    assert again.metrics == stored.metrics and again.at_run_speed == stored.at_run_speed
+    assert again.at_probe_speed == stored.at_probe_speed and again.untrusted == stored.untrusted
 
 
 def test_step_speed_compares_measured_steps_with_the_profiles_prediction_for_them(tmp_path):
@@ -217,22 +226,27 @@ def test_validation_says_when_not_to_trust_it(tmp_path):
     from calibration.environment import boot_id
     from calibration.validate import MetricComparison
 
-    here = CostProfile.load(tiny_profile(tmp_path, environment={"boot_id": boot_id()}))
+    here_id = boot_id() or "this-boot"
+    here = CostProfile.load(tiny_profile(tmp_path, environment={"boot_id": here_id}))
     calm = {"mean_ttft_ms": MetricComparison(real=10, sim=10.2, rel_error=0.02, real_spread=0.01)}
-    assert untrusted_reasons(here, {"e0": 1.03}, 0.0, calm) == []
+    assert untrusted_reasons(here, {"e0": 1.03}, 0.0, calm, ran_on=here_id) == []
     reasons = untrusted_reasons(here, {"e0": 1.3}, 0.2, {
-        "mean_ttft_ms": MetricComparison(real=10, sim=10.2, rel_error=0.02, real_spread=0.3)})
+        "mean_ttft_ms": MetricComparison(real=10, sim=10.2, rel_error=0.02, real_spread=0.3)}, ran_on=here_id)
     assert len(reasons) == 3
     assert "e0 1.30x the profile's step time" in reasons[0]
     assert "other processes used 20% of the CPU" in reasons[1]
     assert "spread more than the error on mean_ttft_ms" in reasons[2]
     # A probe just before the run that read another speed than the run's: the probed comparison is drift too.
-    assert untrusted_reasons(here, {"e0": 1.03, "e1": 0.99}, 0.0, calm, {"e0": 1.02, "e1": 0.99}) == []
-    (moved,) = untrusted_reasons(here, {"e0": 1.03, "e1": 0.99}, 0.0, calm, {"e0": 0.96, "e1": 0.99})
+    assert untrusted_reasons(here, {"e0": 1.03, "e1": 0.99}, 0.0, calm, {"e0": 1.02, "e1": 0.99}, ran_on=here_id) == []
+    (moved,) = untrusted_reasons(here, {"e0": 1.03, "e1": 0.99}, 0.0, calm, {"e0": 0.96, "e1": 0.99}, ran_on=here_id)
     assert "between the probe and the run (e0 0.96x -> 1.03x, e1 0.99x -> 0.99x" in moved
     elsewhere = CostProfile.load(tiny_profile(tmp_path, environment={"boot_id": "another-boot"}))
     expected = "the profile was measured on another machine (or before a reboot)"
-    assert untrusted_reasons(elsewhere, {}, None, calm) == [expected]
+    assert untrusted_reasons(elsewhere, {}, None, calm, ran_on=here_id) == [expected]
+    # A report resimulated later is judged by the machine its real runs ran on, not today's.
+    assert untrusted_reasons(elsewhere, {}, None, calm, ran_on="another-boot") == []
+    assert untrusted_reasons(here, {}, None, calm, ran_on=None) == [
+        "the report does not say which machine its real runs ran on"]
 
 
 def test_validate_with_no_simulated_capacity_says_so_instead_of_dividing_by_zero(capsys):
