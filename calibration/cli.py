@@ -194,7 +194,9 @@ def _fit(args) -> int:
     if profile.rpc_latency_s is not None:
         print(f"  control calls    round trip {profile.rpc_latency_s * 1e6:.1f} us, sender CPU per remote_send "
               f"{(profile.send_overhead_s or 0) * 1e6:.1f} us, receiver CPU per handoff "
-              f"{(profile.recv_overhead_s or 0) * 1e6:.1f} us")
+              f"{(profile.recv_overhead_s or 0) * 1e6:.1f} us, per start_generate "
+              f"{(profile.generate_overhead_s or 0) * 1e6:.1f} us (handed off: "
+              f"{(profile.handoff_generate_overhead_s or 0) * 1e6:.1f} us)")
     if profile.stream is not None:
         sc = profile.stream
         print(f"  streaming        {sc.message_s * 1e6:.1f} us per message + {sc.step_s * 1e6:.1f} us per step + "

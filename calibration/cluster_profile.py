@@ -8,7 +8,9 @@ control round trips + link latency + bytes / bandwidth stand for.
 
 Control calls: the round trip of a no-op call (the simulator's `rpc_latency_s`: prep_recv and
 remote_send each pay one, start_generate half), the sender engine's CPU per remote_send outside
-any step (`send_overhead_s`) and the receiver's per handoff (`recv_overhead_s`). The handoff time
+any step (`send_overhead_s`), the receiver's per handoff (`recv_overhead_s`), and an engine's per
+start_generate call, of a new request (`generate_overhead_s`) and of a handed-off one
+(`handoff_generate_overhead_s`). The handoff time
 above contains both round trips, so the fitted link latency is stated net of them
 (calibration.fit.to_profile).
 
@@ -66,7 +68,10 @@ async def _control(engines, vocab: int, page_size: int, rng, pings: int = 40, se
     the call, shipping, acknowledgements, the reply), from the engine's main-thread CPU clock
     around `sends` transfers of cached prompts, less the cost of the `stats` call that reads it,
     and likewise the receiver's per handoff (the prep_recv call, landing the KV, completing the
-    reservation), read around each handoff."""
+    reservation), read around each handoff. Then what handling a start_generate call costs the
+    loop (decoding it, queuing the request; its steps are not part of it), from the engine's own
+    count per call: for a new request (the prompt's KV computed by the engine itself) and for
+    one whose KV was just handed to it (PD's decode engine, which already holds the request)."""
     from real import protocol as p
 
     src, dst = engines
@@ -76,7 +81,9 @@ async def _control(engines, vocab: int, page_size: int, rng, pings: int = 40, se
         await src._call(p.Ping(op="ping", id=0))
         rtts.append(time.perf_counter() - t0)
         await asyncio.sleep(0.002)
-    prompts = [rng.integers(0, vocab, size=4 * page_size, dtype=np.int32) for _ in range(sends)]
+    # Four full pages and one token: the sender caches the four pages, and the receiver is handed
+    # them as PD hands them over, keeping the last prompt token to compute itself.
+    prompts = [rng.integers(0, vocab, size=4 * page_size + 1, dtype=np.int32) for _ in range(sends)]
     for i, prompt in enumerate(prompts):  # compute (and cache) every prompt's KV first
         async for _ in src.start_generate(Request(f"ctl-warm-{i}", prompt, SamplingParams(max_tokens=1,
                                                                                            ignore_eos=True))):
@@ -89,17 +96,38 @@ async def _control(engines, vocab: int, page_size: int, rng, pings: int = 40, se
             costs.append(b["loop_cpu_s"] - a["loop_cpu_s"])
         stats_cost[engine.id] = statistics.median(costs)
     before, received = (await src.stats())["loop_cpu_s"], 0.0
+    handed_off = []
     for i, prompt in enumerate(prompts):
         req = Request(f"ctl-{i}", prompt, SamplingParams(max_tokens=1, ignore_eos=True))
+        split = len(prompt) - 1  # page-aligned: all of it cached on the sender, so no step
         dst_before = (await dst.stats())["loop_cpu_s"]
-        kv_addr, matched = await dst.prep_recv(req, None)
-        await src.remote_send(req, kv_addr, dst.id, matched, None)  # all cached: no step
+        kv_addr, matched = await dst.prep_recv(req, split)
+        await src.remote_send(req, kv_addr, dst.id, matched, split)  # all cached: no step
         received += (await dst.stats())["loop_cpu_s"] - dst_before - stats_cost[dst.id]
-        await dst.release(req.id)  # outside the bracket: a PD receiver generates instead
+        handed_off.append((req, split))
     cpu = (await src.stats())["loop_cpu_s"] - before - stats_cost[src.id]
+    resumed = await _generate_call_cpu(dst, [dst.start_generate(req, begin) for req, begin in handed_off])
+    fresh = [Request(f"ctl-new-{i}", rng.integers(0, vocab, size=4 * page_size, dtype=np.int32),
+                     SamplingParams(max_tokens=1, ignore_eos=True)) for i in range(sends)]
+    new = await _generate_call_cpu(src, [src.start_generate(req) for req in fresh])
     return {"rpc_latency_s": statistics.median(rtts), "send_overhead_s": max(0.0, cpu / sends),
-            "recv_overhead_s": max(0.0, received / sends), "pings": pings, "sends": sends,
+            "recv_overhead_s": max(0.0, received / sends), "generate_overhead_s": new,
+            "handoff_generate_overhead_s": resumed, "pings": pings, "sends": sends,
             "stats_call_cpu_s": stats_cost[src.id]}
+
+
+async def _generate_call_cpu(engine, streams) -> float:
+    """Mean thread CPU the engine's loop spent handling each of these start_generate calls (run
+    one after another to the end), from its per-call count (real.engine_stats.CallCosts)."""
+    def count(stats) -> list:
+        return stats.get("calls", {}).get("start_generate", [0, 0.0])
+
+    n0, cpu0 = count(await engine.stats())
+    for stream in streams:
+        async for _ in stream:
+            pass
+    n1, cpu1 = count(await engine.stats())
+    return (cpu1 - cpu0) / (n1 - n0) if n1 > n0 else 0.0
 
 
 async def _router_cost(engines, vocab: int, seed: int, max_len: int) -> dict:

@@ -352,8 +352,8 @@ def to_profile(samples: ProfileSamples, fit: FitResult, colocated_router: bool =
            "samples_created": samples.created}
     coefficients = dict(fit.coefficients)
     router = samples.environment.get("router") or {}
-    rpc, send_overhead, recv_overhead = (router.get(k) for k in ("rpc_latency_s", "send_overhead_s",
-                                                                 "recv_overhead_s"))
+    rpc, send_overhead, recv_overhead, generate_overhead, handoff_generate_overhead = (router.get(k) for k in (
+        "rpc_latency_s", "send_overhead_s", "recv_overhead_s", "generate_overhead_s", "handoff_generate_overhead_s"))
     transfer = fit.transfer
     if transfer is not None and rpc is not None:
         # A measured handoff holds the prep_recv and remote_send round trips, which the simulator
@@ -367,7 +367,8 @@ def to_profile(samples: ProfileSamples, fit: FitResult, colocated_router: bool =
         hardware=samples.hardware, model=samples.model, dtype=samples.dtype, tp=samples.tp,
         page_size=samples.page_size, engine_version=samples.engine_version or engine_version(),
         coefficients=coefficients, transfer=transfer, rpc_latency_s=rpc, send_overhead_s=send_overhead,
-        recv_overhead_s=recv_overhead,
+        recv_overhead_s=recv_overhead, generate_overhead_s=generate_overhead,
+        handoff_generate_overhead_s=handoff_generate_overhead,
         router_cpu_per_token_s=router["router_cpu_per_token_s"] if colocated_router else None, stream=fit.stream,
         idle=fit.idle,
         fit_error={k: v for k, v in fit.errors.items() if np.isfinite(v)},

@@ -54,6 +54,26 @@ class IdleSpells:
         return [[b, *self.bins[b]] for b in sorted(self.bins)]
 
 
+MALFORMED = "malformed"  # the op a message that could not be decoded is counted under
+
+
+class CallCosts:
+    """Per op, how many messages the loop handled and the thread CPU that took, outside any step
+    (calibration reads a start_generate's cost from it). Ops are the protocol's, so the table is
+    as small as the protocol whatever a peer sends."""
+
+    def __init__(self) -> None:
+        self.by_op: dict[str, list] = {}  # op -> [messages, seconds]
+
+    def add(self, op: str, seconds: float) -> None:
+        entry = self.by_op.setdefault(op, [0, 0.0])
+        entry[0] += 1
+        entry[1] += seconds
+
+    def as_dict(self) -> dict[str, list]:
+        return {op: list(v) for op, v in sorted(self.by_op.items())}
+
+
 def engine_stats(worker) -> dict:
     """core_api's common figures (the simulator's schema) plus this process's own."""
     sched, kv = worker.sched, worker.sched.kv
@@ -71,7 +91,7 @@ def engine_stats(worker) -> dict:
             "receiving": len(sched.receiving), "sending": len(worker.sender.sends),
             "kv_bytes_sent": worker.sender.bytes_sent, "kv_bytes_received": worker.transports.bytes_received,
             "kv_land_s": worker.transports.land_s, "kv_chunks_sent": worker.sender.chunks_sent,
-            "idle_spells": worker.idle_spells.as_list(),
+            "idle_spells": worker.idle_spells.as_list(), "calls": worker.calls.as_dict(),
             "stream": {"steps": worker.stream_out.steps, "tokens": worker.stream_out.tokens,
                        "messages": worker.stream_out.messages}}
 
@@ -99,4 +119,7 @@ def stats_between(before: dict, after: dict) -> dict:
         if n > n0:
             spells.append([b, n - n0, total - total0])
     out["idle_spells"] = spells
+    earlier_calls = before.get("calls", {})
+    out["calls"] = {op: [n - earlier_calls.get(op, [0, 0.0])[0], cpu - earlier_calls.get(op, [0, 0.0])[1]]
+                    for op, (n, cpu) in after.get("calls", {}).items()}
     return out

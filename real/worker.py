@@ -34,7 +34,7 @@ from core_api.sequence import FAILED, Sequence
 from real import protocol as p
 from real.config import EngineSpec
 from real.engine_calls import EngineCalls
-from real.engine_stats import IdleSpells, add_features, engine_stats, feature_totals
+from real.engine_stats import MALFORMED, CallCosts, IdleSpells, add_features, engine_stats, feature_totals
 from real.engine_transports import EngineTransports
 from real.keys import ENGINE, load_keys, start_authenticator
 from real.kv_receiver import KVReceiver, issue_token
@@ -109,6 +109,7 @@ class EngineWorker(EngineCalls):
         self.loop_s = 0.0
         self.feature_totals = feature_totals()
         self.idle_spells = IdleSpells()
+        self.calls = CallCosts()
         self.running = True
         self._deferred_release: set[str] = set()
         # Who sent the message being handled: the client's CURVE public key when authenticated
@@ -203,14 +204,22 @@ class EngineWorker(EngineCalls):
             self._dispatch(ident, body)
 
     def _dispatch(self, ident: bytes, frames: list) -> None:
+        """Handle one message, its thread CPU counted under its op (calibration reads what a
+        start_generate costs the loop outside any step)."""
+        t0 = time.thread_time()
+        op = self._handle(ident, frames)
+        self.calls.add(op, time.thread_time() - t0)
+
+    def _handle(self, ident: bytes, frames: list) -> str:
+        """Decode and run one message; its op (or "malformed")."""
         if not frames:
             self._send(ident, p.Error(op="error", error="malformed message: no frames", kind="ProtocolError"))
-            return
+            return MALFORMED
         try:
             msg = p.decode_engine_msg(frames[0].bytes)
         except p.ProtocolError as exc:
             self._send(ident, p.Error(op="error", id=exc.call_id, error=str(exc), kind="ProtocolError"))
-            return
+            return MALFORMED
         self._principal = _user_id(frames[0]) or ident
         try:
             self._handlers[msg.op](ident, msg, frames[1:])
@@ -222,6 +231,7 @@ class EngineWorker(EngineCalls):
             log.exception("engine %s: %s failed", self.id, msg.op)
             self._send(ident, p.Error(op="error", id=msg.id, error=f"{msg.op} on engine {self.id}: internal error "
                                       f"{type(exc).__name__}: {exc}", kind="InternalError"))
+        return msg.op
 
     # -- answers ------------------------------------------------------------------------------
     def _send(self, ident: bytes, msg) -> None:

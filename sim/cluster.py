@@ -96,7 +96,8 @@ class SimCluster:
                 self.env, engine_id, self._scheduler_config(ec), cost, self.network,
                 kv_bytes_per_token(get_model(ec.model, ec.dtype)), self.engines,
                 rpc_latency_s=cluster.rpc_latency_s, send_overhead_s=cluster.send_overhead_s,
-                recv_overhead_s=cluster.recv_overhead_s,
+                recv_overhead_s=cluster.recv_overhead_s, generate_overhead_s=cluster.generate_overhead_s,
+                handoff_generate_overhead_s=cluster.handoff_generate_overhead_s,
                 calls_between_steps=cluster.calls_between_steps, router_cpu_per_token_s=cluster.router_cpu_per_token_s,
                 stream_cost=cluster.stream, idle_cost=cluster.idle,
             )

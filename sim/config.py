@@ -52,6 +52,11 @@ class ClusterConfig(Strict):
     recv_overhead_s: float = Field(0.0, ge=0, description=(
         "receiving engine CPU per KV handoff (the prep_recv call, landing the KV, completing it), added to its "
         "next step"))
+    generate_overhead_s: float = Field(0.0, ge=0, description=(
+        "engine CPU handling a start_generate call of a new request (decoding it, queuing the request), added "
+        "to its next step"))
+    handoff_generate_overhead_s: float = Field(0.0, ge=0, description=(
+        "the same for a start_generate that continues a request whose KV was handed to the engine (begin > 0)"))
     router_cpu_per_token_s: float = Field(0.0, ge=0, description=(
         "CPU a router sharing the engines' cores spends per streamed token, taken from every engine in equal "
         "shares: a step in progress ends later, an engine between steps pays in its next step (0: the router "

@@ -55,7 +55,8 @@ class SimEngine(HostEffects, EngineFaults, DecodeRuns):
     def __init__(self, env: simpy.Environment, engine_id: str, scheduler: SchedulerConfig,
                  cost_model: CostModel, network: Network, kv_bytes_per_token: float,
                  peers: dict[str, SimEngine], rpc_latency_s: float = 0.0, send_overhead_s: float = 0.0,
-                 recv_overhead_s: float = 0.0,
+                 recv_overhead_s: float = 0.0, generate_overhead_s: float = 0.0,
+                 handoff_generate_overhead_s: float = 0.0,
                  calls_between_steps: bool = False, router_cpu_per_token_s: float = 0.0,
                  stream_cost: StreamCost | None = None, idle_cost: IdleCost | None = None) -> None:
         self.env, self.id = env, engine_id
@@ -65,6 +66,8 @@ class SimEngine(HostEffects, EngineFaults, DecodeRuns):
         self.peers = peers  # every engine of the cluster by id, this one included
         self._half_rpc = rpc_latency_s / 2
         self.send_overhead_s, self.recv_overhead_s = send_overhead_s, recv_overhead_s
+        # a start_generate's handling: of a new request, and of one whose KV was handed over (begin > 0)
+        self._generate_call_s = (generate_overhead_s, handoff_generate_overhead_s)
         self._overhead = 0.0  # CPU owed to calls, charged to the next step
         self._in_step = False  # a single step is running (a decode run prices its steps ahead)
         self._stolen = 0.0  # CPU another process took from the step in progress, which it stretches
@@ -137,6 +140,9 @@ class SimEngine(HostEffects, EngineFaults, DecodeRuns):
         await self._check_up()
         seq = self.sched.add_generate(req, begin)
         seq.handle = stream = _Stream(self.env)
+        cost = self._generate_call_s[begin > 0]
+        if cost:
+            self.charge(cost)
         self._poke()
         await SimWait(stream.first)
         yield TokenChunk(seq.output[:1], seq.token_times[:1], finished=seq.finish_reason is not None,

@@ -8,6 +8,8 @@ default (and then free of events, so exact timings elsewhere stay exact):
   acknowledgements), added to its next step;
 - `recv_overhead_s`: the receiving engine's CPU per KV handoff (the prep_recv call, landing the
   KV, completing the reservation), added to its next step once the handoff completes;
+- `generate_overhead_s`, `handoff_generate_overhead_s`: the engine's CPU handling a start_generate
+  call (of a new request; of one whose KV was handed to it), added to its next step;
 - `calls_between_steps`: a real engine reads its socket between steps only, so a prep_recv is
   answered, a KV chunk lands and its acknowledgement reaches the sender when the step each
   engine is running ends (new work waits for the next schedule anyway);

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 # The ClusterConfig fields measured_host sets: the link (profile_link) and host_effects' keys.
 MEASURED_HOST_FIELDS = frozenset({"link", "rpc_latency_s", "send_overhead_s", "recv_overhead_s",
+                                  "generate_overhead_s", "handoff_generate_overhead_s",
                                   "router_cpu_per_token_s", "calls_between_steps", "stream", "idle"})
 
 
@@ -34,6 +35,8 @@ def host_effects(profile: CostProfile, stream_interval_s: float | None = None) -
         stream = stream.model_copy(update={"interval_s": stream_interval_s})
     return {"rpc_latency_s": profile.rpc_latency_s or 0.0, "send_overhead_s": profile.send_overhead_s or 0.0,
             "recv_overhead_s": profile.recv_overhead_s or 0.0,
+            "generate_overhead_s": profile.generate_overhead_s or 0.0,
+            "handoff_generate_overhead_s": profile.handoff_generate_overhead_s or 0.0,
             "router_cpu_per_token_s": profile.router_cpu_per_token_s or 0.0, "calls_between_steps": True,
             "stream": stream, "idle": profile.idle}
 

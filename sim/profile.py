@@ -80,6 +80,11 @@ class CostProfile(ProfileFile):
         "measured engine CPU per remote_send outside steps (ClusterConfig.send_overhead_s)"))
     recv_overhead_s: float | None = Field(default=None, ge=0, description=(
         "measured receiving engine CPU per KV handoff outside steps (ClusterConfig.recv_overhead_s)"))
+    generate_overhead_s: float | None = Field(default=None, ge=0, description=(
+        "measured engine CPU handling a start_generate of a new request (ClusterConfig.generate_overhead_s)"))
+    handoff_generate_overhead_s: float | None = Field(default=None, ge=0, description=(
+        "measured engine CPU handling a start_generate of a handed-off request "
+        "(ClusterConfig.handoff_generate_overhead_s)"))
     router_cpu_per_token_s: float | None = Field(default=None, ge=0, description=(
         "measured router CPU per streamed token, for hosts where the router shares the engines' cores "
         "(ClusterConfig.router_cpu_per_token_s; `calibrate fit --colocated-router`)"))

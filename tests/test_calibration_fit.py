@@ -196,9 +196,11 @@ def test_control_call_costs_go_into_the_profile_and_out_of_the_link_latency():
     samples = samples_file(np.random.default_rng(0))
     fit = fit_samples(samples)
     assert to_profile(samples, fit).rpc_latency_s is None
-    samples.environment["router"] = {"rpc_latency_s": 1e-4, "send_overhead_s": 3e-4, "recv_overhead_s": 2e-4}
+    samples.environment["router"] = {"rpc_latency_s": 1e-4, "send_overhead_s": 3e-4, "recv_overhead_s": 2e-4,
+                                     "generate_overhead_s": 9e-5, "handoff_generate_overhead_s": 7e-5}
     profile = to_profile(samples, fit)
     assert (profile.rpc_latency_s, profile.send_overhead_s, profile.recv_overhead_s) == (1e-4, 3e-4, 2e-4)
+    assert (profile.generate_overhead_s, profile.handoff_generate_overhead_s) == (9e-5, 7e-5)
     assert profile.transfer.latency_s == pytest.approx(fit.transfer.latency_s - 2e-4)
     assert profile.transfer.bandwidth_Bps == fit.transfer.bandwidth_Bps
 

@@ -270,15 +270,18 @@ def test_run_delay_reads_the_kernels_schedstat_and_is_zero_when_it_cannot():
 def test_host_effects_come_from_the_profile_at_the_engines_stream_interval(tmp_path):
     bare = CostProfile.load(tiny_profile(tmp_path))
     assert host_effects(bare, 0.005) == {"rpc_latency_s": 0.0, "send_overhead_s": 0.0, "recv_overhead_s": 0.0,
+                                         "generate_overhead_s": 0.0, "handoff_generate_overhead_s": 0.0,
                                          "router_cpu_per_token_s": 0.0, "calls_between_steps": True, "stream": None,
                                          "idle": None}
     measured = CostProfile.load(tiny_profile(tmp_path, rpc_latency_s=2e-4, recv_overhead_s=4e-4,
+                                             generate_overhead_s=9e-5, handoff_generate_overhead_s=7e-5,
                                              router_cpu_per_token_s=3e-5, stream={
         "interval_s": 0.0, "message_s": 1e-4, "step_s": 1e-5, "token_s": 1e-6},
         idle={"idle_s": [0.001, 0.1], "extra_s": [1e-4, 9e-4]}))
     effects = host_effects(measured, 0.005)
     assert effects["rpc_latency_s"] == 2e-4 and effects["router_cpu_per_token_s"] == 3e-5
     assert effects["recv_overhead_s"] == 4e-4
+    assert (effects["generate_overhead_s"], effects["handoff_generate_overhead_s"]) == (9e-5, 7e-5)
     assert effects["stream"].interval_s == 0.005 and effects["stream"].message_s == 1e-4
     assert effects["idle"].seconds(0.1) == 9e-4
     ClusterConfig(engines=[EngineConfig()], **effects)  # what the simulator accepts

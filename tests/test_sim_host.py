@@ -48,6 +48,20 @@ def test_recv_overhead_is_charged_to_the_receivers_next_step():
     assert run_one("round_robin", recv_overhead_s=3e-4).token_times == run_one("round_robin").token_times
 
 
+@pytest.mark.parametrize("strategy, charged, free", [
+    ("round_robin", "generate_overhead_s", "handoff_generate_overhead_s"),  # a new request: the whole prompt
+    ("pd", "handoff_generate_overhead_s", "generate_overhead_s"),  # the decode engine continues a handoff
+])
+def test_a_start_generate_costs_its_engine_the_handling_of_its_kind(strategy, charged, free):
+    base = run_one(strategy)
+    slow = run_one(strategy, **{charged: 1.5e-4})
+    # the request's first step on that engine pays it, once
+    assert slow.first_token_time - base.first_token_time == pytest.approx(1.5e-4, abs=1e-12)
+    gaps = lambda r: [b - a for a, b in zip(r.token_times, r.token_times[1:])]
+    assert gaps(slow) == pytest.approx(gaps(base), abs=1e-15)
+    assert run_one(strategy, **{free: 1.5e-4}).token_times == base.token_times
+
+
 def test_calls_between_steps_change_nothing_on_an_idle_cluster():
     base, boundary = run_one(rpc_latency_s=RPC), run_one(rpc_latency_s=RPC, calls_between_steps=True)
     assert boundary.token_times == base.token_times
