@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -80,9 +81,10 @@ def add_parser(sub) -> None:
                          description="Simulate the cases of a `calibrate validate --out` report again and compare "
                                      "them with the real runs it recorded (after a change to the simulator, or "
                                      "with another profile of the same engine), without running real engines.")
-    rs.add_argument("report", type=Path, help="reports JSON written by `calibrate validate --out`")
-    rs.add_argument("--profile", type=Path, help="profile to simulate with (default: the report's own)")
-    rs.add_argument("--out", type=Path, help="write the resimulated reports JSON here")
+    rs.add_argument("report", type=Path, nargs="+", help=(
+        "reports JSON written by `calibrate validate --out`; with several, one line each and their median"))
+    rs.add_argument("--profile", type=Path, help="profile to simulate with (default: each report's own)")
+    rs.add_argument("--out", type=Path, help="write the resimulated reports JSON here (one report only)")
 
     rf = cmds.add_parser("roofline", help="fit the roofline's efficiency factors to public GPU measurements")
     rf.add_argument("--data", type=Path, required=True,
@@ -262,14 +264,29 @@ def _resimulate(args) -> int:
     from calibration.resimulate import load_reports, resimulate
     from calibration.validate import format_reports, headline_error
 
-    stored = load_reports(args.report)
-    reports = [resimulate(r, args.report, args.profile) for r in stored]
-    print(f"{len(reports)} case(s) of {args.report} simulated again"
-          + (f" with {args.profile}" if args.profile else "") + " against the real runs it recorded; "
-          f"median |error| was {headline_error(stored) * 100:.1f}% as stored", file=sys.stderr)
-    print(format_reports(reports))
-    if args.out:
-        _write_reports(reports, args.out)
+    if args.out and len(args.report) > 1:
+        raise ValueError("--out takes one report: resimulate each report on its own to keep its reports")
+    stored = {path: load_reports(path) for path in args.report}  # all read before any is simulated
+    again = {}
+    for path, reports in stored.items():
+        again[path] = [resimulate(r, path, args.profile) for r in reports]
+        if len(args.report) > 1:
+            print(f"{path}: median |error| {headline_error(again[path]) * 100:.1f}% "
+                  f"(as stored {headline_error(reports) * 100:.1f}%)", flush=True)
+    if len(args.report) == 1:
+        [(path, reports)] = again.items()
+        print(f"{len(reports)} case(s) of {path} simulated again" + (f" with {args.profile}" if args.profile else "")
+              + f" against the real runs it recorded; median |error| was {headline_error(stored[path]) * 100:.1f}% "
+              "as stored", file=sys.stderr)
+        print(format_reports(reports))
+        if args.out:
+            _write_reports(reports, args.out)
+        return 0
+    now = [headline_error(r) for r in again.values()]
+    then = [headline_error(r) for r in stored.values()]
+    print(f"{len(now)} reports: median of their median |error| {statistics.median(now) * 100:.2f}% "
+          f"(as stored {statistics.median(then) * 100:.2f}%), mean {statistics.fmean(now) * 100:.2f}% "
+          f"(as stored {statistics.fmean(then) * 100:.2f}%)")
     return 0
 
 

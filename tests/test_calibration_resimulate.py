@@ -167,3 +167,18 @@ def test_a_missing_or_mismatched_profile_is_named(tmp_path, capsys):
     wrong.write_text(json.dumps(other_model))
     assert main(["calibrate", "resimulate", str(path), "--profile", str(wrong)]) == 2
     assert "Llama-3.1-8B" in capsys.readouterr().err
+
+
+def test_several_reports_give_a_line_each_and_their_median(tmp_path, capsys):
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    paths = [str(stored_report(first)), str(stored_report(second))]
+    assert main(["calibrate", "resimulate", *paths]) == 0
+    out = capsys.readouterr().out
+    error = f"{abs(1 / 1.25 - 1) * 100:.1f}%"
+    assert all(f"{p}: median |error| {error} (as stored {error})" in out for p in paths)
+    assert "2 reports: median of their median |error| 20.00% (as stored 20.00%)" in out
+    assert main(["calibrate", "resimulate", *paths, "--out", str(tmp_path / "x.json")]) == 2
+    assert "--out takes one report" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
