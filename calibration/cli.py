@@ -291,8 +291,14 @@ def _resimulate(args) -> int:
 
 
 def _write_reports(reports, out: Path) -> None:
+    """The reports as JSON, each case's profile path relative to the file (where resimulate
+    looks for it first), so the two move together."""
+    from calibration.resimulate import relative_to_report
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps([r.model_dump(mode="json") for r in reports], indent=1) + "\n")
+    written = [r.model_copy(update={"case": r.case.model_copy(update={
+        "profile": relative_to_report(r.case.profile, out)})}) for r in reports]
+    out.write_text(json.dumps([r.model_dump(mode="json") for r in written], indent=1) + "\n")
     print(f"wrote {out}")
 
 

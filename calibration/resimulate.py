@@ -12,6 +12,7 @@ stored step speeds are against it); with another profile, they give the plain co
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -46,11 +47,17 @@ def load_reports(path: str | Path) -> list[ValidationReport]:
     return reports
 
 
+def relative_to_report(profile: str | Path, report_path: Path) -> str:
+    """A profile path as a report file records it: relative to the report's folder."""
+    return os.path.relpath(Path(profile).resolve(), Path(report_path).resolve().parent)
+
+
 def report_profile(report: ValidationReport, report_path: Path) -> Path:
-    """The profile the report was validated with: its path as recorded (relative to where
-    validate ran), else that path, or the file's name alone, in the report's folder."""
+    """The profile the report was validated with: its path relative to the report's folder (as
+    `validate --out` writes it), else as recorded relative to here (older reports kept the path
+    validate was given), else the file's name alone in the report's folder."""
     recorded = Path(report.case.profile)
-    for candidate in (recorded, report_path.parent / recorded, report_path.parent / recorded.name):
+    for candidate in (report_path.parent / recorded, recorded, report_path.parent / recorded.name):
         if candidate.is_file():
             return candidate
     raise ReportError(f"{report_path}: the report's profile {report.case.profile} is neither there nor next to "

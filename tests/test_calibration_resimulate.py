@@ -23,7 +23,8 @@ from core_api.workload import WorkloadSpec
 from microserving.cli import main
 from sim.profile import CostProfile
 
-SHIPPED = Path(__file__).resolve().parents[1] / "calibration" / "profiles" / "cpu-tiny.json"
+PROFILES = Path(__file__).resolve().parents[1] / "calibration" / "profiles"
+SHIPPED = PROFILES / "cpu-tiny.json"
 REAL_SCALE = (1.2, 1.3)  # the made-up real runs: the simulation's metrics times these
 STATS = {"e0": {"steps": 400, "loop_s": 0.9, "step_features": {"prefill_tokens": 3000.0, "decode_seqs": 600.0,
                                                                 "decode_context": 90_000.0}},
@@ -131,6 +132,9 @@ def test_a_reports_profile_is_found_next_to_it_when_validate_ran_elsewhere(tmp_p
     data = json.loads(path.read_text())
     data[0]["case"]["profile"] = recorded  # relative to where validate ran, not to here
     path.write_text(json.dumps(data))
+    decoy = json.loads(SHIPPED.read_text())
+    decoy["coefficients"]["const"] *= 3
+    (tmp_path / "profile.json").write_text(json.dumps(decoy))  # another profile by that name here
     monkeypatch.chdir(tmp_path)
     (stored,) = load_reports(path)
     assert resimulate(stored, path).metrics["mean_ttft_ms"].sim == stored.metrics["mean_ttft_ms"].sim
@@ -182,3 +186,14 @@ def test_several_reports_give_a_line_each_and_their_median(tmp_path, capsys):
     assert main(["calibrate", "resimulate", *paths, "--out", str(tmp_path / "x.json")]) == 2
     assert "--out takes one report" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_shipped_loop_resimulates_to_its_stored_comparison():
+    """A real calibration loop of this project's engines (calibration/profiles/loops-*): the
+    simulator gives the comparison it stored, so a change to what the simulator does on real
+    runs shows here (rerun `calibrate resimulate ... --out` to store a deliberate one)."""
+    path = sorted(PROFILES.glob("loops-*/*/validation.json"))[0]
+    stored = load_reports(path)
+    for old, new in zip(stored, (resimulate(r, path) for r in stored)):
+        assert new.metrics == old.metrics and new.at_run_speed == old.at_run_speed
+        assert new.sim_busy_s == old.sim_busy_s and new.step_speed == old.step_speed

@@ -132,6 +132,7 @@ def test_validate_command_on_a_small_case(tmp_path, capsys):
     (report,) = json.loads(out.read_text())
     assert report["real_failed"] == 0 and report["sim_failed"] == 0
     assert report["cost_model"]["kind"] == "fitted" and report["cost_model"]["profile"] == str(SHIPPED)
+    assert (out.parent / report["case"]["profile"]).resolve() == SHIPPED.resolve()  # relative to the report
     for m in report["metrics"].values():
         assert m["real"] > 0 and m["sim"] > 0
     # The engines reported their steps: the speed against the profile, and the rerun at that speed.
