@@ -192,7 +192,7 @@ def test_a_shipped_loop_resimulates_to_its_stored_comparison():
     """A real calibration loop of this project's engines (calibration/profiles/loops-*): the
     simulator gives the comparison it stored, so a change to what the simulator does on real
     runs shows here (rerun `calibrate resimulate ... --out` to store a deliberate one)."""
-    path = sorted(PROFILES.glob("loops-*/*/validation.json"))[0]
+    path = min(PROFILES.glob("loops-*/*/validation.json"))
     stored = load_reports(path)
     for old, new in zip(stored, (resimulate(r, path) for r in stored)):
         assert new.metrics == old.metrics and new.at_run_speed == old.at_run_speed
