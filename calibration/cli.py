@@ -214,14 +214,9 @@ def _fit(args) -> int:
 
 
 def _validate(args) -> int:
-    from calibration.validate import (
-        ValidationCase,
-        estimate_capacity,
-        format_reports,
-        real_engine_spec,
-        sim_cluster_config,
-        validate,
-    )
+    from calibration.validate import estimate_capacity, real_engine_spec, sim_cluster_config, validate
+    from calibration.validation_report import ValidationCase
+    from calibration.validation_table import format_reports
     from core_api.strategy import params_from_cli
     from core_api.workload import WorkloadSpec
     from sim.profile import CostProfile
@@ -262,7 +257,7 @@ def _validate(args) -> int:
 
 def _resimulate(args) -> int:
     from calibration.resimulate import load_reports, resimulate
-    from calibration.validate import format_reports, headline_error
+    from calibration.validation_table import format_reports, headline_error
 
     if args.out and len(args.report) > 1:
         raise ValueError("--out takes one report: resimulate each report on its own to keep its reports")

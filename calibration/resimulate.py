@@ -17,7 +17,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from calibration.validate import RealSide, SimSide, ValidationReport, compared, real_engine_spec
+from calibration.validate import RealSide, SimSide, compared, real_engine_spec
+from calibration.validation_report import ValidationReport
 from sim.profile import CostProfile
 
 

@@ -33,6 +33,9 @@ on another machine (or before a reboot), or the real repeats spread more than th
 A report keeps what its real runs were (each run's metrics and its engines' step totals, the
 engines' settings, the machine they ran on), so calibration.resimulate can hold them against a
 later simulation, or another profile, without running real engines again.
+
+The report's models are in calibration.validation_report, the step speed and the reasons not to
+trust a comparison in calibration.step_speed, the printed table in calibration.validation_table.
 """
 from __future__ import annotations
 
@@ -42,112 +45,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from calibration.environment import ForeignLoad, boot_id, pin_engines, process_seconds, run_delay_seconds
-from calibration.interval import DEFAULT_METRICS, metric_intervals, run_scaled
+from calibration.interval import metric_intervals, run_scaled
 from calibration.profile import sim_model
+from calibration.step_speed import steps_speed, untrusted_reasons
+from calibration.validation_report import (
+    ERROR_METRICS,
+    MetricComparison,
+    RunSteps,
+    ValidationCase,
+    ValidationReport,
+)
 from core_api.scheduler_config import SchedulerLimits
 from core_api.workload import Workload, WorkloadSpec, generate
 from sim.cluster import SimCluster
 from sim.config import ClusterConfig, EngineConfig, StrategyConfig
-from sim.cost_model import FittedCostModel
 from sim.measured_host import host_effects, profile_link
 from sim.profile import CostProfile
 from sim.profile_match import check_profile_matches
 
-ERROR_METRICS = DEFAULT_METRICS
-HEADLINE = ("mean_ttft_ms", "mean_tpot_ms", "mean_e2el_ms")  # the issue's goal: median |error| <= 5%
-TRUSTED_STEP_DRIFT = 0.05  # steps off the profile by more than this: the plain comparison measures the machine
-TRUSTED_FOREIGN_SHARE = 0.05
 # EngineSpec fields that say where an engine ran, not how: a report does not keep them.
 NOT_SIMULATED = {"id", "listen", "keys", "exit_with_parent", "nccl_init", "nccl_rank", "nccl_world"}
-STEP_STATS = ("steps", "loop_s", "step_features", "stream", "idle_spells")  # what step_speed reads of a run
-# The comparisons rerun with the profile at a measured step speed: (report field, title, what it is).
-RESCALED = (("at_probe_speed", "at the step speed probed just before each run", "a prediction"),
-            ("at_run_speed", "at the run's measured step speed", "the simulator's own error"))
-
-
-class ValidationCase(BaseModel):
-    """One real-vs-sim comparison: cluster, strategy, workload."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    profile: str
-    strategy: str = "round_robin"
-    params: dict[str, Any] = Field(default_factory=dict)
-    engines: int = Field(2, ge=1)
-    engine: dict[str, Any] = Field(default_factory=dict, description="EngineSpec overrides (real engines)")
-    workload: WorkloadSpec
-    seed: int = 0
-    warmup_requests: int = Field(8, ge=0)
-    probe_s: float = Field(2.0, ge=0, le=600, allow_inf_nan=False, description=(
-        "seconds of the workload's arrivals (another seed) served just before each real run, on the same "
-        "engines, to measure the machine's step speed then (0: none)"))
-    real_repeats: int = Field(1, ge=1, description="real runs (fresh engines each); metrics are their mean")
-    pin: bool = Field(True, description="pin each engine process to its own core")
-    interval: bool = True
-
-
-class MetricComparison(BaseModel):
-    real: float
-    sim: float
-    rel_error: float
-    sim_low: float | None = None
-    sim_high: float | None = None
-    real_runs: list[float] = Field(default_factory=list)
-    real_spread: float | None = None
-
-
-class RunSteps(BaseModel):
-    """One real run's (or probe's) step totals per engine, what step_speed reads of them."""
-
-    stats: dict[str, dict[str, Any]]
-    wait_s: dict[str, float] = Field(default_factory=dict, description="seconds each engine waited for its core")
-
-    @classmethod
-    def of(cls, stats: dict[str, dict], wait_s: dict[str, float]) -> RunSteps:
-        return cls(stats={eid: {k: st[k] for k in STEP_STATS if k in st} for eid, st in stats.items()},
-                   wait_s=wait_s)
-
-
-class ValidationReport(BaseModel):
-    case: ValidationCase
-    rate: float
-    metrics: dict[str, MetricComparison]
-    real_failed: int
-    sim_failed: int
-    real_wall_s: float
-    sim_wall_s: float
-    pinned: dict[str, int]
-    foreign_cpu_share: float | None = Field(None, description="CPU share other processes used during the real "
-                                            "run (the largest over repeats)")
-    real_cpu_s: dict[str, float] = Field(default_factory=dict, description=(
-        "CPU seconds per engine process (and the router) during the real run: next to sim_busy_s it "
-        "separates cost-model error (CPU work differs) from contention (same work, later finish)"))
-    real_wait_s: dict[str, float] = Field(default_factory=dict, description=(
-        "per engine, seconds its loop was ready to run but another thread held its core (the kernel's "
-        "run delay; mean over the real runs): on a shared host, the router's CPU"))
-    sim_busy_s: dict[str, float] = Field(default_factory=dict)
-    sim_router_cpu_s: float | None = Field(None, description=(
-        "the router's CPU the simulation took from the engines' cores (sim.host, per streamed token as profiled); "
-        "next to real_cpu_s['router']"))
-    cost_model: dict
-    step_speed: dict[str, float] = Field(default_factory=dict, description=(
-        "per engine, over the real runs: its measured step time / the profile's prediction for the same steps"))
-    probe_step_speed: dict[str, float] = Field(default_factory=dict, description=(
-        "per engine, the same ratio over the probe served just before each real run: the machine's speed then"))
-    at_probe_speed: dict[str, MetricComparison] | None = Field(None, description=(
-        "the comparison with the profile scaled to the probe's step speed: a prediction made before the run"))
-    at_run_speed: dict[str, MetricComparison] | None = Field(None, description=(
-        "the comparison again with the profile scaled to the measured step speed: the simulator's own error"))
-    untrusted: list[str] = Field(default_factory=list, description="reasons not to trust this comparison")
-    real_engine: dict[str, Any] | None = Field(None, description=(
-        "the real engines' settings (EngineSpec): what a later resimulation builds its engines from"))
-    real_boot_id: str | None = Field(None, description="the boot of the machine the real runs ran on")
-    run_steps: list[RunSteps] = Field(default_factory=list, description=(
-        "per real run, each engine's step totals: the step speed measured again against another profile"))
-    probe_steps: list[RunSteps] = Field(default_factory=list, description="the same for each probe")
 
 
 # -- building both sides -------------------------------------------------------------------
@@ -251,66 +170,6 @@ def run_real(case: ValidationCase, spec, workload: Workload) -> RealRun:
             os.sched_setaffinity(0, affinity)
 
 
-def step_speed(profile: CostProfile, runs_stats: list[dict[str, dict]],
-               waiting: list[dict[str, float]] | None = None) -> dict[str, float]:
-    """Per engine, over the real runs: its measured step time over what the profile predicts for
-    the same steps (a fitted step model is linear in the features, so sums give the prediction),
-    and for the streamed tokens the engine sent meanwhile and the steps that ended an idle spell,
-    when the profile measured those.
-    `waiting` (per run, engine id -> seconds its loop waited for its core) is taken off the
-    measured time: that is the router's CPU, which the simulator charges apart."""
-    c = FittedCostModel.from_profile(profile).coefficients
-    sc, idle = profile.stream, profile.idle
-    measured: dict[str, float] = {}
-    predicted: dict[str, float] = {}
-    for i, stats in enumerate(runs_stats):
-        for eid, st in stats.items():
-            if "loop_s" not in st:
-                continue
-            totals = st.get("step_features", {})
-            waited = waiting[i].get(eid, 0.0) if waiting else 0.0
-            measured[eid] = measured.get(eid, 0.0) + st["loop_s"] - waited
-            predicted[eid] = predicted.get(eid, 0.0) + c["const"] * st["steps"] + sum(
-                v * totals.get(k, 0.0) for k, v in c.items() if k != "const")
-            if sc is not None and "stream" in st:
-                predicted[eid] += sc.seconds(**st["stream"])
-            if idle is not None:
-                predicted[eid] += sum(n * idle.seconds(total / n) for _, n, total in st.get("idle_spells", []) if n)
-    return {eid: measured[eid] / predicted[eid] for eid in sorted(measured) if predicted[eid] > 0 and measured[eid] > 0}
-
-
-def untrusted_reasons(profile: CostProfile, speeds: dict[str, float], foreign: float | None,
-                      metrics: dict[str, MetricComparison], probe_speeds: dict[str, float] | None = None, *,
-                      ran_on: str | None) -> list[str]:
-    """Why a comparison should not be trusted; `ran_on` is the boot id of the machine the real runs
-    ran on (None: not known)."""
-    reasons = []
-    if speeds and max(abs(s - 1) for s in speeds.values()) > TRUSTED_STEP_DRIFT:
-        shown = ", ".join(f"{eid} {s:.2f}x" for eid, s in speeds.items())
-        reasons.append(f"the engines' steps ran at {shown} the profile's step time: the machine's speed moved "
-                       f"since profiling, so the plain error measures that drift (see the comparison at the run's "
-                       f"speed)")
-    moved = {eid: s / probe_speeds[eid] for eid, s in speeds.items() if probe_speeds and eid in probe_speeds}
-    if moved and max(abs(m - 1) for m in moved.values()) > TRUSTED_STEP_DRIFT:
-        shown = ", ".join(f"{eid} {probe_speeds[eid]:.2f}x -> {speeds[eid]:.2f}x" for eid in moved)
-        reasons.append(f"the machine's speed moved between the probe and the run ({shown} the profile's step time), "
-                       f"so the comparison at the probed speed measures that drift too")
-    if foreign is not None and foreign > TRUSTED_FOREIGN_SHARE:
-        reasons.append(f"other processes used {foreign:.0%} of the CPU during the real run")
-    measured_on = profile.environment.get("boot_id")
-    if measured_on is None:
-        reasons.append("the profile does not say which machine it was measured on")
-    elif ran_on is None:
-        reasons.append("the report does not say which machine its real runs ran on")
-    elif measured_on != ran_on:
-        reasons.append("the profile was measured on another machine (or before a reboot)")
-    noisy = [m for m in HEADLINE if m in metrics and metrics[m].real_spread is not None
-             and metrics[m].real_spread > abs(metrics[m].rel_error)]
-    if noisy:
-        reasons.append(f"the real repeats spread more than the error on {', '.join(noisy)}")
-    return reasons
-
-
 def compare(real: list[dict[str, float]], sim: dict[str, float], intervals: dict | None = None,
             metrics=ERROR_METRICS) -> dict[str, MetricComparison]:
     """Per metric: the mean over the real runs, the simulated value, their relative error, and
@@ -412,72 +271,3 @@ def compared(case: ValidationCase, profile: CostProfile, sim: SimSide, real: Rea
         sim_busy_s={eid: round(st["busy_s"], 3) for eid, st in sim.result.engine_stats.items()},
         sim_router_cpu_s=round(sim.router_cpu_s, 3), cost_model=next(iter(sim.result.cost_models.values())),
         real_engine=real.engine, real_boot_id=real.boot_id, run_steps=real.run_steps, probe_steps=real.probe_steps)
-
-
-def steps_speed(profile: CostProfile, steps: list[RunSteps]) -> dict[str, float]:
-    return step_speed(profile, [s.stats for s in steps], [s.wait_s for s in steps])
-
-
-# -- presenting ------------------------------------------------------------------------------
-def format_reports(reports: list[ValidationReport], metrics=ERROR_METRICS) -> str:
-    """One row per metric, one column (real / sim / error) per run; then the headline summary."""
-    heads = [f"{r.case.strategy}@{r.rate:.3g}/s" for r in reports]
-    lines = [f"{'metric':<22}" + "".join(f"{h:>34}" for h in heads),
-             f"{'':<22}" + "".join(f"{'real':>11}{'sim':>11}{'error':>12}" for _ in heads)]
-    for m in metrics:
-        row = f"{m:<22}"
-        for r in reports:
-            c = r.metrics[m]
-            row += f"{c.real:>11.3f}{c.sim:>11.3f}{c.rel_error * 100:>11.1f}%"
-        lines.append(row)
-        if any(r.metrics[m].real_spread is not None for r in reports):
-            spreads = [r.metrics[m].real_spread for r in reports]
-            lines.append(f"{'  spread of real runs':<22}" + "".join(
-                f"{'' if sp is None else f'{sp * 100:.1f}%':>34}" for sp in spreads))
-    lines.append(f"{'foreign CPU share':<22}" + "".join(f"{_fmt_2f(r.foreign_cpu_share):>34}" for r in reports))
-    lines.append(f"{'engine CPU-s real/sim':<22}" + "".join(f"{_fmt_cpu(r):>34}" for r in reports))
-    lines.append(f"{'router CPU-s real/sim':<22}" + "".join(f"{_fmt_router(r):>34}" for r in reports))
-    lines.append(f"{'engines waiting, s':<22}" + "".join(f"{_fmt_waiting(r):>34}" for r in reports))
-    lines.append(f"{'step speed real/profile':<22}" + "".join(
-        f"{' '.join(f'{s:.2f}x' for s in r.step_speed.values()) or 'n/a':>34}" for r in reports))
-    lines.append(f"{'  in the probe before':<22}" + "".join(
-        f"{' '.join(f'{s:.2f}x' for s in r.probe_step_speed.values()) or 'n/a':>34}" for r in reports))
-    for which, title, meaning in RESCALED:
-        if all(getattr(r, which) for r in reports):
-            lines.append(f"{title} ({meaning}):")
-            for m in HEADLINE:
-                lines.append(f"  {m:<20}" + "".join(
-                    f"{r.metrics[m].real:>11.3f}{getattr(r, which)[m].sim:>11.3f}"
-                    f"{getattr(r, which)[m].rel_error * 100:>11.1f}%" for r in reports))
-    lines.append(f"median |error| of {', '.join(HEADLINE)}: {headline_error(reports) * 100:.1f}%")
-    for which, title, _ in RESCALED:
-        if all(getattr(r, which) for r in reports):
-            lines.append(f"  {title}: {headline_error(reports, which) * 100:.1f}%")
-    for r in reports:
-        for reason in r.untrusted:
-            lines.append(f"not to be trusted ({r.case.strategy}@{r.rate:.3g}/s): {reason}")
-    return "\n".join(lines)
-
-
-def _fmt_waiting(r: ValidationReport) -> str:
-    return " ".join(f"{v:.2f}" for v in r.real_wait_s.values()) or "n/a"
-
-
-def _fmt_cpu(r: ValidationReport) -> str:
-    real = sum(v for k, v in r.real_cpu_s.items() if k != "router")
-    return f"{real:.2f}/{sum(r.sim_busy_s.values()):.2f}"
-
-
-def _fmt_router(r: ValidationReport) -> str:
-    return f"{_fmt_2f(r.real_cpu_s.get('router'))}/{_fmt_2f(r.sim_router_cpu_s)}"
-
-
-def _fmt_2f(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
-
-
-def headline_error(reports: list[ValidationReport], which: str = "metrics") -> float:
-    import statistics
-
-    errors = [abs(getattr(r, which)[m].rel_error) for r in reports for m in HEADLINE]
-    return statistics.median(errors) if errors else float("nan")

@@ -9,16 +9,9 @@ import pytest
 
 from calibration.interval import run_scaled
 from calibration.resimulate import ReportError, load_reports, resimulate
-from calibration.validate import (
-    ERROR_METRICS,
-    RealSide,
-    RunSteps,
-    SimSide,
-    ValidationCase,
-    compared,
-    real_engine_spec,
-    step_speed,
-)
+from calibration.step_speed import step_speed
+from calibration.validate import RealSide, SimSide, compared, real_engine_spec
+from calibration.validation_report import ERROR_METRICS, RunSteps, ValidationCase
 from core_api.workload import WorkloadSpec
 from microserving.cli import main
 from sim.profile import CostProfile

@@ -7,13 +7,9 @@ import pytest
 
 from calibration.interval import metric_intervals
 from calibration.samples import ProfileSamples
-from calibration.validate import (
-    ValidationCase,
-    real_engine_spec,
-    sim_cluster_config,
-    step_speed,
-    untrusted_reasons,
-)
+from calibration.step_speed import step_speed, untrusted_reasons
+from calibration.validate import real_engine_spec, sim_cluster_config
+from calibration.validation_report import ValidationCase
 from core_api.workload import WorkloadSpec, generate
 from microserving.cli import main
 from sim.cluster import SimCluster
@@ -210,7 +206,7 @@ def test_a_run_is_compared_by_its_own_steps_not_its_warm_ups():
 
 
 def test_the_probe_is_a_few_seconds_of_the_workload_drawn_with_another_seed():
-    from calibration.validate import ValidationCase, probe_workload
+    from calibration.validate import probe_workload
 
     spec = WorkloadSpec(num_requests=100, arrival={"process": "poisson", "rate": 25.0}, seed=3)
     case = ValidationCase(profile="p.json", workload=spec, probe_s=2.0)
@@ -225,7 +221,7 @@ def test_the_probe_is_a_few_seconds_of_the_workload_drawn_with_another_seed():
 
 def test_validation_says_when_not_to_trust_it(tmp_path):
     from calibration.environment import boot_id
-    from calibration.validate import MetricComparison
+    from calibration.validation_report import MetricComparison
 
     here_id = boot_id() or "this-boot"
     here = CostProfile.load(tiny_profile(tmp_path, environment={"boot_id": here_id}))
