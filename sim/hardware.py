@@ -74,6 +74,20 @@ GPU_PRESETS: dict[str, GPUSpec] = {
         GPUSpec(name="L40S", peak_bf16_flops=362.05e12, peak_fp8_flops=733e12, hbm_bandwidth_Bps=864e9,
                 memory_bytes=46068 * MiB, nvlink_bandwidth_Bps=32e9, pcie_bandwidth_Bps=32e9,
                 device_names=("NVIDIA L40S",)),
+        # L40: 181.05 TFLOPS bf16 / 362 fp8 dense, GDDR6 864 GB/s, 48 GB; PCIe 4.0 x16, no NVLink.
+        GPUSpec(name="L40", peak_bf16_flops=181.05e12, peak_fp8_flops=362e12, hbm_bandwidth_Bps=864e9,
+                memory_bytes=46068 * MiB, nvlink_bandwidth_Bps=32e9, pcie_bandwidth_Bps=32e9,
+                device_names=("NVIDIA L40",)),
+        # RTX 6000 Ada Generation (Ada whitepaper): 364.2 TFLOPS bf16 / 728.5 fp8 dense tensor with
+        # FP32 accumulate, GDDR6 960 GB/s, 48 GB; PCIe 4.0 x16, no NVLink.
+        GPUSpec(name="RTX6000Ada", peak_bf16_flops=364.2e12, peak_fp8_flops=728.5e12, hbm_bandwidth_Bps=960e9,
+                memory_bytes=49140 * MiB, nvlink_bandwidth_Bps=32e9, pcie_bandwidth_Bps=32e9,
+                device_names=("NVIDIA RTX 6000 Ada Generation",)),
+        # RTX A6000 (Ampere whitepaper): 154.8 TFLOPS bf16 dense tensor with FP32 accumulate, no
+        # FP8, GDDR6 768 GB/s, 48 GB; an NVLink bridge joins a pair (112.5 GB/s total): priced as PCIe 4.0.
+        GPUSpec(name="RTXA6000", peak_bf16_flops=154.8e12, peak_fp8_flops=None, hbm_bandwidth_Bps=768e9,
+                memory_bytes=49140 * MiB, nvlink_bandwidth_Bps=32e9, pcie_bandwidth_Bps=32e9,
+                device_names=("NVIDIA RTX A6000",)),
         # H100 SXM5: 989.4 TFLOPS bf16 / 1978.9 fp8 dense, HBM3 3.35 TB/s, NVLink4 900 GB/s total.
         GPUSpec(name="H100-SXM", peak_bf16_flops=989.4e12, peak_fp8_flops=1978.9e12, hbm_bandwidth_Bps=3.35e12,
                 memory_bytes=81559 * MiB, nvlink_bandwidth_Bps=450e9, pcie_bandwidth_Bps=64e9,

@@ -96,7 +96,8 @@ def test_unreadable_config_names_the_file(tmp_path):
     ("NVIDIA A100-SXM4-80GB", "A100-80G"), ("h200", "H200"), ("NVIDIA A100 80GB PCIe", "A100-80G-PCIe"),
     ("NVIDIA A100-SXM4-40GB", "A100-40G"), ("NVIDIA H100 PCIe", "H100-PCIe"), ("NVIDIA H100 NVL", "H100-NVL"),
     ("NVIDIA GH200 480GB", "GH200"), ("NVIDIA H20", "H20"), ("NVIDIA L40S", "L40S"), ("NVIDIA L4", "L4"),
-    ("NVIDIA A10", "A10"), ("NVIDIA GeForce RTX 5090", "RTX5090"), ("nvidia rtx 4090", "RTX4090")])
+    ("NVIDIA A10", "A10"), ("NVIDIA GeForce RTX 5090", "RTX5090"), ("nvidia rtx 4090", "RTX4090"),
+    ("NVIDIA L40", "L40"), ("NVIDIA RTX 6000 Ada Generation", "RTX6000Ada"), ("NVIDIA RTX A6000", "RTXA6000")])
 def test_gpus_are_found_by_the_name_the_driver_reports(device, preset):
     assert gpu_for_device(device).name == preset
 
