@@ -5,7 +5,7 @@ Layout (as written by vLLM benchmark recorders such as LLMServingSim's `bench`):
 - `requests.jsonl`: per request `request_id, input_toks, output_toks, queued_ts, first_token_ts,
   last_token_ts` (engine-monotonic seconds; `queued_ts` is the arrival on that clock);
 - `meta.json`: `engine_kwargs` (max_num_seqs, max_num_batched_tokens, max_model_len, dtype,
-  tensor_parallel_size, quantization), `model`, and where recorded `kv_cache`
+  tensor_parallel_size, data_parallel_size, pipeline_parallel_size, quantization), `model`, and where recorded `kv_cache`
   (num_gpu_blocks, block_size, enable_prefix_caching, gpu_memory_utilization),
   `hardware.device_name` and `resolved_config` (vLLM's configuration as it ran: its scheduler,
   model, parallel and cache sections, which take precedence, since they include the defaults the
@@ -66,6 +66,8 @@ class EngineKwargs(_Section):
     max_model_len: int | None = Field(None, ge=1)
     dtype: str | None = None
     tensor_parallel_size: int | None = Field(None, ge=1)
+    data_parallel_size: int | None = Field(None, ge=1)
+    pipeline_parallel_size: int | None = Field(None, ge=1)
     quantization: str | None = None
 
 
@@ -89,6 +91,8 @@ class _ResolvedModel(_Section):
 
 class _ResolvedParallel(_Section):
     tensor_parallel_size: int | None = Field(None, ge=1)
+    data_parallel_size: int | None = Field(None, ge=1)
+    pipeline_parallel_size: int | None = Field(None, ge=1)
 
 
 class ResolvedConfig(_Section):
@@ -125,13 +129,16 @@ class RunMeta(BaseModel):
             return next((v for v in values if v is not None), default)
 
         dtype = first(model.dtype, kw.dtype, default="auto")
+        parallel = rc.parallel_config
         return RunSettings(
             max_num_seqs=first(sched.max_num_seqs, kw.max_num_seqs, default=256),
             max_num_batched_tokens=first(sched.max_num_batched_tokens, kw.max_num_batched_tokens, default=2048),
             max_model_len=first(model.max_model_len, kw.max_model_len),
             dtype=dtype.removeprefix("torch."),
             quantization=first(model.quantization, kw.quantization),
-            tp=first(rc.parallel_config.tensor_parallel_size, kw.tensor_parallel_size, default=1),
+            tp=first(parallel.tensor_parallel_size, kw.tensor_parallel_size, default=1),
+            dp=first(parallel.data_parallel_size, kw.data_parallel_size, default=1),
+            pp=first(parallel.pipeline_parallel_size, kw.pipeline_parallel_size, default=1),
             num_gpu_blocks=first(cache.num_gpu_blocks, kv.num_gpu_blocks),
             block_size=first(cache.block_size, kv.block_size, default=16),
             prefix_caching=first(cache.enable_prefix_caching, kv.enable_prefix_caching, default=True),
@@ -146,7 +153,9 @@ class RunSettings:
     dtype: str
     quantization: str | None
     tp: int
-    num_gpu_blocks: int | None
+    dp: int  # engines (data-parallel ranks), each with tp GPUs and its own KV blocks
+    pp: int
+    num_gpu_blocks: int | None  # per engine
     block_size: int
     prefix_caching: bool
     gpu_memory_utilization: float

@@ -2,7 +2,9 @@
 
 The simulated engine is built from the run's own settings (model, GPU, TP, dtype, batch
 limits, KV block size, the KV capacity the run reported, prefix caching) and scheduled by the
-shared scheduler under vLLM's admission policy (SchedulingPolicy.vllm). Arrivals are replayed
+shared scheduler under vLLM's admission policy (SchedulingPolicy.vllm). A run with
+`data_parallel_size` > 1 gets that many such engines, balanced as vLLM's API server balances them
+(strategies/vllm_dp.py). Arrivals are replayed
 exactly, prompts carry the run's token ids when its workload file is found (so prefix-cache
 hits happen where they happened), and every request generates exactly its logged output length.
 Nothing here is tuned to a run: what differs between runs comes from their own files.
@@ -70,14 +72,18 @@ def resolve_gpu(run: RealRun, override: str | None, profile_gpu: str | None) -> 
 
 
 def engine_config(run: RealRun, gpu: str, model: str | None = None) -> EngineConfig:
+    """The run's engines: one config, `count` data-parallel ranks."""
     st = run.meta.settings()
+    if st.pp > 1:
+        raise RunDirError(f"{run.path}/meta.json: pipeline_parallel_size {st.pp} is not modelled (tensor and "
+                          f"data parallelism are)")
     name = model or run.meta.model
     spec = get_model(name, _dtype(run, st, name))
     fields = {"gpu": gpu, "model": spec, "tp": st.tp, "max_num_seqs": st.max_num_seqs,
               "max_num_batched_tokens": st.max_num_batched_tokens,
               "max_model_len": st.max_model_len or spec.max_context,
               "policy": SchedulingPolicy.vllm(prefix_caching=st.prefix_caching),
-              "page_size": st.block_size, "mem_util": st.gpu_memory_utilization}
+              "page_size": st.block_size, "mem_util": st.gpu_memory_utilization, "count": st.dp}
     if st.num_gpu_blocks:
         # vLLM's block pool keeps one null block that no request can use.
         fields["num_pages"] = max(1, st.num_gpu_blocks - 1)
@@ -111,11 +117,17 @@ def workload(run: RealRun, seed: int = 0) -> Workload:
     return Workload(reqs, name=run.name)
 
 
+def strategy_for(engines: int) -> str:
+    """How the run's requests reached its engines: one engine takes all; several (data-parallel
+    ranks) are balanced by vLLM's API server."""
+    return "vllm_dp" if engines > 1 else "round_robin"
+
+
 @dataclass
 class Replay:
     run: RealRun
     result: RunResult
-    queue_trace: list[tuple[float, int, int, float]]
+    queue_traces: list[list[tuple[float, int, int, float]]]  # per engine: (time, running, waiting, KV used)
     cost_model: str  # what priced the steps: "roofline" or a profile's path
     warnings: list[str]  # what the replay had to assume, besides the run's own warnings
 
@@ -148,11 +160,12 @@ def replay(run: RealRun, cost_model: str = "auto", gpu: str | None = None, model
     ec = engine_config(run, resolve_gpu(run, gpu, profile_gpu), model)
     if cost_model == "auto":
         cost_model = best_cost_model(ec)
-    cluster = SimCluster(ClusterConfig(engines=[ec], strategy=StrategyConfig(name="round_robin"),
+    cluster = SimCluster(ClusterConfig(engines=[ec], strategy=StrategyConfig(name=strategy_for(ec.count)),
                                        cost_model=cost_model))
-    trace: list[tuple[float, int, int, float]] = []
+    traces: list[list[tuple[float, int, int, float]]] = []
     for engine in cluster.engines.values():
-        engine.queue_trace = trace
+        engine.queue_trace = []
+        traces.append(engine.queue_trace)
     warnings = []
     if not run.meta.settings().num_gpu_blocks:
         kv = next(iter(cluster.engines.values())).sched.kv
@@ -161,7 +174,7 @@ def replay(run: RealRun, cost_model: str = "auto", gpu: str | None = None, model
                         f"GPU's memory as {kv.num_pages} pages of {kv.page_size} tokens")
     result = cluster.run(workload(run, seed), seed=seed)
     cluster.check_no_leaks()
-    replayed = Replay(run, result, trace, cost_model, warnings)
+    replayed = Replay(run, result, traces, cost_model, warnings)
     failed = replayed.failed()
     if failed:
         raise RunDirError(f"{len(failed)} request(s) failed in the simulation, first: {failed[0]}")

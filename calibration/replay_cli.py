@@ -54,13 +54,19 @@ def _table(name: str, cost: str, metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def _sim_queue_at(trace: list, ticks: list[float]) -> list[tuple[float, int, int]]:
-    """The simulated engine's (running, waiting) as of each tick (state after the last decision)."""
-    out, i = [], 0
+def _sim_queue_at(traces: list[list], ticks: list[float]) -> list[tuple[float, int, int]]:
+    """The simulated engines' (running, waiting), summed over engines, as of each tick (each
+    engine's state after its last decision), as the run's own queue log counts them."""
+    out, pos = [], [0] * len(traces)
     for t in ticks:
-        while i < len(trace) and trace[i][0] <= t:
-            i += 1
-        running, waiting = (trace[i - 1][1], trace[i - 1][2]) if i else (0, 0)
+        running = waiting = 0
+        for k, trace in enumerate(traces):
+            i = pos[k]
+            while i < len(trace) and trace[i][0] <= t:
+                i += 1
+            pos[k] = i
+            if i:
+                running, waiting = running + trace[i - 1][1], waiting + trace[i - 1][2]
         out.append((t, running, waiting))
     return out
 
@@ -85,7 +91,7 @@ def _write_outputs(replayed, out: Path, cost: str) -> list[Path]:
     written.append(path)
     ticks = list(run.timeseries["t"]) if run.timeseries is not None else \
         list(np.arange(1.0, math.ceil(replayed.result.sim_time_s) + 1))
-    sim_q = _sim_queue_at(replayed.queue_trace, ticks)
+    sim_q = _sim_queue_at(replayed.queue_traces, ticks)
     path = out / "queue.csv"
     with path.open("w", newline="") as f:
         w = csv.writer(f)

@@ -1,4 +1,5 @@
-"""Write a single-engine simulated run in the real-run format (calibration/real_run.py).
+"""Write a simulated run of one engine config in the real-run format (calibration/real_run.py):
+its `count` engines are the run's data-parallel ranks.
 
 A simulated run written this way can be replayed (`microserving replay`), which must give back
 its own metrics exactly: the test that replay's reading of a run and building of an engine
@@ -19,8 +20,8 @@ WORKLOAD_FILE = "workload.jsonl"
 
 def write_run(result: RunResult, engine: EngineConfig, workload: Workload, out: str | Path,
               num_pages: int) -> Path:
-    """requests.jsonl, meta.json and workload.jsonl (token ids) of a one-engine simulated run.
-    `num_pages` is the engine's usable page count (meta records vLLM's count, one more)."""
+    """requests.jsonl, meta.json and workload.jsonl (token ids) of a simulated run of `engine`'s
+    engines. `num_pages` is each engine's usable page count (meta records vLLM's count, one more)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = {r.request_id: r for r in result.records}
@@ -41,7 +42,7 @@ def write_run(result: RunResult, engine: EngineConfig, workload: Workload, out: 
         "model": model.name,
         "engine_kwargs": {"max_num_seqs": engine.max_num_seqs, "max_num_batched_tokens": engine.max_num_batched_tokens,
                           "max_model_len": engine.max_model_len, "dtype": "bfloat16" if model.dtype == "bf16" else "fp8",
-                          "tensor_parallel_size": engine.tp},
+                          "tensor_parallel_size": engine.tp, "data_parallel_size": engine.count},
         "kv_cache": {"num_gpu_blocks": num_pages + 1, "block_size": engine.page_size,
                      "enable_prefix_caching": engine.policy.prefix_caching,
                      "gpu_memory_utilization": engine.mem_util},

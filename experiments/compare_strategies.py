@@ -41,6 +41,7 @@ WORKLOADS = {
 VARIANTS = [
     ("round_robin", "round_robin", {}),
     ("least_loaded", "least_loaded", {}),
+    ("vllm_dp", "vllm_dp", {}),
     ("prefix_aware", "prefix_aware", {}),
     ("prefix_migration", "prefix_migration", {}),
     ("pd 2P2D", "pd", {}),

@@ -7,4 +7,5 @@ from strategies import (  # noqa: F401
     pd,
     pd_prefix_aware,
     prefix_aware,
+    vllm_dp,
 )

@@ -1,5 +1,5 @@
 """Real engines give bit-identical greedy tokens under every strategy (tiny random model, CPU,
-batch-invariant mode): one engine, round robin over two, PD 1P1D, balanced PD, PD with a prefix
+batch-invariant mode): one engine, round robin and vLLM's balancer over two, PD 1P1D, balanced PD, PD with a prefix
 cache hit, and generation after migrating a context. Every run ends with zero pages in use on
 every engine. Two engine processes serve the whole module."""
 from __future__ import annotations
@@ -55,6 +55,12 @@ def test_one_engine(cluster, model):
 def test_round_robin_two_engines(cluster, model):
     result = run(_strategy(cluster, 1, "round_robin", {}))
     check(result, model, 1)
+    assert {r.tags["engine"] for r in result.records} == {"e0", "e1"}
+
+
+def test_vllm_dp_two_engines(cluster, model):
+    result = run(_strategy(cluster, 6, "vllm_dp", {"stats_interval_s": 0.0}))
+    check(result, model, 6)
     assert {r.tags["engine"] for r in result.records} == {"e0", "e1"}
 
 

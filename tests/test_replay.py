@@ -10,7 +10,7 @@ import pytest
 from calibration.best_profile import SHIPPED, best_cost_model
 from calibration.importers.vllm_layers import import_bundle
 from calibration.real_run import RunDirError, load_run
-from calibration.replay import engine_config, replay
+from calibration.replay import engine_config, replay, strategy_for
 from calibration.run_writer import write_run
 from core_api.scheduler_config import SchedulingPolicy
 from microserving.cli import main
@@ -21,11 +21,11 @@ from tests.replay_helpers import burst_workload, write_layer_bundle
 NUM_PAGES = 300  # small enough that the burst preempts
 
 
-def simulated_run(tmp_path, cost_model="roofline", prefix_caching=True):
+def simulated_run(tmp_path, cost_model="roofline", prefix_caching=True, engines=1):
     engine = EngineConfig(gpu="RTX4090", model="Llama-3.1-8B", num_pages=NUM_PAGES, max_num_seqs=16,
                           max_num_batched_tokens=512, max_model_len=4096,
-                          policy=SchedulingPolicy.vllm(prefix_caching=prefix_caching))
-    cluster = SimCluster(ClusterConfig(engines=[engine], strategy=StrategyConfig(name="round_robin"),
+                          policy=SchedulingPolicy.vllm(prefix_caching=prefix_caching), count=engines)
+    cluster = SimCluster(ClusterConfig(engines=[engine], strategy=StrategyConfig(name=strategy_for(engines)),
                                        cost_model=cost_model))
     workload = burst_workload()
     result = cluster.run(workload)
@@ -45,6 +45,28 @@ def test_a_written_simulated_run_replays_to_its_own_metrics_exactly(tmp_path, pr
         assert v["sim"] == v["real"], key
         assert v["diff_pct"] == 0.0
     assert replayed.result.engine_stats["e0"]["preemptions"] == stats["preemptions"]
+
+
+def test_a_data_parallel_run_replays_on_as_many_engines_balanced_as_vllm_balances_them(tmp_path):
+    run_dir, original = simulated_run(tmp_path, engines=3)
+    engines = {r.tags["engine"] for r in original.records}
+    assert engines == {"e0", "e1", "e2"}
+    assert all(original.engine_stats[e]["preemptions"] > 0 for e in engines)  # each rank under KV pressure
+    assert json.loads((run_dir / "meta.json").read_text())["engine_kwargs"]["data_parallel_size"] == 3
+    replayed = replay(load_run(run_dir), "roofline")
+    assert all(v["diff_pct"] == 0.0 for v in replayed.metrics().values())
+    routed = {r.request_id.rsplit("-", 1)[0]: r.tags["engine"] for r in replayed.result.records}  # ids gain "-<line>"
+    assert routed == {r.request_id: r.tags["engine"] for r in original.records}
+    assert len(replayed.queue_traces) == 3
+
+
+def test_pipeline_parallel_runs_are_refused_by_name(tmp_path):
+    run_dir, _ = simulated_run(tmp_path)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    (run_dir / "meta.json").write_text(json.dumps({**meta, "resolved_config": {
+        "parallel_config": {"tensor_parallel_size": 1, "pipeline_parallel_size": 2}}}))
+    with pytest.raises(RunDirError, match="pipeline_parallel_size 2 is not modelled"):
+        engine_config(load_run(run_dir), "RTX4090")
 
 
 def test_a_run_priced_by_a_layer_profile_replays_exactly_with_that_profile(tmp_path):
@@ -131,6 +153,7 @@ def test_the_engine_is_built_from_what_vllm_resolved_then_what_it_was_passed(tmp
     (run_dir / "meta.json").write_text(json.dumps({**meta, "resolved_config": resolved}))
     engine = engine_config(load_run(run_dir), "RTX4090")
     assert (engine.max_num_seqs, engine.max_num_batched_tokens, engine.max_model_len, engine.tp) == (8, 256, 2048, 2)
+    assert engine.count == 1  # data_parallel_size: resolved (absent here), else passed (1), else 1
     assert (engine.page_size, engine.num_pages, engine.policy.prefix_caching) == (32, 100, False)
     # Without it, what the recorder passed; without that, vLLM's defaults.
     (run_dir / "meta.json").write_text(json.dumps({**meta, "engine_kwargs": {"max_num_seqs": 8}, "kv_cache": None}))
@@ -223,3 +246,10 @@ def test_a_run_that_recorded_no_kv_blocks_is_replayed_with_an_estimate_and_says_
     assert replay(load_run(run_dir), "roofline").result.engine_stats["e0"]["preemptions"] == 0  # 24 GB, not 300 pages
     run_dir_recorded, _ = simulated_run(tmp_path / "recorded")
     assert replay(load_run(run_dir_recorded), "roofline").warnings == []
+
+
+def test_the_simulated_queue_sums_every_engines_latest_state_at_each_tick():
+    from calibration.replay_cli import _sim_queue_at
+
+    traces = [[(0.5, 2, 1, 0.0), (1.5, 3, 0, 0.0)], [(0.2, 1, 4, 0.0)], []]
+    assert _sim_queue_at(traces, [0.1, 1.0, 2.0]) == [(0.1, 0, 0), (1.0, 3, 5), (2.0, 4, 4)]

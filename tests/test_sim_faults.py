@@ -149,7 +149,7 @@ def test_fault_schedules_are_checked(tmp_path):
 
 
 # -- fuzz --------------------------------------------------------------------------------------
-STRATEGIES = {"round_robin": ({}, 2), "least_loaded": ({}, 2), "pd": ({}, 2), "balanced_pd": ({"ratio": 0.3}, 2),
+STRATEGIES = {"round_robin": ({}, 2), "least_loaded": ({}, 2), "vllm_dp": ({}, 2), "pd": ({}, 2), "balanced_pd": ({"ratio": 0.3}, 2),
               "bidirectional": (None, 2), "chain": (None, 3)}
 
 

@@ -7,7 +7,7 @@ from core_api.strategy import known_strategies
 from strategies.balanced_pd import split_at
 from tests.test_strategies_harness import make_cluster, mixed_workload, run_checked, shape, user_calls
 
-ALL = ["round_robin", "least_loaded", "prefix_aware", "prefix_migration", "pd", "pd_prefix_aware",
+ALL = ["round_robin", "least_loaded", "vllm_dp", "prefix_aware", "prefix_migration", "pd", "pd_prefix_aware",
        "balanced_pd", "adaptive"]
 
 
@@ -25,7 +25,7 @@ def test_every_strategy_completes_a_mixed_workload_without_leaks(name):
         assert stats["pages"]["used"] == stats["pages"]["reserved"] == 0
 
 
-@pytest.mark.parametrize("name", ["round_robin", "least_loaded", "prefix_aware"])
+@pytest.mark.parametrize("name", ["round_robin", "least_loaded", "vllm_dp", "prefix_aware"])
 def test_data_parallel_strategies_issue_one_start_generate(name):
     cluster, log, _counters = make_cluster(name, num_pages=2048)
     workload = mixed_workload()
