@@ -5,7 +5,7 @@ Layout (as written by vLLM benchmark recorders such as LLMServingSim's `bench`):
 - `requests.jsonl`: per request `request_id, input_toks, output_toks, queued_ts, first_token_ts,
   last_token_ts` (engine-monotonic seconds; `queued_ts` is the arrival on that clock);
 - `meta.json`: `engine_kwargs` (max_num_seqs, max_num_batched_tokens, max_model_len, dtype,
-  tensor_parallel_size, data_parallel_size, pipeline_parallel_size, quantization), `model`, and where recorded `kv_cache`
+  tensor_parallel_size, data_parallel_size, pipeline_parallel_size, quantization, kv_cache_dtype), `model`, and where recorded `kv_cache`
   (num_gpu_blocks, block_size, enable_prefix_caching, gpu_memory_utilization),
   `hardware.device_name` and `resolved_config` (vLLM's configuration as it ran: its scheduler,
   model, parallel and cache sections, which take precedence, since they include the defaults the
@@ -69,6 +69,7 @@ class EngineKwargs(_Section):
     data_parallel_size: int | None = Field(None, ge=1)
     pipeline_parallel_size: int | None = Field(None, ge=1)
     quantization: str | None = None
+    kv_cache_dtype: str | None = None
 
 
 class KVCacheInfo(_Section):
@@ -76,6 +77,7 @@ class KVCacheInfo(_Section):
     block_size: int | None = Field(None, ge=1)
     enable_prefix_caching: bool | None = None
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    cache_dtype: str | None = None  # vLLM's resolved cache_config calls kv_cache_dtype this
 
 
 class _ResolvedScheduler(_Section):
@@ -136,6 +138,7 @@ class RunMeta(BaseModel):
             max_model_len=first(model.max_model_len, kw.max_model_len),
             dtype=dtype.removeprefix("torch."),
             quantization=first(model.quantization, kw.quantization),
+            kv_cache_dtype=first(cache.cache_dtype, kw.kv_cache_dtype, default="auto"),
             tp=first(parallel.tensor_parallel_size, kw.tensor_parallel_size, default=1),
             dp=first(parallel.data_parallel_size, kw.data_parallel_size, default=1),
             pp=first(parallel.pipeline_parallel_size, kw.pipeline_parallel_size, default=1),
@@ -152,6 +155,7 @@ class RunSettings:
     max_model_len: int | None
     dtype: str
     quantization: str | None
+    kv_cache_dtype: str  # vLLM's: "auto" (the activations', 16 bits) or an FP8 format
     tp: int
     dp: int  # engines (data-parallel ranks), each with tp GPUs and its own KV blocks
     pp: int

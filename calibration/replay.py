@@ -79,6 +79,9 @@ def engine_config(run: RealRun, gpu: str, model: str | None = None) -> EngineCon
                           f"data parallelism are)")
     name = model or run.meta.model
     spec = get_model(name, _dtype(run, st, name))
+    kv_dtype = _kv_dtype(run, st)
+    if kv_dtype != spec.dtype:
+        spec = spec.model_copy(update={"kv_dtype": kv_dtype})
     fields = {"gpu": gpu, "model": spec, "tp": st.tp, "max_num_seqs": st.max_num_seqs,
               "max_num_batched_tokens": st.max_num_batched_tokens,
               "max_model_len": st.max_model_len or spec.max_context,
@@ -102,6 +105,18 @@ def _dtype(run: RealRun, st: RunSettings, model: str) -> str:
         raise RunDirError(f"{run.path}/meta.json: quantization {st.quantization!r} is not modelled; weights in "
                           f"16 bits or FP8 ({', '.join(_FP8_QUANTIZATIONS)}, or an FP8 checkpoint) are")
     return dtype
+
+
+def _kv_dtype(run: RealRun, st: RunSettings) -> str:
+    """The KV cache's dtype: vLLM's "auto" keeps the activations' 16 bits (an FP8 checkpoint too);
+    its fp8 formats store one byte."""
+    kv = st.kv_cache_dtype.lower()
+    if kv in ("auto", "bfloat16", "float16", "half"):
+        return "bf16"
+    if kv.startswith("fp8"):
+        return "fp8"
+    raise RunDirError(f"{run.path}/meta.json: kv_cache_dtype {st.kv_cache_dtype!r} is not modelled; auto, "
+                      f"16 bits or fp8 are")
 
 
 def workload(run: RealRun, seed: int = 0) -> Workload:

@@ -158,7 +158,8 @@ class ModelSpec(BaseModel):
     """Shape of a Llama-family decoder (GQA attention, SwiGLU MLP, RMSNorm).
 
     dtype "fp8" means FP8 linear weights and KV cache (1 byte); embeddings and the LM head stay
-    bf16, as in common FP8 checkpoints.
+    bf16, as in common FP8 checkpoints. `kv_dtype` sets the KV cache's apart from the weights (vLLM's
+    `kv_cache_dtype`: an FP8 checkpoint keeps 16-bit KV unless told, and 16-bit weights can keep FP8 KV).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -175,6 +176,7 @@ class ModelSpec(BaseModel):
     tied_embeddings: bool = False
     qk_norm: bool = Field(default=False, description="RMSNorm on q and k per head (Qwen3)")
     dtype: Literal["bf16", "fp8"] = "bf16"
+    kv_dtype: Literal["bf16", "fp8"] | None = Field(default=None, description="KV cache dtype; default: dtype")
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -190,6 +192,10 @@ class ModelSpec(BaseModel):
     @property
     def dtype_bytes(self) -> int:
         return DTYPE_BYTES[self.dtype]
+
+    @property
+    def kv_dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.kv_dtype or self.dtype]
 
     @property
     def linear_params_per_layer(self) -> int:
@@ -345,7 +351,7 @@ def weight_bytes_per_gpu(model: ModelSpec, tp: int = 1, include_lm_head: bool = 
 
 def kv_bytes_per_token(model: ModelSpec) -> int:
     """K and V bytes of one token for the whole engine (what a transfer moves per token)."""
-    return 2 * model.num_layers * model.num_kv_heads * model.head_dim * model.dtype_bytes
+    return 2 * model.num_layers * model.num_kv_heads * model.head_dim * model.kv_dtype_bytes
 
 
 def kv_heads_per_gpu(model: ModelSpec, tp: int) -> float:
@@ -355,7 +361,7 @@ def kv_heads_per_gpu(model: ModelSpec, tp: int) -> float:
 
 def kv_bytes_per_token_per_gpu(model: ModelSpec, tp: int = 1) -> float:
     """The share of one token's KV that each of the engine's tp GPUs stores (and reads)."""
-    return 2 * model.num_layers * kv_heads_per_gpu(model, tp) * model.head_dim * model.dtype_bytes
+    return 2 * model.num_layers * kv_heads_per_gpu(model, tp) * model.head_dim * model.kv_dtype_bytes
 
 
 def kv_pages_for(gpu: GPUSpec, model: ModelSpec, tp: int, page_size: int, mem_util: float = 0.9,

@@ -56,6 +56,12 @@ def test_kv_bytes_per_token():
     # 8 KV heads over 16 ranks: each rank keeps one replicated head.
     assert kv_bytes_per_token_per_gpu(m, 16) == 2 * 32 * 1 * 128 * 2
     assert kv_bytes_per_token(get_model("Llama-3.1-8B", dtype="fp8")) == 65536
+    # The KV cache's dtype apart from the weights': FP8 weights with 16-bit KV, and the reverse.
+    fp8_weights = get_model("Llama-3.1-8B", dtype="fp8").model_copy(update={"kv_dtype": "bf16"})
+    assert kv_bytes_per_token(fp8_weights) == 131072
+    fp8_kv = get_model({**m.model_dump(), "kv_dtype": "fp8"})
+    assert kv_bytes_per_token_per_gpu(fp8_kv, 2) == 32768
+    assert weight_bytes_per_gpu(fp8_kv) == weight_bytes_per_gpu(m)
 
 
 def test_weights_and_pages():

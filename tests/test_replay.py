@@ -21,8 +21,8 @@ from tests.replay_helpers import burst_workload, write_layer_bundle
 NUM_PAGES = 300  # small enough that the burst preempts
 
 
-def simulated_run(tmp_path, cost_model="roofline", prefix_caching=True, engines=1):
-    engine = EngineConfig(gpu="RTX4090", model="Llama-3.1-8B", num_pages=NUM_PAGES, max_num_seqs=16,
+def simulated_run(tmp_path, cost_model="roofline", prefix_caching=True, engines=1, model="Llama-3.1-8B"):
+    engine = EngineConfig(gpu="RTX4090", model=model, num_pages=NUM_PAGES, max_num_seqs=16,
                           max_num_batched_tokens=512, max_model_len=4096,
                           policy=SchedulingPolicy.vllm(prefix_caching=prefix_caching), count=engines)
     cluster = SimCluster(ClusterConfig(engines=[engine], strategy=StrategyConfig(name=strategy_for(engines)),
@@ -45,6 +45,16 @@ def test_a_written_simulated_run_replays_to_its_own_metrics_exactly(tmp_path, pr
         assert v["sim"] == v["real"], key
         assert v["diff_pct"] == 0.0
     assert replayed.result.engine_stats["e0"]["preemptions"] == stats["preemptions"]
+
+
+def test_a_run_with_fp8_weights_and_16_bit_kv_replays_to_its_own_metrics_exactly(tmp_path):
+    from sim.hardware import get_model
+
+    model = get_model("Llama-3.1-8B", "fp8").model_copy(update={"kv_dtype": "bf16"})
+    run_dir, original = simulated_run(tmp_path, model=model)
+    replayed = replay(load_run(run_dir), "roofline")
+    assert all(v["diff_pct"] == 0.0 for v in replayed.metrics().values())
+    assert replayed.result.engine_stats["e0"]["preemptions"] == original.engine_stats["e0"]["preemptions"]
 
 
 def test_a_data_parallel_run_replays_on_as_many_engines_balanced_as_vllm_balances_them(tmp_path):
@@ -172,6 +182,25 @@ def test_fp8_checkpoints_are_priced_in_fp8(tmp_path, model, kwargs, dtype):
     (run_dir / "meta.json").write_text(json.dumps({**meta, "model": model, "engine_kwargs": kwargs}))
     engine = engine_config(load_run(run_dir), "H100-SXM")
     assert engine.model.dtype == dtype and engine.model.num_layers == 32
+
+
+@pytest.mark.parametrize("kv_cache_dtype,weights,kv_bytes", [
+    ("auto", "fp8", 2), ("fp8", "fp8", 1), ("auto", "bfloat16", 2), ("fp8_e4m3", "bfloat16", 1)])
+def test_the_kv_cache_dtype_is_the_runs_not_the_weights(tmp_path, kv_cache_dtype, weights, kv_bytes):
+    """vLLM's kv_cache_dtype "auto" keeps 16-bit KV even for FP8 weights; fp8 formats store one byte."""
+    from sim.hardware import kv_bytes_per_token
+
+    run_dir, _ = simulated_run(tmp_path)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    meta["engine_kwargs"].update(dtype=weights, kv_cache_dtype=kv_cache_dtype)
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    engine = engine_config(load_run(run_dir), "H100-SXM")
+    assert engine.model.dtype == ("fp8" if weights == "fp8" else "bf16")
+    assert kv_bytes_per_token(engine.model) == 2 * 32 * 8 * 128 * kv_bytes
+    meta["engine_kwargs"]["kv_cache_dtype"] = "int4"
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(RunDirError, match="kv_cache_dtype 'int4' is not modelled"):
+        engine_config(load_run(run_dir), "H100-SXM")
 
 
 def test_a_quantization_the_simulator_does_not_model_is_named(tmp_path):
