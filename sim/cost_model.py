@@ -110,8 +110,10 @@ class RooflineCostModel:
         lin_params = L * m.linear_params_per_layer / tp
         self._s_lin_token = 2 * lin_params / flops
         self._s_lin_weights = lin_params * m.dtype_bytes / bw
-        # Attention: QK^T and PV, 2 FLOPs per multiply-add each, per query-key pair per head dim.
-        self._s_attn_unit = 4 * L * m.num_heads * m.head_dim / tp / (g.peak_flops(m.dtype) * e.attention)
+        # Attention: QK^T and PV, 2 FLOPs per multiply-add each, per query-key pair per head dim,
+        # in the KV cache's precision (FP8 weights beside 16-bit KV attend in 16 bits).
+        attn_flops = g.peak_flops(m.kv_dtype or m.dtype) * e.attention
+        self._s_attn_unit = 4 * L * m.num_heads * m.head_dim / tp / attn_flops
         self._s_kv_token = kv_bytes_per_token_per_gpu(m, tp) / bw
         # Decode rows batched with a prefill chunk: an engine that runs one attention kernel over
         # the whole batch (vLLM's varlen kernels) sends them down the prefill path, which reads a

@@ -75,6 +75,18 @@ def test_fp8_faster_than_bf16():
     assert a_fp8.step_time(prefill(8192)) > 0.9 * a_bf16.step_time(prefill(8192))
 
 
+def test_fp8_weights_beside_16_bit_kv_read_and_attend_in_16_bits():
+    fp8 = RooflineCostModel("H100-SXM", get_model("Llama-3.1-8B", dtype="fp8"))
+    kv16 = RooflineCostModel("H100-SXM", get_model("Llama-3.1-8B", dtype="fp8").model_copy(update={"kv_dtype": "bf16"}))
+    bf16 = RooflineCostModel("H100-SXM", "Llama-3.1-8B")
+    short, long_ctx = decode(64, 128), decode(64, 8000)
+    # The weights are read in FP8 either way; the long contexts' KV reads cost twice as much in 16 bits.
+    assert kv16.step_time(short) < 1.1 * fp8.step_time(short) < 1.1 * 0.8 * bf16.step_time(short)
+    assert kv16.step_time(long_ctx) > 1.3 * fp8.step_time(long_ctx)
+    # A long prompt's attention runs at the 16-bit peak: slower than all-FP8, faster than all-16-bit.
+    assert fp8.step_time(prefill(8192, 8192)) < kv16.step_time(prefill(8192, 8192)) < bf16.step_time(prefill(8192, 8192))
+
+
 def test_tensor_parallel_all_reduce_cost():
     f = prefill(1024)
     L, h = 32, 4096
