@@ -5,8 +5,9 @@ Layout (as written by vLLM benchmark recorders such as LLMServingSim's `bench`):
 - `requests.jsonl`: per request `request_id, input_toks, output_toks, queued_ts, first_token_ts,
   last_token_ts` (engine-monotonic seconds; `queued_ts` is the arrival on that clock);
 - `meta.json`: `engine_kwargs` (max_num_seqs, max_num_batched_tokens, max_model_len, dtype,
-  tensor_parallel_size, data_parallel_size, pipeline_parallel_size, quantization, kv_cache_dtype), `model`, and where recorded `kv_cache`
-  (num_gpu_blocks, block_size, enable_prefix_caching, gpu_memory_utilization),
+  tensor_parallel_size, data_parallel_size, pipeline_parallel_size, quantization, kv_cache_dtype),
+  `model`, and where recorded `kv_cache` (num_gpu_blocks per engine, block_size,
+  enable_prefix_caching, gpu_memory_utilization),
   `hardware.device_name` and `resolved_config` (vLLM's configuration as it ran: its scheduler,
   model, parallel and cache sections, which take precedence, since they include the defaults the
   engine filled in);

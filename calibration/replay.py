@@ -4,9 +4,9 @@ The simulated engine is built from the run's own settings (model, GPU, TP, dtype
 limits, KV block size, the KV capacity the run reported, prefix caching) and scheduled by the
 shared scheduler under vLLM's admission policy (SchedulingPolicy.vllm). A run with
 `data_parallel_size` > 1 gets that many such engines, balanced as vLLM's API server balances them
-(strategies/vllm_dp.py). Arrivals are replayed
-exactly, prompts carry the run's token ids when its workload file is found (so prefix-cache
-hits happen where they happened), and every request generates exactly its logged output length.
+(strategies/vllm_dp.py). Arrivals are replayed exactly, prompts carry the run's token ids when its
+workload file is found (so prefix-cache hits happen where they happened), and every request
+generates exactly its logged output length.
 Nothing here is tuned to a run: what differs between runs comes from their own files.
 """
 from __future__ import annotations
