@@ -39,6 +39,13 @@ class RunDirError(ValueError):
     """A run directory that cannot be replayed; the message names the file and field."""
 
 
+# Bounds on what a run directory may claim, far above any real deployment, so that a malformed or
+# hostile meta.json fails with its field named instead of building millions of simulated engines
+# or pages (each page costs the block manager about 60 bytes).
+MAX_PARALLEL = 1024  # GPUs per engine (TP, PP) and engines per run (DP)
+MAX_KV_BLOCKS = 1 << 24  # KV blocks per engine: real engines hold 10^4-10^5
+
+
 class RequestLine(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
     request_id: str
@@ -66,15 +73,15 @@ class EngineKwargs(_Section):
     max_num_batched_tokens: int | None = Field(None, ge=1)
     max_model_len: int | None = Field(None, ge=1)
     dtype: str | None = None
-    tensor_parallel_size: int | None = Field(None, ge=1)
-    data_parallel_size: int | None = Field(None, ge=1)
-    pipeline_parallel_size: int | None = Field(None, ge=1)
+    tensor_parallel_size: int | None = Field(None, ge=1, le=MAX_PARALLEL)
+    data_parallel_size: int | None = Field(None, ge=1, le=MAX_PARALLEL)
+    pipeline_parallel_size: int | None = Field(None, ge=1, le=MAX_PARALLEL)
     quantization: str | None = None
     kv_cache_dtype: str | None = None
 
 
 class KVCacheInfo(_Section):
-    num_gpu_blocks: int | None = Field(None, ge=1)
+    num_gpu_blocks: int | None = Field(None, ge=1, le=MAX_KV_BLOCKS)
     block_size: int | None = Field(None, ge=1)
     enable_prefix_caching: bool | None = None
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
@@ -93,9 +100,9 @@ class _ResolvedModel(_Section):
 
 
 class _ResolvedParallel(_Section):
-    tensor_parallel_size: int | None = Field(None, ge=1)
-    data_parallel_size: int | None = Field(None, ge=1)
-    pipeline_parallel_size: int | None = Field(None, ge=1)
+    tensor_parallel_size: int | None = Field(None, ge=1, le=MAX_PARALLEL)
+    data_parallel_size: int | None = Field(None, ge=1, le=MAX_PARALLEL)
+    pipeline_parallel_size: int | None = Field(None, ge=1, le=MAX_PARALLEL)
 
 
 class ResolvedConfig(_Section):

@@ -70,6 +70,19 @@ def test_a_data_parallel_run_replays_on_as_many_engines_balanced_as_vllm_balance
     assert len(replayed.queue_traces) == 3
 
 
+def test_a_meta_json_claiming_absurd_sizes_is_refused_by_field(tmp_path):
+    run_dir, _ = simulated_run(tmp_path)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    for section, field, value in (("engine_kwargs", "data_parallel_size", 10**6),
+                                  ("engine_kwargs", "tensor_parallel_size", 10**6),
+                                  ("kv_cache", "num_gpu_blocks", 10**12)):
+        bad = json.loads(json.dumps(meta))
+        bad[section][field] = value
+        (run_dir / "meta.json").write_text(json.dumps(bad))
+        with pytest.raises(RunDirError, match=rf"meta.json: {section}.{field}: .*less than or equal"):
+            load_run(run_dir)
+
+
 def test_pipeline_parallel_runs_are_refused_by_name(tmp_path):
     run_dir, _ = simulated_run(tmp_path)
     meta = json.loads((run_dir / "meta.json").read_text())
