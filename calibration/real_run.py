@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from core_api.config_base import MAX_ENGINES, MAX_PAGES
 from core_api.validation_errors import format_validation_error
 from sim.profile import read_json
 
@@ -39,11 +40,9 @@ class RunDirError(ValueError):
     """A run directory that cannot be replayed; the message names the file and field."""
 
 
-# Bounds on what a run directory may claim, far above any real deployment, so that a malformed or
-# hostile meta.json fails with its field named instead of building millions of simulated engines
-# or pages (each page costs the block manager about 60 bytes).
-MAX_PARALLEL = 1024  # GPUs per engine (TP, PP) and engines per run (DP)
-MAX_KV_BLOCKS = 1 << 24  # KV blocks per engine: real engines hold 10^4-10^5
+# Bounds on what a run directory may claim (core_api.config_base's ceilings; GPUs per engine
+# likewise far above any real one), so that a malformed or hostile meta.json fails naming its field.
+MAX_GPUS_PER_ENGINE = 1024
 
 
 class RequestLine(BaseModel):
@@ -73,15 +72,15 @@ class EngineKwargs(_Section):
     max_num_batched_tokens: int | None = Field(None, ge=1)
     max_model_len: int | None = Field(None, ge=1)
     dtype: str | None = None
-    tensor_parallel_size: int | None = Field(None, ge=1, le=MAX_PARALLEL)
-    data_parallel_size: int | None = Field(None, ge=1, le=MAX_PARALLEL)
-    pipeline_parallel_size: int | None = Field(None, ge=1, le=MAX_PARALLEL)
+    tensor_parallel_size: int | None = Field(None, ge=1, le=MAX_GPUS_PER_ENGINE)
+    data_parallel_size: int | None = Field(None, ge=1, le=MAX_ENGINES)
+    pipeline_parallel_size: int | None = Field(None, ge=1, le=MAX_GPUS_PER_ENGINE)
     quantization: str | None = None
     kv_cache_dtype: str | None = None
 
 
 class KVCacheInfo(_Section):
-    num_gpu_blocks: int | None = Field(None, ge=1, le=MAX_KV_BLOCKS)
+    num_gpu_blocks: int | None = Field(None, ge=1, le=MAX_PAGES + 1)  # + vLLM's null block
     block_size: int | None = Field(None, ge=1)
     enable_prefix_caching: bool | None = None
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
@@ -100,9 +99,9 @@ class _ResolvedModel(_Section):
 
 
 class _ResolvedParallel(_Section):
-    tensor_parallel_size: int | None = Field(None, ge=1, le=MAX_PARALLEL)
-    data_parallel_size: int | None = Field(None, ge=1, le=MAX_PARALLEL)
-    pipeline_parallel_size: int | None = Field(None, ge=1, le=MAX_PARALLEL)
+    tensor_parallel_size: int | None = Field(None, ge=1, le=MAX_GPUS_PER_ENGINE)
+    data_parallel_size: int | None = Field(None, ge=1, le=MAX_ENGINES)
+    pipeline_parallel_size: int | None = Field(None, ge=1, le=MAX_GPUS_PER_ENGINE)
 
 
 class ResolvedConfig(_Section):

@@ -12,6 +12,12 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Ceilings on what a config may ask for, far above any real deployment: a typo or a hostile file
+# then fails naming the field instead of building millions of engines, or of KV pages (the block
+# manager keeps about 60 bytes per page; real engines hold 10^4-10^6 pages).
+MAX_ENGINES = 4096  # in one cluster
+MAX_PAGES = 1 << 24  # KV pages of one engine
+
 
 class Strict(BaseModel):
     """A config model that refuses unknown fields: a misspelt key is an error, never ignored."""
@@ -33,6 +39,10 @@ class EngineEntryLike(Protocol):
 
 def expand_engine_ids(entries: Iterable[EngineEntryLike]) -> list[str]:
     """One id per engine, `count` unrolled (the rule in the module docstring)."""
+    entries = list(entries)
+    total = sum(e.count for e in entries)
+    if total > MAX_ENGINES:
+        raise ValueError(f"{total} engines in one cluster; at most {MAX_ENGINES}")
     ids: list[str] = []
     for e in entries:
         for k in range(e.count):
@@ -44,6 +54,7 @@ def expand_engine_ids(entries: Iterable[EngineEntryLike]) -> list[str]:
 
 
 def check_unique(ids: list[str]) -> None:
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    seen: set[str] = set()
+    dupes = sorted({i for i in ids if i in seen or seen.add(i)})
     if dupes:
         raise ValueError(f"engine ids must be unique, repeated: {dupes}")

@@ -12,7 +12,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from core_api.config_base import StrategyConfig, Strict, check_unique, expand_engine_ids
+from core_api.config_base import (
+    MAX_ENGINES,
+    MAX_PAGES,
+    StrategyConfig,
+    Strict,
+    check_unique,
+    expand_engine_ids,
+)
 from core_api.scheduler_config import SchedulerLimits, limit_default
 from core_api.workload import WorkloadSpec
 
@@ -29,7 +36,7 @@ class EngineSpec(Strict, SchedulerLimits):
     device: str = "cpu"
     threads: int = Field(1, ge=1)  # torch intra-op threads of this process
     batch_invariant: bool = True  # bit-exact tokens whatever the batching (DESIGN point 5)
-    num_pages: int = Field(1024, ge=1)
+    num_pages: int = Field(1024, ge=1, le=MAX_PAGES)
     # The scheduler limits are core_api's SchedulerLimits; a CPU engine gets smaller defaults.
     max_num_batched_tokens: int = limit_default("max_num_batched_tokens", 512)
     max_num_seqs: int = limit_default("max_num_seqs", 64)
@@ -88,7 +95,7 @@ class EngineEntry(EngineSpec):
     """An engine in a cluster config: spawned here (`count` copies) or already running at `address`."""
 
     id: str | None = None
-    count: int = Field(1, ge=1)
+    count: int = Field(1, ge=1, le=MAX_ENGINES)
     address: str | None = None  # tcp://host:port of an engine started with `microserving engine`
 
     @model_validator(mode="after")

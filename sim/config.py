@@ -5,7 +5,14 @@ from pathlib import Path
 
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
-from core_api.config_base import StrategyConfig, Strict, check_unique, expand_engine_ids
+from core_api.config_base import (
+    MAX_ENGINES,
+    MAX_PAGES,
+    StrategyConfig,
+    Strict,
+    check_unique,
+    expand_engine_ids,
+)
 from core_api.faults import FaultSchedule
 from core_api.scheduler_config import SchedulerLimits
 from core_api.workload import WorkloadSpec
@@ -23,12 +30,12 @@ class EngineConfig(Strict, SchedulerLimits):
     policy) are core_api's SchedulerLimits."""
 
     id: str | None = None
-    count: int = Field(1, ge=1)
+    count: int = Field(1, ge=1, le=MAX_ENGINES)
     gpu: str | GPUSpec = "H100-SXM"
     model: str | ModelSpec = "Llama-3.1-8B"
     dtype: str | None = None  # override the model preset's dtype ("bf16" or "fp8")
     tp: int = Field(1, ge=1)
-    num_pages: int | None = Field(None, ge=1)  # default: what fits in GPU memory
+    num_pages: int | None = Field(None, ge=1, le=MAX_PAGES)  # default: what fits in GPU memory
     mem_util: float = Field(0.9, gt=0, le=1)
 
 

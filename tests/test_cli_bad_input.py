@@ -122,3 +122,24 @@ def test_search_shows_progress_on_long_work(capsys):
                  "--strategies", "round_robin,pd", "-j", "1"]) == 0
     err = capsys.readouterr().err
     assert "[search] 0/" not in err and re.search(r"\[search\] 2/2 done", err), err
+
+
+@pytest.mark.parametrize("engines,says", [
+    ("[{count: 100000000}]", "engines.0.count: Input should be less than or equal to 4096"),
+    ("[{count: 3000}, {count: 3000}]", "6000 engines in one cluster; at most 4096"),
+    ("[{num_pages: 100000000000}]", "engines.0.num_pages: Input should be less than or equal to 16777216")])
+def test_a_config_asking_for_absurd_sizes_names_the_field_before_building_anything(tmp_path, engines, says, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"cluster:\n  engines: {engines}\n  strategy: {{name: round_robin}}\nworkload: {{num_requests: 4}}\n")
+    _fails_with(["sim", "--config", str(config)], says, capsys)
+
+
+def test_a_real_cluster_config_asking_for_absurd_sizes_is_refused():
+    from pydantic import ValidationError
+
+    from real.config import RealClusterConfig
+
+    with pytest.raises(ValidationError, match="count"):
+        RealClusterConfig(engines=[{"count": 10**8}])
+    with pytest.raises(ValidationError, match="num_pages"):
+        RealClusterConfig(engines=[{"num_pages": 10**11}])
