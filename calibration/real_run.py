@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from core_api.config_base import MAX_ENGINES, MAX_PAGES
+from core_api.config_base import MAX_ENGINES, MAX_GPUS_PER_ENGINE, MAX_PAGES
 from core_api.validation_errors import format_validation_error
 from sim.profile import read_json
 
@@ -39,10 +39,6 @@ from sim.profile import read_json
 class RunDirError(ValueError):
     """A run directory that cannot be replayed; the message names the file and field."""
 
-
-# Bounds on what a run directory may claim (core_api.config_base's ceilings; GPUs per engine
-# likewise far above any real one), so that a malformed or hostile meta.json fails naming its field.
-MAX_GPUS_PER_ENGINE = 1024
 
 
 class RequestLine(BaseModel):

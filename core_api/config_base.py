@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 # manager keeps about 60 bytes per page; real engines hold 10^4-10^6 pages).
 MAX_ENGINES = 4096  # in one cluster
 MAX_PAGES = 1 << 24  # KV pages of one engine
+MAX_GPUS_PER_ENGINE = 1024  # its tensor (or pipeline) parallel degree
 
 
 class Strict(BaseModel):

@@ -9,6 +9,7 @@ from typing import Any
 import simpy
 
 from core_api import strategy as strategy_registry
+from core_api.config_base import MAX_PAGES
 from core_api.driver import serve_request
 from core_api.engine_stats import common_engine_stats
 from core_api.faults import FaultSchedule, failures_by_kind
@@ -120,6 +121,9 @@ class SimCluster:
         num_pages = ec.num_pages
         if num_pages is None:
             num_pages = kv_pages_for(get_gpu(ec.gpu), get_model(ec.model, ec.dtype), ec.tp, ec.page_size, ec.mem_util)
+            if num_pages > MAX_PAGES:
+                raise ValueError(f"{num_pages} KV pages of {ec.page_size} tokens fit in the GPU memory, more than "
+                                 f"an engine may hold ({MAX_PAGES}): set num_pages, or a larger page_size")
         return ec.scheduler_config(num_pages)
 
     def run(self, workload: Workload, seed: int = 0, config_echo: dict | None = None,

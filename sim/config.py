@@ -7,6 +7,7 @@ from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from core_api.config_base import (
     MAX_ENGINES,
+    MAX_GPUS_PER_ENGINE,
     MAX_PAGES,
     StrategyConfig,
     Strict,
@@ -34,7 +35,7 @@ class EngineConfig(Strict, SchedulerLimits):
     gpu: str | GPUSpec = "H100-SXM"
     model: str | ModelSpec = "Llama-3.1-8B"
     dtype: str | None = None  # override the model preset's dtype ("bf16" or "fp8")
-    tp: int = Field(1, ge=1)
+    tp: int = Field(1, ge=1, le=MAX_GPUS_PER_ENGINE)
     num_pages: int | None = Field(None, ge=1, le=MAX_PAGES)  # default: what fits in GPU memory
     mem_util: float = Field(0.9, gt=0, le=1)
 
