@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from core_api.types import Request
+from core_api.types import MAX_REQUEST_TOKENS, Request
 from core_api.workload import ArrivalSpec, Workload
 
 __all__ = ["BadLines", "RowError", "SkippedLine", "TraceError", "TraceOptions", "TraceWarning", "TraceWorkload",
@@ -145,6 +145,8 @@ def positive_int(value: object, what: str, allow_zero: bool = True) -> int:
     n = int(value)
     if n < (0 if allow_zero else 1):
         raise RowError(f"{what} must be >= {0 if allow_zero else 1}, got {n}")
+    if n > MAX_REQUEST_TOKENS:
+        raise RowError(f"{what} must be <= {MAX_REQUEST_TOKENS}, got {n}")
     return n
 
 

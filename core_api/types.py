@@ -13,6 +13,10 @@ import numpy as np
 # Below this temperature sampling is greedy: dividing logits by a tiny temperature overflows
 # them to inf and the softmax to NaN (vLLM uses the same floor).
 MIN_TEMPERATURE = 1e-5
+# Prompt or output tokens of one request read from a trace or drawn from a workload spec: above
+# any model's context, so a count past it is a typo or a hostile file (its prompt alone would take
+# 64 MiB), refused (traces) or clipped (a distribution's unbounded tail) before any array is made.
+MAX_REQUEST_TOKENS = 1 << 24
 
 
 @dataclass(slots=True)

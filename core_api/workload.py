@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core_api.request_stream import RequestStream
-from core_api.types import Request
+from core_api.types import MAX_REQUEST_TOKENS, Request
 
 __all__ = ["ArrivalSpec", "LengthDist", "PrefixSpec", "Workload", "WorkloadSpec", "generate"]
 
@@ -28,7 +28,8 @@ class _Spec(BaseModel):
 
 
 class LengthDist(_Spec):
-    """A distribution of token counts, rounded to integers and clamped to [min, max].
+    """A distribution of token counts, rounded to integers and clamped to [min, max] (max: at most
+    core_api.types.MAX_REQUEST_TOKENS, where an unbounded tail stops).
 
     Parameters by kind: fixed(value); uniform(low, high), both inclusive; normal(mean, std);
     lognormal(mean, sigma), where mean is the mean length and sigma the std of its log; zipf(alpha,
@@ -36,15 +37,15 @@ class LengthDist(_Spec):
     """
 
     kind: Literal["fixed", "uniform", "normal", "lognormal", "zipf"] = "fixed"
-    value: int | None = Field(None, ge=1)
-    low: int | None = Field(None, ge=1)
-    high: int | None = Field(None, ge=1)
-    mean: float | None = Field(None, gt=0, allow_inf_nan=False)
+    value: int | None = Field(None, ge=1, le=MAX_REQUEST_TOKENS)
+    low: int | None = Field(None, ge=1, le=MAX_REQUEST_TOKENS)
+    high: int | None = Field(None, ge=1, le=MAX_REQUEST_TOKENS)
+    mean: float | None = Field(None, gt=0, le=MAX_REQUEST_TOKENS, allow_inf_nan=False)
     std: float | None = Field(None, ge=0, allow_inf_nan=False)
     sigma: float | None = Field(None, ge=0, allow_inf_nan=False)
     alpha: float | None = Field(None, gt=0, allow_inf_nan=False)
-    min: int = Field(1, ge=1)
-    max: int | None = Field(None, ge=1)
+    min: int = Field(1, ge=1, le=MAX_REQUEST_TOKENS)
+    max: int | None = Field(None, ge=1, le=MAX_REQUEST_TOKENS)
 
     @model_validator(mode="after")
     def _params(self) -> LengthDist:
@@ -72,7 +73,7 @@ class LengthDist(_Spec):
         else:  # bounded zipf by inverse CDF: numpy's zipf is unbounded and needs alpha > 1
             cdf = np.cumsum(np.arange(1, self.high + 1, dtype=np.float64) ** -self.alpha)
             x = np.searchsorted(cdf / cdf[-1], rng.random(n), side="right") + 1.0
-        hi = self.max if self.max is not None else np.inf
+        hi = self.max if self.max is not None else MAX_REQUEST_TOKENS  # a long tail stops at the ceiling
         return np.clip(np.rint(x), self.min, hi).astype(np.int64)
 
 

@@ -129,8 +129,8 @@ def test_search_shows_progress_on_long_work(capsys):
     ("[{count: 3000}, {count: 3000}]", "6000 engines in one cluster; at most 4096"),
     ("[{num_pages: 100000000000}]", "engines.0.num_pages: Input should be less than or equal to 16777216"),
     ("[{tp: 100000}]", "engines.0.tp: Input should be less than or equal to 1024"),
-    ("[{page_size: 1, model: {name: x, num_layers: 1, hidden_size: 64, num_heads: 1, num_kv_heads: 1, "
-     "ffn_size: 64, vocab_size: 100}}]", "KV pages of 1 tokens fit in the GPU memory, more than an engine may hold")])
+    (("[{page_size: 1, model: {name: x, num_layers: 1, hidden_size: 64, num_heads: 1, num_kv_heads: 1, "
+      "ffn_size: 64, vocab_size: 100}}]"), "KV pages of 1 tokens fit in the GPU memory, more than an engine may hold")])
 def test_a_config_asking_for_absurd_sizes_names_the_field_before_building_anything(tmp_path, engines, says, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(f"cluster:\n  engines: {engines}\n  strategy: {{name: round_robin}}\nworkload: {{num_requests: 4}}\n")

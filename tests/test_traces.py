@@ -62,7 +62,8 @@ def test_azure_malformed_line_names_file_and_line(tmp_path):
 
 @pytest.mark.parametrize("row, why", [("2023-11-16 18:15:50.0,396", "expected 3 fields"),
                                       ("yesterday,1,2", "bad timestamp"),
-                                      ("2023-11-16 18:15:50.0,-4,2", "ContextTokens must be >= 0")])
+                                      ("2023-11-16 18:15:50.0,-4,2", "ContextTokens must be >= 0"),
+                                      ("2023-11-16 18:15:50.0,1000000000000,2", "ContextTokens must be <= 16777216")])
 def test_azure_other_malformed_rows(tmp_path, row, why):
     path = write(tmp_path, "x.csv", AZURE.replace("2023-11-16 18:15:50.0000000,396,109", row))
     with pytest.raises(TraceError, match=f"x.csv:3: {why}"):

@@ -101,6 +101,7 @@ def test_length_dists(kind, params, check):
     ({"prefix": {"prefix_len": 4, "fraction": 1.5}}, "fraction"),
     ({"vocab_size": 1}, "vocab_size"),
     ({"temprature": 0.5}, "temprature"),
+    ({"prompt_len": {"kind": "fixed", "value": 10**12}}, "prompt_len.value"),
 ])
 def test_validation_names_field(bad, field):
     with pytest.raises(ValidationError) as err:
@@ -151,3 +152,12 @@ def test_generate_many_requests_with_prefix_groups():
     assert len(w) == 5_000
     grouped = [r for r in w if r.prefix_group is not None]
     assert 0.45 < len(grouped) / len(w) < 0.55
+
+
+def test_an_unbounded_length_tail_stops_at_the_ceiling():
+    from core_api.types import MAX_REQUEST_TOKENS
+    from core_api.workload import LengthDist
+
+    lengths = LengthDist(kind="lognormal", mean=10**6, sigma=2).sample(np.random.default_rng(0), 2000)
+    assert lengths.max() == MAX_REQUEST_TOKENS  # about 1% of these draws lie beyond it
+    assert (lengths >= 1).all()
