@@ -32,6 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core_api.config_base import MAX_ENGINES, MAX_GPUS_PER_ENGINE, MAX_PAGES
+from core_api.types import MAX_REQUEST_TOKENS
 from core_api.validation_errors import format_validation_error
 from sim.profile import read_json
 
@@ -44,8 +45,8 @@ class RunDirError(ValueError):
 class RequestLine(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
     request_id: str
-    input_toks: int = Field(ge=1)
-    output_toks: int = Field(ge=1)
+    input_toks: int = Field(ge=1, le=MAX_REQUEST_TOKENS)
+    output_toks: int = Field(ge=1, le=MAX_REQUEST_TOKENS)
     queued_ts: float
     first_token_ts: float
     last_token_ts: float

@@ -131,6 +131,11 @@ def test_missing_files_and_fields_are_named(tmp_path, capsys):
     with pytest.raises(RunDirError, match=r"requests.jsonl:4: first_token_ts: Field required"):
         load_run(run_dir)
     bad = json.loads(lines[3])
+    bad["input_toks"] = 10**12
+    (run_dir / "requests.jsonl").write_text("\n".join(lines[:3] + [json.dumps(bad)] + lines[4:]) + "\n")
+    with pytest.raises(RunDirError, match=r"requests.jsonl:4: input_toks: Input should be less than or equal"):
+        load_run(run_dir)
+    bad = json.loads(lines[3])
     bad["queued_ts"] = bad["last_token_ts"] + 1
     (run_dir / "requests.jsonl").write_text("\n".join(lines[:3] + [json.dumps(bad)] + lines[4:]) + "\n")
     with pytest.raises(RunDirError, match=r"requests.jsonl:4: .*queued_ts <= first_token_ts"):
