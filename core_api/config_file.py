@@ -3,6 +3,11 @@
 `.json` files are JSON; anything else is YAML (which also reads JSON). Every failure is a
 ValueError that names the file and says what is wrong with it (missing, a directory, unreadable,
 malformed with the parser's line), so each command prints one line instead of a traceback.
+
+YAML aliases make a few lines stand for billions of values (an alias bomb), which validating the
+config would then walk; so a YAML document is refused when, with its aliases expanded, it holds
+more than MAX_YAML_VALUES values, or contains itself. The count shares work across an alias's
+uses, so it costs time in the file's size, not in the expansion's.
 """
 from __future__ import annotations
 
@@ -28,9 +33,47 @@ def read_config_file(path: str | Path, what: str = "config") -> Any:
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    return load_yaml(text, path)
+
+
+MAX_YAML_VALUES = 1_000_000
+
+
+def load_yaml(text: str, path: str | Path) -> Any:
+    """A YAML document, refused (ValueError naming `path`) when malformed, nested past Python's
+    recursion limit, or, aliases expanded, larger than MAX_YAML_VALUES."""
     import yaml  # here: a JSON config never pays for importing it
 
     try:
-        return yaml.safe_load(text)
+        data = yaml.safe_load(text)
+        size = _expanded_size(data, {})
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply") from None
+    if size == _CYCLE:
+        raise ValueError(f"{path}: a value contains itself (an alias inside its own anchor)")
+    if size > MAX_YAML_VALUES:
+        raise ValueError(f"{path}: its aliases expand to {size:,} values (at most {MAX_YAML_VALUES:,})")
+    return data
+
+
+_CYCLE = float("inf")
+
+
+def _expanded_size(value: Any, memo: dict[int, float]) -> float:
+    """Values in `value` once every alias is expanded; each distinct object is counted once and
+    its count reused (an alias is the same object); a cycle counts as infinite."""
+    key = id(value)
+    if key in memo:
+        return memo[key]
+    if isinstance(value, dict):
+        memo[key] = _CYCLE  # reached again while counting it: it contains itself
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in value.items())
+    elif isinstance(value, list):
+        memo[key] = _CYCLE
+        size = 1 + sum(_expanded_size(v, memo) for v in value)
+    else:
+        return 1
+    memo[key] = size
+    return size

@@ -146,3 +146,28 @@ def test_a_real_cluster_config_asking_for_absurd_sizes_is_refused():
         RealClusterConfig(engines=[{"count": 10**8}])
     with pytest.raises(ValidationError, match="num_pages"):
         RealClusterConfig(engines=[{"num_pages": 10**11}])
+
+
+def _alias_bomb(levels: int) -> str:
+    """A YAML document a few lines long whose aliases expand to 9**levels strings."""
+    lines = ['l0: &l0 ["x","x","x","x","x","x","x","x","x"]']
+    lines += [f"l{i}: &l{i} [{','.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_or_a_self_containing_value_is_refused_at_once(tmp_path, capsys):
+    from core_api.config_file import read_config_file
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("cluster:\n  engines: [{}]\n  strategy:\n    name: round_robin\n    params:\n"
+                    + "".join(f"      {line}\n" for line in _alias_bomb(12).splitlines()) + "workload: {num_requests: 4}\n")
+    # 9**12 strings: walking them (as validating would) would not end; counting shares the work.
+    _fails_with(["sim", "--config", str(bomb)], "its aliases expand to 357,449,882,134 values", capsys)
+    (tmp_path / "cycle.yaml").write_text("cluster: &c\n  engines: [{}]\n  again: *c\n")
+    with pytest.raises(ValueError, match="a value contains itself"):
+        read_config_file(tmp_path / "cycle.yaml")
+    (tmp_path / "deep.yaml").write_text("a: " + "[" * 50000 + "]" * 50000 + "\n")
+    with pytest.raises(ValueError, match="nested too deeply"):
+        read_config_file(tmp_path / "deep.yaml")
+    (tmp_path / "shared.yaml").write_text("base: &b {count: 2}\nmore: [*b, *b, *b]\n")  # aliases as people use them
+    assert read_config_file(tmp_path / "shared.yaml")["more"] == [{"count": 2}] * 3

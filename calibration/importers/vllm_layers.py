@@ -14,9 +14,8 @@ import csv
 import datetime as dt
 from pathlib import Path
 
-import yaml
-
 from calibration.importers.holdout import curve_holdout_mape, grid_holdout_mape
+from core_api.config_file import load_yaml
 from sim.hardware import GPU_PRESETS, get_model, gpu_for_device
 from sim.layer_profile import AttentionGrid, Curve, LayerProfile, ProfileSource
 from sim.profile import ProfileError
@@ -72,11 +71,11 @@ def _attention(path: Path) -> AttentionGrid:
 def _read_meta(bundle: Path) -> dict:
     path = bundle / "meta.yaml"
     try:
-        meta = yaml.safe_load(path.read_text())
+        meta = load_yaml(path.read_text(), path)
     except OSError as e:
         raise ProfileError(f"{path}: cannot read: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ProfileError(f"{path}: not YAML: {e}") from None
+    except ValueError as e:  # malformed, or an alias bomb (core_api.config_file)
+        raise ProfileError(str(e)) from None
     if not isinstance(meta, dict):
         raise ProfileError(f"{path}: expected a mapping")
     for key in ("model", "hardware"):
