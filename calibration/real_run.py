@@ -32,6 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core_api.config_base import MAX_ENGINES, MAX_GPUS_PER_ENGINE, MAX_PAGES
+from core_api.config_file import parse_json
 from core_api.types import MAX_REQUEST_TOKENS
 from core_api.validation_errors import format_validation_error
 from sim.profile import read_json
@@ -208,7 +209,7 @@ def _read_requests(path: Path) -> list[RequestLine]:
         if not line.strip():
             continue
         try:
-            out.append(RequestLine.model_validate(json.loads(line)))
+            out.append(RequestLine.model_validate(parse_json(line)))
         except json.JSONDecodeError as e:
             raise RunDirError(f"{path}:{i}: not JSON: {e.msg}") from None
         except ValidationError as e:
@@ -288,7 +289,7 @@ def _read_prompts(path: Path, requests: list[RequestLine]) -> list[np.ndarray] |
     for i, line in enumerate(path.read_text().splitlines(), start=1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                rows.append(parse_json(line))
             except json.JSONDecodeError as e:
                 raise RunDirError(f"{path}:{i}: not JSON: {e.msg}") from None
     prompts = []

@@ -11,7 +11,6 @@ stored step speeds are against it); with another profile, they give the plain co
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from pydantic import ValidationError
 
 from calibration.validate import RealSide, SimSide, compared, real_engine_spec
 from calibration.validation_report import ValidationReport
+from core_api.config_file import parse_json
 from sim.profile import CostProfile
 
 
@@ -30,7 +30,7 @@ def load_reports(path: str | Path) -> list[ValidationReport]:
     """The reports of a `calibrate validate --out` file, or a clear error naming what is wrong."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = parse_json(path.read_text())
     except OSError as exc:
         raise ReportError(f"{path}: cannot read the report ({exc.strerror or exc})") from None
     except ValueError as exc:

@@ -16,6 +16,16 @@ from pathlib import Path
 from typing import Any
 
 
+def parse_json(text: str, pos: int = 0, decoder: json.JSONDecoder | None = None) -> Any:
+    """json.loads (or, with `decoder`, its raw_decode from `pos`, returning (value, end)), with
+    nesting past Python's recursion limit raised as the JSONDecodeError any malformed input gets
+    (json raises RecursionError there, which no reader expects from a bad file)."""
+    try:
+        return json.loads(text) if decoder is None else decoder.raw_decode(text, pos)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, pos) from None
+
+
 def read_config_file(path: str | Path, what: str = "config") -> Any:
     path = Path(path)
     try:
@@ -30,7 +40,7 @@ def read_config_file(path: str | Path, what: str = "config") -> Any:
         raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
     if path.suffix == ".json":
         try:
-            return json.loads(text)
+            return parse_json(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON: {exc}") from None
     return load_yaml(text, path)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core_api.config_file import parse_json
 from core_api.trace_io import (
     BadLines,
     RowError,
@@ -47,7 +48,7 @@ def _entries(path: Path, text: str) -> Iterator[tuple[int, object]]:
         for line, row in enumerate(text.split("\n"), 1):
             if row.strip():
                 try:
-                    yield line, json.loads(row)
+                    yield line, parse_json(row)
                 except json.JSONDecodeError as exc:
                     yield line, exc
         return
@@ -59,7 +60,7 @@ def _entries(path: Path, text: str) -> Iterator[tuple[int, object]]:
     while pos < len(text) and text[pos] != "]":
         line = text.count("\n", 0, pos) + 1
         try:
-            entry, pos = dec.raw_decode(text, pos)
+            entry, pos = parse_json(text, pos, dec)
         except json.JSONDecodeError as exc:
             raise TraceError(f"{path}:{exc.lineno}: not JSON: {exc.msg} (column {exc.colno})") from None
         yield line, entry

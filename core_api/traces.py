@@ -31,6 +31,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from core_api.config_file import parse_json
 from core_api.trace_formats import TRACE_FORMATS
 from core_api.trace_io import (
     BadLines,
@@ -155,7 +156,7 @@ def load_mooncake(path: str | Path, options: TraceOptions | None = None, block_s
         if not text.strip():
             continue
         try:
-            rec = json.loads(text)
+            rec = parse_json(text)
             if not isinstance(rec, dict):
                 raise RowError(f"expected a JSON object, got {type(rec).__name__}")
             missing = [k for k in ("timestamp", "input_length", "output_length") if k not in rec]

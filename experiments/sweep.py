@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from core_api.config_file import parse_json
 from core_api.validation_errors import error_text
 from experiments.sweep_spec import RunSpec, SweepSpec, load_spec
 
@@ -108,7 +109,7 @@ def execute(runs: list[RunSpec], jobs: int | None = None, ray: RayTarget | None 
         return
     with multiprocessing.get_context().Pool(jobs) as pool:
         for text in pool.imap_unordered(_worker, [r.model_dump_json() for r in runs], chunksize=1):
-            yield json.loads(text)
+            yield parse_json(text)
 
 
 def read_results(path: str | Path, latest: bool = True) -> list[dict]:
@@ -122,7 +123,7 @@ def read_results(path: str | Path, latest: bool = True) -> list[dict]:
         return []
     for text in path.read_text().splitlines():
         try:
-            line = json.loads(text)
+            line = parse_json(text)
         except json.JSONDecodeError:
             continue
         if not isinstance(line, dict) or "key" not in line:

@@ -17,6 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from typing_extensions import Self
 
+from core_api.config_file import parse_json
 from core_api.validation_errors import format_validation_error
 from sim.hardware import ModelSpec
 from sim.idle_cost import IdleCost
@@ -121,7 +122,7 @@ def read_json(path: str | Path, what: str, error: type[Exception]) -> Any:
     (and the line and column of a syntax error)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return parse_json(path.read_text())
     except OSError as e:
         raise error(f"{path}: cannot read {what}: {e.strerror}") from None
     except json.JSONDecodeError as e:

@@ -171,3 +171,20 @@ def test_a_yaml_alias_bomb_or_a_self_containing_value_is_refused_at_once(tmp_pat
         read_config_file(tmp_path / "deep.yaml")
     (tmp_path / "shared.yaml").write_text("base: &b {count: 2}\nmore: [*b, *b, *b]\n")  # aliases as people use them
     assert read_config_file(tmp_path / "shared.yaml")["more"] == [{"count": 2}] * 3
+
+
+def test_json_nested_past_the_recursion_limit_is_malformed_json_everywhere(tmp_path, capsys):
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "c.json").write_text(deep)
+    _fails_with(["sim", "--config", str(tmp_path / "c.json")], "nested too deeply", capsys)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "meta.json").write_text(deep)
+    (run / "requests.jsonl").write_text("{}\n")
+    _fails_with(["replay", str(run)], "meta.json: not JSON (line 1, column 1): nested too deeply", capsys)
+    (tmp_path / "m.jsonl").write_text('{"timestamp": 1, "input_length": ' + deep + "}\n")
+    _fails_with(["sim", "--trace", str(tmp_path / "m.jsonl"), "--trace-format", "mooncake"],
+                "m.jsonl:1: not JSON: nested too deeply", capsys)
+    (tmp_path / "s.json").write_text("[" + deep + "]")
+    _fails_with(["sim", "--trace", str(tmp_path / "s.json"), "--trace-format", "sharegpt"],
+                "s.json:1: not JSON: nested too deeply", capsys)
