@@ -84,14 +84,25 @@ def parse_timestamp(text: str) -> float:
 def _csv_rows(path: Path, required: Sequence[str], bad: BadLines):
     """(line number, {column: text}) for each data row; header problems are fatal."""
     reader = csv.reader(io.StringIO(read_text(path), newline=""))
-    header = next(reader, None)
+
+    def rows():
+        while True:
+            try:
+                yield next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # e.g. a field over the csv module's 128 KiB limit: no row is that long
+                raise TraceError(f"{path}:{reader.line_num}: not CSV: {exc}") from None
+
+    lines = rows()
+    header = next(lines, None)
     if header is None:
         raise TraceError(f"{path}: empty file, expected a header with {list(required)}")
     header = [h.strip() for h in header]
     missing = [c for c in required if c not in header]
     if missing:
         raise TraceError(f"{path}:1: header lacks column(s) {missing}; has {header}")
-    for row in reader:
+    for row in lines:
         if not row or row == [""]:
             continue
         if len(row) != len(header):

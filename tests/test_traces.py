@@ -70,6 +70,13 @@ def test_azure_other_malformed_rows(tmp_path, row, why):
         load_azure(path)
 
 
+def test_a_row_the_csv_module_cannot_read_names_its_line(tmp_path):
+    path = write(tmp_path, "x.csv", AZURE.replace("2023-11-16 18:15:50.0000000,396,109",
+                                                  "2023-11-16 18:15:50.0," + "1" * 200_000 + ",2"))
+    with pytest.raises(TraceError, match="x.csv:3: not CSV: field larger than field limit"):
+        load_azure(path)
+
+
 def test_missing_header_column_is_fatal_even_when_skipping(tmp_path):
     path = write(tmp_path, "h.csv", "TIMESTAMP,Context,GeneratedTokens\n2023-11-16 18:15:50,1,2\n")
     with pytest.raises(TraceError, match=r"h\.csv:1: header lacks column\(s\) \['ContextTokens'\]"):
