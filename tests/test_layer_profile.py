@@ -78,6 +78,15 @@ def test_import_errors_name_the_file_and_what_is_wrong(tmp_path):
     (bundle / "tp1" / "dense.csv").write_text("layer,tokens,time_us\nqkv_proj,1,fast\n")
     with pytest.raises(ProfileError, match=r"dense.csv:2: column time_us is not a number"):
         import_bundle(bundle, tp=1)
+    (bundle / "tp1" / "dense.csv").write_text("layer,tokens,time_us\nqkv_proj,1," + "1" * 200_000 + "\n")
+    with pytest.raises(ProfileError, match=r"dense.csv: not CSV text: field larger than field limit"):
+        import_bundle(bundle, tp=1)
+    (bundle / "tp1" / "dense.csv").write_bytes(b"\xff\xfe garbage")
+    with pytest.raises(ProfileError, match=r"dense.csv: not CSV text"):
+        import_bundle(bundle, tp=1)
+    (bundle / "meta.yaml").write_text("model: &m [" + ", ".join(["*m"] * 2) + "]\n")
+    with pytest.raises(ProfileError, match=r"meta.yaml: a value contains itself"):
+        import_bundle(bundle, tp=1)
 
 
 def test_a_profile_missing_a_counted_operator_is_refused_naming_it(tmp_path):

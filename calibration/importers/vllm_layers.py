@@ -36,6 +36,8 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
             rows = list(reader)
     except OSError as e:
         raise ProfileError(f"{path}: cannot read: {e.strerror}") from None
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise ProfileError(f"{path}: not CSV text: {e}") from None
     if not rows:
         raise ProfileError(f"{path}: no rows")
     return rows
