@@ -15,6 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+MAX_YAML_VALUES = 1_000_000  # values of a YAML document, its aliases expanded
+_CYCLE = float("inf")  # the expanded size of a value that contains itself
+
 
 def parse_json(text: str, pos: int = 0, decoder: json.JSONDecoder | None = None) -> Any:
     """json.loads (or, with `decoder`, its raw_decode from `pos`, returning (value, end)), with
@@ -46,9 +49,6 @@ def read_config_file(path: str | Path, what: str = "config") -> Any:
     return load_yaml(text, path)
 
 
-MAX_YAML_VALUES = 1_000_000
-
-
 def load_yaml(text: str, path: str | Path) -> Any:
     """A YAML document, refused (ValueError naming `path`) when malformed, nested past Python's
     recursion limit, or, aliases expanded, larger than MAX_YAML_VALUES."""
@@ -66,9 +66,6 @@ def load_yaml(text: str, path: str | Path) -> Any:
     if size > MAX_YAML_VALUES:
         raise ValueError(f"{path}: its aliases expand to {size:,} values (at most {MAX_YAML_VALUES:,})")
     return data
-
-
-_CYCLE = float("inf")
 
 
 def _expanded_size(value: Any, memo: dict[int, float]) -> float:

@@ -109,7 +109,7 @@ def execute(runs: list[RunSpec], jobs: int | None = None, ray: RayTarget | None 
         return
     with multiprocessing.get_context().Pool(jobs) as pool:
         for text in pool.imap_unordered(_worker, [r.model_dump_json() for r in runs], chunksize=1):
-            yield parse_json(text)
+            yield json.loads(text)
 
 
 def read_results(path: str | Path, latest: bool = True) -> list[dict]:
