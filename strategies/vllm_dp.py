@@ -7,7 +7,9 @@ in rank order so that ties go to the lowest rank. It sees those counts as the en
 published them (its coordinator forwards them at most every 100 ms), and between publications it
 adds one waiting request to each engine it routes to. Here an engine's counts are read again at
 the first request `stats_interval_s` after the last reading: at most that old, as in vLLM, but
-read at a routing rather than on the coordinator's own clock.
+read at a routing rather than on the coordinator's own clock. Where the engines never publish
+their counts (vLLM versions that run a dense model's data-parallel ranks as independent engines),
+`stats_interval_s: .inf` gives what the API server then does: its own counts only, round robin.
 """
 from __future__ import annotations
 

@@ -59,3 +59,14 @@ def test_dead_engines_are_skipped_and_bad_parameters_named():
     assert picks(build("vllm_dp", engines, Clock()), 2) == ["e1", "e1"]
     with pytest.raises(StrategyError, match="stats_interval_s"):
         build("vllm_dp", engines, Clock(), {"stats_interval_s": -1})
+
+
+def test_counts_never_read_again_make_it_round_robin():
+    engines = [CountingEngine("e0", 0, 9), CountingEngine("e1", 0, 0), CountingEngine("e2", 0, 0)]
+    clock = Clock()
+    strategy = build("vllm_dp", engines, clock, {"stats_interval_s": float("inf")})
+    first = picks(strategy, 2)
+    engines[0].running = 0  # e0 frees up, but the first reading (e0 at 9) is the only one it takes
+    clock.t = 1e6
+    # Its own picks only (4 each): e1 and e2 until they pass e0's stale 9, then all three in turn.
+    assert first + picks(strategy, 7) == ["e1", "e2", "e1", "e2", "e1", "e2", "e0", "e1", "e2"]
