@@ -132,14 +132,20 @@ class RunMeta(BaseModel):
         rc = self.resolved_config or ResolvedConfig()
         sched, model, cache = rc.scheduler_config, rc.model_config_, rc.cache_config
 
-        def first(*values, default=None):
-            return next((v for v in values if v is not None), default)
+        assumed: list[str] = []  # batch limits neither recorded: their defaults vary across vLLM versions
+
+        def first(*values, default=None, name=None):
+            value = next((v for v in values if v is not None), None)
+            if value is None and name:
+                assumed.append(f"{name} {default}")
+            return default if value is None else value
 
         dtype = first(model.dtype, kw.dtype, default="auto")
         parallel = rc.parallel_config
         return RunSettings(
-            max_num_seqs=first(sched.max_num_seqs, kw.max_num_seqs, default=256),
-            max_num_batched_tokens=first(sched.max_num_batched_tokens, kw.max_num_batched_tokens, default=2048),
+            max_num_seqs=first(sched.max_num_seqs, kw.max_num_seqs, default=256, name="max_num_seqs"),
+            max_num_batched_tokens=first(sched.max_num_batched_tokens, kw.max_num_batched_tokens, default=2048,
+                                         name="max_num_batched_tokens"),
             max_model_len=first(model.max_model_len, kw.max_model_len),
             dtype=dtype.removeprefix("torch."),
             quantization=first(model.quantization, kw.quantization),
@@ -150,7 +156,8 @@ class RunMeta(BaseModel):
             num_gpu_blocks=first(cache.num_gpu_blocks, kv.num_gpu_blocks),
             block_size=first(cache.block_size, kv.block_size, default=16),
             prefix_caching=first(cache.enable_prefix_caching, kv.enable_prefix_caching, default=True),
-            gpu_memory_utilization=first(cache.gpu_memory_utilization, kv.gpu_memory_utilization, default=0.9))
+            gpu_memory_utilization=first(cache.gpu_memory_utilization, kv.gpu_memory_utilization, default=0.9),
+            assumed=tuple(assumed))
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,7 @@ class RunSettings:
     block_size: int
     prefix_caching: bool
     gpu_memory_utilization: float
+    assumed: tuple[str, ...] = ()  # "name value" of the batch limits taken from vLLM's defaults
 
 
 @dataclass

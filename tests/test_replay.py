@@ -295,6 +295,21 @@ def test_a_run_that_recorded_no_kv_blocks_is_replayed_with_an_estimate_and_says_
     assert replay(load_run(run_dir_recorded), "roofline").warnings == []
 
 
+def test_batch_limits_the_run_does_not_record_are_assumed_and_said(tmp_path):
+    run_dir, _ = simulated_run(tmp_path)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    del meta["engine_kwargs"]["max_num_batched_tokens"]
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    run = load_run(run_dir)
+    assert run.meta.settings().assumed == ("max_num_batched_tokens 2048",)
+    warnings = replay(run, "roofline").warnings
+    assert len(warnings) == 1 and "records neither the resolved nor the passed max_num_batched_tokens: " \
+        "assumed max_num_batched_tokens 2048" in warnings[0]
+    meta["resolved_config"] = {"scheduler_config": {"max_num_batched_tokens": 512}}
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    assert load_run(run_dir).meta.settings().assumed == ()  # what vLLM resolved counts as recorded
+
+
 def test_the_simulated_queue_sums_every_engines_latest_state_at_each_tick():
     from calibration.replay_cli import _sim_queue_at
 
