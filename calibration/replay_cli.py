@@ -164,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
     metrics = replayed.metrics()
     if args.json:
         print(json.dumps({"run": str(real_run.path), "cost_model": cost,
-                          "sim_wall_s": round(replayed.result.wall_time_s, 3), "metrics": metrics}))
+                          "sim_wall_s": round(replayed.result.wall_time_s, 3), "metrics": metrics,
+                          "warnings": real_run.warnings + replayed.warnings}))
     else:
         print(_table(real_run.name, cost, metrics))
         ids = "real token ids" if real_run.prompts is not None else "random token ids (no workload file found)"

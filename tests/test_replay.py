@@ -288,8 +288,9 @@ def test_a_run_that_recorded_no_kv_blocks_is_replayed_with_an_estimate_and_says_
     meta.pop("resolved_config", None)
     (run_dir / "meta.json").write_text(json.dumps(meta))
     assert main(["replay", str(run_dir), "--cost-model", "roofline", "--json"]) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "meta.json records no kv_cache.num_gpu_blocks: KV capacity estimated from the GPU's memory as" in err
+    assert [w for w in json.loads(out)["warnings"] if "KV capacity estimated" in w]  # for scripts too
     assert replay(load_run(run_dir), "roofline").result.engine_stats["e0"]["preemptions"] == 0  # 24 GB, not 300 pages
     run_dir_recorded, _ = simulated_run(tmp_path / "recorded")
     assert replay(load_run(run_dir_recorded), "roofline").warnings == []
