@@ -132,12 +132,12 @@ class RunMeta(BaseModel):
         rc = self.resolved_config or ResolvedConfig()
         sched, model, cache = rc.scheduler_config, rc.model_config_, rc.cache_config
 
-        assumed: list[str] = []  # batch limits neither recorded: their defaults vary across vLLM versions
+        assumed: list[tuple[str, object]] = []  # batch limits neither recorded: vLLM's defaults for them vary
 
         def first(*values, default=None, name=None):
             value = next((v for v in values if v is not None), None)
             if value is None and name:
-                assumed.append(f"{name} {default}")
+                assumed.append((name, default))
             return default if value is None else value
 
         dtype = first(model.dtype, kw.dtype, default="auto")
@@ -175,7 +175,7 @@ class RunSettings:
     block_size: int
     prefix_caching: bool
     gpu_memory_utilization: float
-    assumed: tuple[str, ...] = ()  # "name value" of the batch limits taken from vLLM's defaults
+    assumed: tuple[tuple[str, object], ...] = ()  # (name, value) of the batch limits taken from defaults
 
 
 @dataclass

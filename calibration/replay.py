@@ -186,9 +186,10 @@ def replay(run: RealRun, cost_model: str = "auto", gpu: str | None = None, model
     if settings.assumed:
         # vLLM's defaults moved between versions and depend on the GPU and how the engine was
         # started (e.g. 8192 tokens and 1024 sequences on 80 GB GPUs for its API server since 0.9).
-        warnings.append(f"{run.path}/meta.json records neither the resolved nor the passed "
-                        f"{' or '.join(a.split()[0] for a in settings.assumed)}: assumed "
-                        f"{', '.join(settings.assumed)} (vLLM's defaults differ by version, GPU and entry point)")
+        names = " or ".join(name for name, _ in settings.assumed)
+        values = ", ".join(f"{name} {value}" for name, value in settings.assumed)
+        warnings.append(f"{run.path}/meta.json records neither the resolved nor the passed {names}: assumed "
+                        f"{values} (vLLM's defaults differ by version, GPU and entry point)")
     if not settings.num_gpu_blocks:
         kv = next(iter(cluster.engines.values())).sched.kv
         # Admission and preemption follow the KV capacity, so an estimate can move every latency.

@@ -302,7 +302,7 @@ def test_batch_limits_the_run_does_not_record_are_assumed_and_said(tmp_path):
     del meta["engine_kwargs"]["max_num_batched_tokens"]
     (run_dir / "meta.json").write_text(json.dumps(meta))
     run = load_run(run_dir)
-    assert run.meta.settings().assumed == ("max_num_batched_tokens 2048",)
+    assert run.meta.settings().assumed == (("max_num_batched_tokens", 2048),)
     warnings = replay(run, "roofline").warnings
     assert len(warnings) == 1 and "records neither the resolved nor the passed max_num_batched_tokens: " \
         "assumed max_num_batched_tokens 2048" in warnings[0]
