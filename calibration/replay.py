@@ -79,14 +79,12 @@ def engine_config(run: RealRun, gpu: str, model: str | None = None) -> EngineCon
                           f"data parallelism are)")
     name = model or run.meta.model
     spec = get_model(name, _dtype(run, st, name))
-    kv_dtype = _kv_dtype(run, st)
-    if kv_dtype != spec.dtype:
-        spec = spec.model_copy(update={"kv_dtype": kv_dtype})
     fields = {"gpu": gpu, "model": spec, "tp": st.tp, "max_num_seqs": st.max_num_seqs,
               "max_num_batched_tokens": st.max_num_batched_tokens,
               "max_model_len": st.max_model_len or spec.max_context,
               "policy": SchedulingPolicy.vllm(prefix_caching=st.prefix_caching),
-              "page_size": st.block_size, "mem_util": st.gpu_memory_utilization, "count": st.dp}
+              "page_size": st.block_size, "mem_util": st.gpu_memory_utilization, "count": st.dp,
+              "kv_dtype": _kv_dtype(run, st)}
     if st.num_gpu_blocks:
         # vLLM's block pool keeps one null block that no request can use.
         fields["num_pages"] = max(1, st.num_gpu_blocks - 1)

@@ -13,7 +13,7 @@ from pathlib import Path
 from core_api.workload import Workload
 from sim.cluster import RunResult
 from sim.config import EngineConfig
-from sim.hardware import get_gpu, get_model
+from sim.hardware import get_gpu
 
 WORKLOAD_FILE = "workload.jsonl"
 
@@ -37,7 +37,7 @@ def write_run(result: RunResult, engine: EngineConfig, workload: Workload, out: 
     with (out / WORKLOAD_FILE).open("w") as f:
         for req in workload:
             f.write(json.dumps({"input_toks": req.prompt_len, "input_tok_ids": req.prompt.tolist()}) + "\n")
-    model, gpu = get_model(engine.model, engine.dtype), get_gpu(engine.gpu)
+    model, gpu = engine.model_spec(), get_gpu(engine.gpu)
     meta = {
         "model": model.name,
         "engine_kwargs": {"max_num_seqs": engine.max_num_seqs, "max_num_batched_tokens": engine.max_num_batched_tokens,

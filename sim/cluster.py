@@ -21,7 +21,7 @@ from core_api.workload import Workload
 from sim.config import ClusterConfig, EngineConfig
 from sim.cost_models import build_cost_model
 from sim.engine import SimEngine
-from sim.hardware import get_gpu, get_model, kv_bytes_per_token, kv_pages_for
+from sim.hardware import get_gpu, kv_bytes_per_token, kv_pages_for
 from sim.network import LinkSpec, Network
 from sim.runtime import SimRuntime
 
@@ -95,7 +95,7 @@ class SimCluster:
             self.cost_models[engine_id] = cost.describe()
             self.engines[engine_id] = SimEngine(
                 self.env, engine_id, self._scheduler_config(ec), cost, self.network,
-                kv_bytes_per_token(get_model(ec.model, ec.dtype)), self.engines,
+                kv_bytes_per_token(ec.model_spec()), self.engines,
                 rpc_latency_s=cluster.rpc_latency_s, send_overhead_s=cluster.send_overhead_s,
                 recv_overhead_s=cluster.recv_overhead_s, generate_overhead_s=cluster.generate_overhead_s,
                 handoff_generate_overhead_s=cluster.handoff_generate_overhead_s,
@@ -120,7 +120,7 @@ class SimCluster:
     def _scheduler_config(ec: EngineConfig) -> SchedulerConfig:
         num_pages = ec.num_pages
         if num_pages is None:
-            num_pages = kv_pages_for(get_gpu(ec.gpu), get_model(ec.model, ec.dtype), ec.tp, ec.page_size, ec.mem_util)
+            num_pages = kv_pages_for(get_gpu(ec.gpu), ec.model_spec(), ec.tp, ec.page_size, ec.mem_util)
             if num_pages > MAX_PAGES:
                 raise ValueError(f"{num_pages} KV pages of {ec.page_size} tokens fit in the GPU memory, more than "
                                  f"an engine may hold ({MAX_PAGES}): set num_pages, or a larger page_size")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
@@ -18,7 +19,7 @@ from core_api.faults import FaultSchedule
 from core_api.scheduler_config import SchedulerLimits
 from core_api.workload import WorkloadSpec
 from sim.cost_models import CostModelSpec, parse_cost_model
-from sim.hardware import GPUSpec, ModelSpec
+from sim.hardware import GPUSpec, ModelSpec, get_model
 from sim.idle_cost import IdleCost
 from sim.measured_host import MEASURED_HOST_FIELDS
 from sim.network import LinkSpec
@@ -35,9 +36,17 @@ class EngineConfig(Strict, SchedulerLimits):
     gpu: str | GPUSpec = "H100-SXM"
     model: str | ModelSpec = "Llama-3.1-8B"
     dtype: str | None = None  # override the model preset's dtype ("bf16" or "fp8")
+    kv_dtype: Literal["bf16", "fp8"] | None = None  # the KV cache's, if not the model's (vLLM's --kv-cache-dtype)
     tp: int = Field(1, ge=1, le=MAX_GPUS_PER_ENGINE)
     num_pages: int | None = Field(None, ge=1, le=MAX_PAGES)  # default: what fits in GPU memory
     mem_util: float = Field(0.9, gt=0, le=1)
+
+    def model_spec(self) -> ModelSpec:
+        """The model as this engine runs it: its dtype and KV cache dtype overrides applied."""
+        model = get_model(self.model, self.dtype)
+        if self.kv_dtype is not None and self.kv_dtype != (model.kv_dtype or model.dtype):
+            model = model.model_copy(update={"kv_dtype": self.kv_dtype})
+        return model
 
 
 class LinkOverride(LinkSpec):

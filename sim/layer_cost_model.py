@@ -90,7 +90,7 @@ def _build(spec: LayersSpec, cluster, engine, engine_id: str | None) -> LayerCos
 
     profile = load_profile(spec.path, spec.kind)
     check_profile_matches(profile, engine, spec.path, engine_id)  # other model/page size/TP: refused
-    return LayerCostModel(profile, get_model(engine.model, engine.dtype), engine.gpu, path=spec.path)
+    return LayerCostModel(profile, engine.model_spec(), engine.gpu, path=spec.path)
 
 
 register(LayersSpec, _build, lambda data, source: LayerProfile.from_dict(data, source=source))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sim.hardware import get_model, kv_bytes_per_token
+from sim.hardware import kv_bytes_per_token
 from sim.network import LinkSpec
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def profile_link(profile: CostProfile, engine: EngineConfig) -> LinkSpec:
     if profile.transfer is None:
         return LinkSpec(latency_s=0.0, bandwidth_Bps=1e15)
     real = float(profile.environment.get("kv_bytes_per_token", 0)) or None
-    sim = kv_bytes_per_token(get_model(engine.model, engine.dtype))
+    sim = kv_bytes_per_token(engine.model_spec())
     factor = sim / real if real else 1.0
     return LinkSpec(latency_s=profile.transfer.latency_s, bandwidth_Bps=profile.transfer.bandwidth_Bps * factor)
 

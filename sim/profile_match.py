@@ -9,7 +9,7 @@ measured in fp32/fp16 (CPU) cannot clash with a sim dtype, which is only ever bf
 from __future__ import annotations
 
 from sim.config import EngineConfig
-from sim.hardware import MODEL_PRESETS, ModelSpec, get_model
+from sim.hardware import MODEL_PRESETS, ModelSpec
 
 SHAPE_FIELDS = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "ffn_size", "vocab_size",
                 "tied_embeddings")
@@ -28,7 +28,7 @@ def _profile_model(profile) -> ModelSpec | None:
 def mismatches(profile, engine: EngineConfig) -> list[str]:
     """Human-readable differences between what the profile measured and what the engine runs."""
     out = []
-    model = get_model(engine.model, engine.dtype)
+    model = engine.model_spec()
     measured = _profile_model(profile)
     if measured is None:  # a name the simulator has no preset for: only the name can be compared
         if profile.model_name != model.name:

@@ -42,7 +42,6 @@ class RooflineSpec(CostModelSpec):
 
 def _build(spec: RooflineSpec, cluster, engine, engine_id: str | None):
     from sim.cost_model import RooflineCostModel
-    from sim.hardware import get_model
     from sim.profile_match import check_roofline_gpu
 
     efficiency = dict(spec.efficiency)
@@ -50,7 +49,7 @@ def _build(spec: RooflineSpec, cluster, engine, engine_id: str | None):
         profile = load_profile(spec.path, spec.kind)
         check_roofline_gpu(profile, engine, spec.path, engine_id)
         efficiency = {**profile.efficiency.model_dump(), **efficiency}  # the overrides win
-    return RooflineCostModel(engine.gpu, get_model(engine.model, engine.dtype), engine.tp, efficiency or None)
+    return RooflineCostModel(engine.gpu, engine.model_spec(), engine.tp, efficiency or None)
 
 
 register(RooflineSpec, _build, lambda data, source: RooflineProfile.from_dict(data, source=source))

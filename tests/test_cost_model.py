@@ -248,3 +248,21 @@ def test_decode_rows_beside_a_prefill_chunk_read_their_kv_once_per_query_head():
     assert one_more_read("Llama-3.1-8B", 1 / 3) == pytest.approx(1.0, rel=1e-9)
     assert one_more_read("Qwen3-32B", 1.0) == pytest.approx(7.0, rel=1e-9)  # 8 query heads
     assert one_more_read("Llama-2-7B", 1.0) == 0.0  # one query head per KV head
+
+
+def test_an_engines_kv_dtype_halves_its_kv_bytes_and_doubles_its_pages():
+    from sim.cluster import SimCluster
+    from sim.config import ClusterConfig, EngineConfig
+
+    plain, fp8_kv = EngineConfig(), EngineConfig(kv_dtype="fp8")
+    assert plain.model_spec().kv_dtype is None and fp8_kv.model_spec().kv_dtype == "fp8"
+    assert fp8_kv.model_spec().dtype == "bf16"  # the weights stay as they were
+    pages = {}
+    for name, engine in (("plain", plain), ("fp8", fp8_kv)):
+        cluster = SimCluster(ClusterConfig(engines=[engine]))
+        sim_engine = next(iter(cluster.engines.values()))
+        pages[name] = sim_engine.sched.kv.num_pages
+        long_ctx = decode(64, 8000)
+        pages[name + "_step"] = sim_engine.cost_model.step_time(long_ctx)
+    assert 1.9 < pages["fp8"] / pages["plain"] < 2.1
+    assert pages["fp8_step"] < 0.85 * pages["plain_step"]

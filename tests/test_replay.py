@@ -21,8 +21,9 @@ from tests.replay_helpers import burst_workload, write_layer_bundle
 NUM_PAGES = 300  # small enough that the burst preempts
 
 
-def simulated_run(tmp_path, cost_model="roofline", prefix_caching=True, engines=1, model="Llama-3.1-8B"):
-    engine = EngineConfig(gpu="RTX4090", model=model, num_pages=NUM_PAGES, max_num_seqs=16,
+def simulated_run(tmp_path, cost_model="roofline", prefix_caching=True, engines=1, model="Llama-3.1-8B",
+                  kv_dtype=None):
+    engine = EngineConfig(gpu="RTX4090", model=model, kv_dtype=kv_dtype, num_pages=NUM_PAGES, max_num_seqs=16,
                           max_num_batched_tokens=512, max_model_len=4096,
                           policy=SchedulingPolicy.vllm(prefix_caching=prefix_caching), count=engines)
     cluster = SimCluster(ClusterConfig(engines=[engine], strategy=StrategyConfig(name=strategy_for(engines)),
@@ -50,8 +51,7 @@ def test_a_written_simulated_run_replays_to_its_own_metrics_exactly(tmp_path, pr
 def test_a_run_with_fp8_weights_and_16_bit_kv_replays_to_its_own_metrics_exactly(tmp_path):
     from sim.hardware import get_model
 
-    model = get_model("Llama-3.1-8B", "fp8").model_copy(update={"kv_dtype": "bf16"})
-    run_dir, original = simulated_run(tmp_path, model=model)
+    run_dir, original = simulated_run(tmp_path, model=get_model("Llama-3.1-8B", "fp8"), kv_dtype="bf16")
     replayed = replay(load_run(run_dir), "roofline")
     assert all(v["diff_pct"] == 0.0 for v in replayed.metrics().values())
     assert replayed.result.engine_stats["e0"]["preemptions"] == original.engine_stats["e0"]["preemptions"]
@@ -213,8 +213,8 @@ def test_the_kv_cache_dtype_is_the_runs_not_the_weights(tmp_path, kv_cache_dtype
     meta["engine_kwargs"].update(dtype=weights, kv_cache_dtype=kv_cache_dtype)
     (run_dir / "meta.json").write_text(json.dumps(meta))
     engine = engine_config(load_run(run_dir), "H100-SXM")
-    assert engine.model.dtype == ("fp8" if weights == "fp8" else "bf16")
-    assert kv_bytes_per_token(engine.model) == 2 * 32 * 8 * 128 * kv_bytes
+    assert engine.model_spec().dtype == ("fp8" if weights == "fp8" else "bf16")
+    assert kv_bytes_per_token(engine.model_spec()) == 2 * 32 * 8 * 128 * kv_bytes
     meta["engine_kwargs"]["kv_cache_dtype"] = "int4"
     (run_dir / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(RunDirError, match="kv_cache_dtype 'int4' is not modelled"):
