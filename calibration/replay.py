@@ -11,6 +11,7 @@ Nothing here is tuned to a run: what differs between runs comes from their own f
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,7 +164,7 @@ class Replay:
 
 
 def replay(run: RealRun, cost_model: str = "auto", gpu: str | None = None, model: str | None = None,
-           seed: int = 0) -> Replay:
+           seed: int = 0, progress: Callable[[int, int, float], None] | None = None) -> Replay:
     """cost_model: "auto" (the best profile the project ships for the run's GPU, model and TP:
     calibration.best_profile), "roofline" (the defaults fitted on every GPU) or the path of a
     profile (any kind sim.cost_models.load_profile reads)."""
@@ -193,7 +194,7 @@ def replay(run: RealRun, cost_model: str = "auto", gpu: str | None = None, model
         # Admission and preemption follow the KV capacity, so an estimate can move every latency.
         warnings.append(f"{run.path}/meta.json records no kv_cache.num_gpu_blocks: KV capacity estimated from the "
                         f"GPU's memory as {kv.num_pages} pages of {kv.page_size} tokens")
-    result = cluster.run(workload(run, seed), seed=seed)
+    result = cluster.run(workload(run, seed), seed=seed, progress=progress)  # progress: as SimCluster.run
     cluster.check_no_leaks()
     replayed = Replay(run, result, traces, cost_model, warnings)
     failed = replayed.failed()

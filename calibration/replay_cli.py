@@ -149,12 +149,14 @@ def _plots(out: Path, run, real: dict, sim: dict, sim_q: list) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     from calibration.real_run import RunDirError, load_run
     from calibration.replay import replay
+    from experiments.sim_cli import PROGRESS_FROM, progress_printer
     from sim.profile import ProfileError
 
     try:
         real_run = load_run(args.run_dir, args.workload)
+        progress = progress_printer("replay") if len(real_run.requests) >= PROGRESS_FROM else None
         replayed = replay(real_run, str(args.profile) if args.profile else args.cost_model, gpu=args.gpu,
-                          model=args.model, seed=args.seed)
+                          model=args.model, seed=args.seed, progress=progress)
     except (RunDirError, ProfileError, ValueError, OSError) as exc:
         print(f"error: {error_text(exc)}", file=sys.stderr)
         return 2

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         trace = trace_spec_from_args(args, args.rate, config.seed)
         workload = trace.load() if trace is not None else None
         n = len(workload) if workload is not None else config.workload.num_requests
-        result = simulate(config, workload, _progress_printer() if n >= PROGRESS_FROM else None)
+        result = simulate(config, workload, progress_printer() if n >= PROGRESS_FROM else None)
     except (ValidationError, ValueError, StrategyError, FileNotFoundError) as exc:
         print(f"error: {error_text(exc)}", file=sys.stderr)
         return 2
@@ -113,14 +113,14 @@ def run(args: argparse.Namespace) -> int:
 PROGRESS_FROM = 20_000  # requests: smaller runs end within seconds, larger ones report each tenth
 
 
-def _progress_printer():
+def progress_printer(tag: str = "sim"):
     """A progress callback printing one plain line per tenth of the requests to stderr."""
     import time
 
     start = time.perf_counter()
 
     def report(done: int, total: int, simulated_s: float) -> None:
-        print(f"[sim] {done}/{total} requests done, {simulated_s:.0f} s simulated, "
+        print(f"[{tag}] {done}/{total} requests done, {simulated_s:.0f} s simulated, "
               f"{time.perf_counter() - start:.0f} s elapsed", file=sys.stderr, flush=True)
 
     return report

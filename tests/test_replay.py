@@ -316,3 +316,10 @@ def test_the_simulated_queue_sums_every_engines_latest_state_at_each_tick():
 
     traces = [[(0.5, 2, 1, 0.0), (1.5, 3, 0, 0.0)], [(0.2, 1, 4, 0.0)], []]
     assert _sim_queue_at(traces, [0.1, 1.0, 2.0]) == [(0.1, 0, 0), (1.0, 3, 5), (2.0, 4, 4)]
+
+
+def test_a_replay_reports_its_progress_when_asked(tmp_path):
+    run_dir, _ = simulated_run(tmp_path)
+    seen = []
+    replay(load_run(run_dir), "roofline", progress=lambda done, total, t: seen.append((done, total)))
+    assert seen[-1] == (40, 40) and len(seen) == 10  # each tenth of the 40 requests

@@ -316,5 +316,5 @@ def test_a_long_simulation_reports_each_tenth_of_its_requests(capsys):
     simulate(config, progress=lambda done, total, t: seen.append((done, total, t)))
     assert [d for d, _, _ in seen] == [3, 5, 8, 10, 13, 15, 18, 20, 23, 25]
     assert all(total == 25 for _, total, _ in seen) and [t for *_, t in seen] == sorted(t for *_, t in seen)
-    sim_cli._progress_printer()(10, 20, 12.3)
+    sim_cli.progress_printer()(10, 20, 12.3)
     assert capsys.readouterr().err.startswith("[sim] 10/20 requests done, 12 s simulated")
