@@ -116,10 +116,17 @@ class RealRun:
     wait_s: dict[str, float]  # seconds each engine's loop was ready to run but its core was taken
 
 
+PROBE_MAX_RUNS = 2  # a probe holds at most this many times the run's requests
+
+
 def probe_workload(case: ValidationCase) -> Workload:
-    """`probe_s` seconds of the case's arrivals, drawn with another seed: steps like the run's."""
+    """`probe_s` seconds of the case's arrivals, drawn with another seed: steps like the run's. At
+    most PROBE_MAX_RUNS times the run's requests: far above saturation, `probe_s` seconds of
+    arrivals would be a run many times the real one (at 1000x the capacity, 126k requests for a
+    run of 100), which the engines would then serve for half an hour at their capacity."""
     rate = case.workload.arrival.rate
-    n = max(4, round(case.probe_s * rate)) if np.isfinite(rate) else case.warmup_requests or 8
+    cap = PROBE_MAX_RUNS * case.workload.num_requests
+    n = max(4, min(round(case.probe_s * rate), cap)) if np.isfinite(rate) else case.warmup_requests or 8
     return generate(case.workload.model_copy(update={"num_requests": n, "seed": case.workload.seed + 20_000}))
 
 

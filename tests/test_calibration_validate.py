@@ -217,6 +217,10 @@ def test_the_probe_is_a_few_seconds_of_the_workload_drawn_with_another_seed():
     burst = case.model_copy(update={"workload": spec.model_copy(update={
         "arrival": spec.arrival.model_copy(update={"rate": float("inf")})})})
     assert len(list(probe_workload(burst))) == case.warmup_requests
+    # Far above saturation, two seconds of arrivals would be 126k requests: capped at twice the run.
+    flood = case.model_copy(update={"workload": spec.model_copy(update={
+        "arrival": spec.arrival.model_copy(update={"rate": 63_000.0})})})
+    assert len(list(probe_workload(flood))) == 200
 
 
 def test_validation_says_when_not_to_trust_it(tmp_path):
