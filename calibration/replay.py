@@ -110,10 +110,9 @@ def _kv_dtype(run: RealRun, st: RunSettings) -> str:
     """The KV cache's dtype: vLLM's "auto" keeps the activations' 16 bits (an FP8 checkpoint too);
     its fp8 formats store one byte."""
     kv = st.kv_cache_dtype.lower()
-    if kv in ("auto", "bfloat16", "float16", "half"):
-        return "bf16"
-    if kv.startswith("fp8"):
-        return "fp8"
+    dtype = "fp8" if kv.startswith("fp8") else _DTYPES.get(kv)  # auto and 16-bit names as for the weights
+    if dtype is not None:
+        return dtype
     raise RunDirError(f"{run.path}/meta.json: kv_cache_dtype {st.kv_cache_dtype!r} is not modelled; auto, "
                       f"16 bits or fp8 are")
 

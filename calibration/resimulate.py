@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from calibration.validate import RealSide, SimSide, compared, real_engine_spec
 from calibration.validation_report import ValidationReport
 from core_api.config_file import parse_json
+from core_api.validation_errors import format_validation_error
 from sim.profile import CostProfile
 
 
@@ -42,9 +43,7 @@ def load_reports(path: str | Path) -> list[ValidationReport]:
         try:
             reports.append(ValidationReport.model_validate(item))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(top)"
-            raise ReportError(f"{path}: report {i}: {where}: {first['msg']}") from None
+            raise ReportError(f"{path}: report {i}: {format_validation_error(exc)}") from None
     return reports
 
 
@@ -88,7 +87,7 @@ def real_engine(report: ValidationReport, report_path: Path, case, own_profile: 
         try:
             return EngineSpec(**report.real_engine)
         except ValidationError as exc:
-            raise ReportError(f"{report_path}: the real engines' settings: {exc.errors()[0]['msg']}") from None
+            raise ReportError(f"{report_path}: the real engines' settings: {format_validation_error(exc)}") from None
     if own_profile is None:
         try:
             own_profile = CostProfile.load(report_profile(report, report_path))

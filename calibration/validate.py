@@ -262,10 +262,14 @@ def compared(case: ValidationCase, profile: CostProfile, sim: SimSide, real: Rea
         speeds = steps_speed(profile, real.run_steps)
     if probe_speeds is None:
         probe_speeds = steps_speed(profile, real.probe_steps)
-    at_probe = compare(real.metrics, run_scaled(sim.cluster, sim.workload, probe_speeds, case.seed).metrics()) \
-        if probe_speeds else None
-    at_speed = compare(real.metrics, run_scaled(sim.cluster, sim.workload, speeds, case.seed).metrics()) \
-        if speeds else None
+
+    def at(step_speeds: dict[str, float]) -> dict[str, MetricComparison] | None:
+        """The comparison with the simulation rerun at these step speeds (none measured: None)."""
+        if not step_speeds:
+            return None
+        return compare(real.metrics, run_scaled(sim.cluster, sim.workload, step_speeds, case.seed).metrics())
+
+    at_probe, at_speed = at(probe_speeds), at(speeds)
     sim_m = sim.result.metrics()
     metrics = compare(real.metrics, sim_m, sim.intervals)
     return ValidationReport(

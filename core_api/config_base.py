@@ -56,6 +56,9 @@ def expand_engine_ids(entries: Iterable[EngineEntryLike]) -> list[str]:
 
 def check_unique(ids: list[str]) -> None:
     seen: set[str] = set()
-    dupes = sorted({i for i in ids if i in seen or seen.add(i)})
+    repeated: set[str] = set()
+    for i in ids:
+        (repeated if i in seen else seen).add(i)
+    dupes = sorted(repeated)
     if dupes:
         raise ValueError(f"engine ids must be unique, repeated: {dupes}")

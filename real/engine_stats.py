@@ -119,7 +119,9 @@ def stats_between(before: dict, after: dict) -> dict:
         if n > n0:
             spells.append([b, n - n0, total - total0])
     out["idle_spells"] = spells
-    earlier_calls = before.get("calls", {})
-    out["calls"] = {op: [n - earlier_calls.get(op, [0, 0.0])[0], cpu - earlier_calls.get(op, [0, 0.0])[1]]
-                    for op, (n, cpu) in after.get("calls", {}).items()}
+    earlier = before.get("calls", {})
+    out["calls"] = {}
+    for op, (n, cpu) in after.get("calls", {}).items():
+        n0, cpu0 = earlier.get(op, (0, 0.0))
+        out["calls"][op] = [n - n0, cpu - cpu0]
     return out

@@ -32,6 +32,7 @@ class VllmDataParallel(Strategy):
     def validate(self) -> None:
         self._counts = {e.id: [0, 0] for e in self.engines}  # [waiting, running] as the router sees them
         self._read_at: float | None = None
+        self._rank = {e.id: i for i, e in enumerate(self.engines)}
 
     def _refresh(self) -> None:
         now = self.runtime.now()
@@ -44,11 +45,10 @@ class VllmDataParallel(Strategy):
 
     def _pick(self, candidates):
         self._refresh()
-        rank = {e.id: i for i, e in enumerate(self.engines)}
 
         def score(engine):
             waiting, running = self._counts[engine.id]
-            return WAITING_WEIGHT * waiting + running, rank[engine.id]
+            return WAITING_WEIGHT * waiting + running, self._rank[engine.id]
 
         chosen = min(candidates, key=score)
         self._counts[chosen.id][0] += 1  # routed, not yet in the counts it was read from
