@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 
     pr = cmds.add_parser("profile", help="time a real engine on a grid of step shapes and KV transfers")
     _engine_args(pr)
-    pr.add_argument("--grid", type=Path, help="GridSpec JSON (default: the built-in grid)")
+    pr.add_argument("--grid", type=Path, help="a GridSpec file, YAML or JSON (default: the built-in grid)")
     pr.add_argument("--warmup", type=int, default=2, help="untimed steps per point and round")
     pr.add_argument("--repeats", type=int, default=5, help="timed steps per point and round")
     pr.add_argument("--rounds", type=int, default=3, help="passes over the whole grid")
@@ -48,6 +48,10 @@ def add_parser(sub) -> None:
     ft.add_argument("--holdout", type=float, default=0.25, help="share of samples held out for the error")
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--coefficients", help="comma-separated coefficient names (default: all)")
+    ft.add_argument("--form", choices=("curve", "linear"), default="curve",
+                    help="curve (default): the step's time by its tokens is piecewise linear (knots at powers of "
+                         "two) beside the other coefficients, for matrix kernels whose cost per token changes "
+                         "with the batch; linear: const + prefill_tokens instead")
     ft.add_argument("--colocated-router", action="store_true",
                     help="carry the router's measured CPU per streamed token, which the simulator takes from "
                          "every engine in equal shares (hosts where the router shares the engines' cores)")
@@ -141,13 +145,14 @@ def _progress(done: int, total: int, label: str) -> None:
 # -- subcommands -----------------------------------------------------------------------------
 def _profile(args) -> int:
     from calibration.profile import GridSpec, ProfileSettings, run_profile
+    from core_api.config_file import read_config_file
     from real.config import EngineSpec
 
     engine = EngineSpec(model=args.model, device=args.device, dtype=args.dtype, threads=args.threads,
                         page_size=args.page_size, num_pages=args.num_pages,
                         max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
                         batch_invariant=not args.fast, stream_interval_s=args.stream_interval)
-    grid = GridSpec.model_validate_json(args.grid.read_text()) if args.grid else GridSpec()
+    grid = GridSpec.model_validate(read_config_file(args.grid, "grid")) if args.grid else GridSpec()
     settings = ProfileSettings(engine=engine, grid=grid, warmup=args.warmup, repeats=args.repeats,
                                rounds=args.rounds, core=args.core, transfers=not args.no_transfers)
     samples = run_profile(settings, _progress)
@@ -172,7 +177,7 @@ def _fit(args) -> int:
     samples = ProfileSamples.load(args.samples)
     names = tuple(x.strip() for x in args.coefficients.split(",")) if args.coefficients else DEFAULT_COEFFICIENTS
     statistic = args.statistic or DEFAULT_STATISTIC
-    fit = fit_samples(samples, names, args.method, args.holdout, args.seed, statistic=statistic)
+    fit = fit_samples(samples, names, args.method, args.holdout, args.seed, statistic=statistic, form=args.form)
     profile = to_profile(samples, fit, colocated_router=args.colocated_router)
     stem = args.out.with_suffix("")
     report_path = args.report or Path(f"{stem}.report.json")
@@ -182,8 +187,12 @@ def _fit(args) -> int:
     report_path.write_text(report(str(args.samples), fit, args.method, args.holdout, args.seed, statistic)
                            .model_dump_json(indent=2) + "\n")
     write_predictions_csv(pred_path, fit.predictions)
-    print(f"fitted {len(fit.coefficients)} coefficients on {fit.counts['train']} step samples "
+    curve = profile.token_curve
+    knots = f" and a token curve of {len(curve.tokens)} knots" if curve is not None else ""
+    print(f"fitted {len(fit.coefficients)} coefficients{knots} on {fit.counts['train']} step samples "
           f"({fit.counts['test']} held out):")
+    if curve is not None:
+        print("  token curve      " + ", ".join(f"{t:g}: {s * 1e3:.4g} ms" for t, s in zip(curve.tokens, curve.seconds)))
     for k, v in profile.coefficients.items():
         print(f"  {k:<16} {v:.4g}")
     if args.colocated_router:

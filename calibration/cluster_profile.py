@@ -150,9 +150,11 @@ async def _router_cost(engines, vocab: int, seed: int, max_len: int) -> dict:
             "paced_rate_req_s": round(capacity / 2, 2), "output_tokens": int(tokens), "router_cpu_s": round(cpu, 3)}
 
 
-def profile_cluster(s, kv_bytes_per_token: int, vocab: int) -> tuple[list[TransferSample], dict | None]:
+def profile_cluster(s, kv_bytes_per_token: int, vocab: int,
+                    progress=None) -> tuple[list[TransferSample], dict | None]:
     """Transfer samples, control-call costs and the router's CPU cost, on two fresh engine
-    processes configured as `s.engine`, pinned as calibration.validate pins them."""
+    processes configured as `s.engine`, pinned as calibration.validate pins them; `progress`
+    (calibration.profile.Progress) hears of each of the three parts as it ends."""
     from real.cluster import RealCluster
     from real.config import RealClusterConfig
 
@@ -168,9 +170,16 @@ def profile_cluster(s, kv_bytes_per_token: int, vocab: int) -> tuple[list[Transf
             pair = list(engines.values())
             transfers = await _transfers(pair, pages_list, e.page_size, kv_bytes_per_token * e.page_size, vocab,
                                          s.warmup, s.transfer_repeats, rng) if pages_list else []
+            done("KV transfers between two engines", 1)
             control = await _control(pair, vocab, e.page_size, rng)
+            done("control calls", 2)
             router = await _router_cost(pair, vocab, s.seed + 2, e.max_model_len)
+            done(f"router CPU over {2 * ROUTER_REQUESTS} requests", 3)
             return transfers, {**router, **control}
+
+    def done(label: str, part: int) -> None:
+        if progress:
+            progress(part, 3, label)
 
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     try:

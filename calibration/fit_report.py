@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 from calibration.fit import DEFAULT_STATISTIC, FitResult, Prediction
 from sim.network import LinkSpec
+from sim.profile import TokenCurve
 
 
 class FitReport(BaseModel):
@@ -20,7 +21,9 @@ class FitReport(BaseModel):
     statistic: str = DEFAULT_STATISTIC
     holdout: float
     seed: int
+    form: str = "linear"
     coefficients: dict[str, float]
+    token_curve: TokenCurve | None = None
     transfer: LinkSpec | None
     held_out_mape: dict[str, float]
     train_mape: dict[str, float]
@@ -39,6 +42,7 @@ def write_predictions_csv(path: str | Path, predictions: list[Prediction]) -> No
 def report(samples_path: str, fit: FitResult, method: str, holdout: float, seed: int,
            statistic: str = DEFAULT_STATISTIC) -> FitReport:
     return FitReport(samples=samples_path, method=method, statistic=statistic, holdout=holdout, seed=seed,
-                     coefficients=fit.coefficients, transfer=fit.transfer, held_out_mape=fit.errors,
+                     form="curve" if fit.token_curve is not None else "linear", coefficients=fit.coefficients,
+                     token_curve=fit.token_curve, transfer=fit.transfer, held_out_mape=fit.errors,
                      train_mape=fit.train_errors, counts=fit.counts)
 

@@ -336,7 +336,7 @@ def run_profile(s: ProfileSettings, progress: Progress | None = None) -> Profile
         env = environment.describe(s.engine.device)  # threads and affinity as the steps ran
     config = model_config_of(s.engine)
     kv_bytes = config.kv_bytes_per_token()
-    transfers, router = profile_cluster(s, kv_bytes, config.vocab_size) if s.transfers else ([], None)
+    transfers, router = profile_cluster(s, kv_bytes, config.vocab_size, progress) if s.transfers else ([], None)
     env.update({
         "control": control, "foreign_cpu_share": foreign.share, "load_average_before": load_before,
         "load_average_after": environment.load_average(), "step_profile_wall_s": round(step_wall, 2),

@@ -16,10 +16,13 @@ def step_speed(profile: CostProfile, runs_stats: list[dict[str, dict]],
     """Per engine, over the real runs: its measured step time over what the profile predicts for
     the same steps (a fitted step model is linear in the features, so sums give the prediction),
     and for the streamed tokens the engine sent meanwhile and the steps that ended an idle spell,
-    when the profile measured those.
+    when the profile measured those. A profile's token curve prices each step by its tokens, from
+    the engine's count of steps per token count; an engine that reported none (a report written
+    before engines counted them) has no speed against such a profile.
     `waiting` (per run, engine id -> seconds its loop waited for its core) is taken off the
     measured time: that is the router's CPU, which the simulator charges apart."""
-    c = FittedCostModel.from_profile(profile).coefficients
+    model = FittedCostModel.from_profile(profile)
+    c = model.coefficients
     sc, idle = profile.stream, profile.idle
     measured: dict[str, float] = {}
     predicted: dict[str, float] = {}
@@ -28,10 +31,15 @@ def step_speed(profile: CostProfile, runs_stats: list[dict[str, dict]],
             if "loop_s" not in st:
                 continue
             totals = st.get("step_features", {})
+            by_tokens = st.get("steps_by_tokens")
+            if profile.token_curve is not None and by_tokens is None:
+                continue
             waited = waiting[i].get(eid, 0.0) if waiting else 0.0
             measured[eid] = measured.get(eid, 0.0) + st["loop_s"] - waited
             predicted[eid] = predicted.get(eid, 0.0) + c["const"] * st["steps"] + sum(
                 v * totals.get(k, 0.0) for k, v in c.items() if k != "const")
+            if profile.token_curve is not None:
+                predicted[eid] += sum(n * model.token_seconds(float(t)) for t, n in by_tokens.items())
             if sc is not None and "stream" in st:
                 predicted[eid] += sc.seconds(**st["stream"])
             if idle is not None:

@@ -12,7 +12,7 @@ from core_api.workload import WorkloadSpec
 
 ERROR_METRICS = DEFAULT_METRICS
 HEADLINE = ("mean_ttft_ms", "mean_tpot_ms", "mean_e2el_ms")  # the goal: median |error| <= 5%
-STEP_STATS = ("steps", "loop_s", "step_features", "stream", "idle_spells")  # what step_speed reads of a run
+STEP_STATS = ("steps", "loop_s", "step_features", "steps_by_tokens", "stream", "idle_spells")  # what step_speed reads of a run
 
 
 class ValidationCase(BaseModel):

@@ -13,10 +13,14 @@ def feature_totals() -> dict[str, float]:
     return dict.fromkeys(STEP_FEATURES, 0.0)
 
 
-def add_features(totals: dict[str, float], f: StepFeatures) -> None:
-    """Sum one step's features (a fitted step model is linear in them, so sums predict totals)."""
+def add_features(totals: dict[str, float], steps_by_tokens: dict[int, int], f: StepFeatures) -> None:
+    """Sum one step's features (a fitted step model is linear in them, so sums predict totals)
+    and count the step under its tokens (what a profile's token curve prices: a step computes at
+    most max_num_batched_tokens tokens, so the count has that many entries at most)."""
     for name in STEP_FEATURES:
         totals[name] += getattr(f, name)
+    tokens = f.total_tokens
+    steps_by_tokens[tokens] = steps_by_tokens.get(tokens, 0) + 1
 
 
 class IdleSpells:
@@ -85,6 +89,7 @@ def engine_stats(worker) -> dict:
         leak = str(exc)
     return {**common_engine_stats(sched, worker.steps, worker.busy_s),
             "engine_id": worker.id, "loop_s": worker.loop_s, "step_features": dict(worker.feature_totals),
+            "steps_by_tokens": {str(k): n for k, n in sorted(worker.steps_by_tokens.items())},
             "cpu_s": time.process_time(), "loop_cpu_s": time.thread_time(),
             "forward_tokens": worker.runner.forward_tokens, "idle": idle, "leak": leak, "running": len(sched.running),
             "waiting": len(sched.waiting) + len(sched.receive_queue),
@@ -111,6 +116,9 @@ def stats_between(before: dict, after: dict) -> dict:
     for name in _COUNTERS:
         out[name] = after[name] - before[name]
     out["step_features"] = {k: v - before["step_features"].get(k, 0.0) for k, v in after["step_features"].items()}
+    earlier = before.get("steps_by_tokens", {})
+    out["steps_by_tokens"] = {k: n - earlier.get(k, 0) for k, n in after.get("steps_by_tokens", {}).items()
+                              if n > earlier.get(k, 0)}
     out["stream"] = {k: v - before["stream"].get(k, 0) for k, v in after["stream"].items()}
     earlier = {b: (n, total) for b, n, total in before["idle_spells"]}
     spells = []

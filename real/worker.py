@@ -105,9 +105,11 @@ class EngineWorker(EngineCalls):
         self.incarnation = 0
         # What calibration compares with a profile's prediction: the whole loop iteration of every
         # step (poll, schedule, forward, update, stream), as the profiler times it, and the summed
-        # features of those steps (a fitted step model is linear in them).
+        # features of those steps (a fitted step model is linear in them), and how many steps
+        # computed each number of tokens (a profile's token curve prices those).
         self.loop_s = 0.0
         self.feature_totals = feature_totals()
+        self.steps_by_tokens: dict[int, int] = {}
         self.idle_spells = IdleSpells()
         self.calls = CallCosts()
         self.running = True
@@ -173,7 +175,7 @@ class EngineWorker(EngineCalls):
         step = self.runner.execute(batch)  # never raises: what fails, fails per sequence
         self.busy_s += time.perf_counter() - t0
         self.steps += 1
-        add_features(self.feature_totals, batch.features)
+        add_features(self.feature_totals, self.steps_by_tokens, batch.features)
         for seq, reason in step.failed:  # released before update, which then skips them
             log.warning("engine %s: request %s failed: %s", self.id, seq.id, reason)
             for dropped in sched.release(seq.id, FAILED):

@@ -13,7 +13,8 @@ Two models behind one protocol:
   sampled rows, and with TP > 1 two ring all-reduces per layer. Plus a fixed cost per step
   (scheduler, launch, sampling) and per layer (GEMM kernels have a floor of a few us).
 - FittedCostModel: a linear model over StepFeatures with coefficients from a calibration
-  profile (sim/profile.py).
+  profile (sim/profile.py), plus the profile's token curve where it has one (a step's time by
+  its tokens, piecewise linear: calibration.fit).
 (Measured per-layer tables are a third model: sim.layer_cost_model.)
 
 Defaults fitted to every public GPU measurement the project has (`microserving calibrate roofline
@@ -49,7 +50,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core_api.step import StepFeatures
 from sim.hardware import GPUSpec, ModelSpec, get_gpu, get_model, kv_bytes_per_token_per_gpu
-from sim.profile import KNOWN_COEFFICIENTS, CostProfile
+from sim.interpolate import Table1D
+from sim.profile import KNOWN_COEFFICIENTS, CostProfile, TokenCurve
 
 
 @runtime_checkable
@@ -207,11 +209,16 @@ class RooflineCostModel:
                 "tp": self.tp, "efficiency": self.eff.model_dump()}
 
 
+SCALABLE = (*KNOWN_COEFFICIENTS, "token_curve")  # what FittedCostModel.from_profile may scale apart
+
+
 class FittedCostModel:
-    """t = const + sum_k c_k * feature_k, coefficients keyed by StepFeatures field names.
+    """t = const + sum_k c_k * feature_k, coefficients keyed by StepFeatures field names, plus the
+    profile's token curve (seconds by the step's tokens) where it has one.
     A coefficient the profile does not name is 0 (profiles older than a feature still load)."""
 
-    def __init__(self, coefficients: Mapping[str, float], info: Mapping | None = None):
+    def __init__(self, coefficients: Mapping[str, float], info: Mapping | None = None,
+                 token_curve: TokenCurve | None = None):
         unknown = sorted(set(coefficients) - set(KNOWN_COEFFICIENTS))
         if unknown:
             raise ValueError(f"unknown coefficient(s) {unknown}; known: {', '.join(KNOWN_COEFFICIENTS)}")
@@ -220,43 +227,62 @@ class FittedCostModel:
         self._const, self._p_tok, self._p_seq = c["const"], c["prefill_tokens"], c["prefill_seqs"]
         self._p_attn, self._d_seq, self._d_ctx = c["prefill_attn"], c["decode_seqs"], c["decode_context"]
         self._p_ctx, self._sampled = c["prefill_context"], c["sampled"]
+        self.token_curve = token_curve
+        self._curve = Table1D(token_curve.tokens, token_curve.seconds) if token_curve is not None else None
         self.info = dict(info or {})
 
     @classmethod
     def from_profile(cls, profile: CostProfile | str, scale: float | Mapping[str, float] = 1.0,
                      path: str | None = None) -> FittedCostModel:
         """Coefficients from a profile (or its path), times `scale`: one factor for all, or
-        per-coefficient factors (missing ones 1.0), e.g. to rerun at the fit's error bounds."""
+        per-coefficient factors (missing ones 1.0; "token_curve" scales the curve), e.g. to rerun
+        at the fit's error bounds."""
         if isinstance(profile, str):
             path, profile = profile, CostProfile.load(profile)
         if isinstance(scale, Mapping):
-            unknown = sorted(set(scale) - set(KNOWN_COEFFICIENTS))
+            unknown = sorted(set(scale) - set(SCALABLE))
             if unknown:
                 raise ValueError(f"scale names unknown coefficient(s) {unknown}")
-            factors = {k: float(scale.get(k, 1.0)) for k in KNOWN_COEFFICIENTS}
+            factors = {k: float(scale.get(k, 1.0)) for k in SCALABLE}
         else:
-            factors = dict.fromkeys(KNOWN_COEFFICIENTS, float(scale))
+            factors = dict.fromkeys(SCALABLE, float(scale))
         coef = {k: v * factors[k] for k, v in profile.coefficients.items()}
+        curve = profile.token_curve
+        if curve is not None and factors["token_curve"] != 1.0:
+            curve = TokenCurve(tokens=curve.tokens, seconds=[s * factors["token_curve"] for s in curve.seconds])
         info = {"profile": path, "hardware": profile.hardware, "model": profile.model_name,
                 "dtype": profile.dtype, "tp": profile.tp, "page_size": profile.page_size,
                 "engine_version": profile.engine_version,
                 "scale": dict(scale) if isinstance(scale, Mapping) else float(scale)}
-        return cls(coef, info)
+        return cls(coef, info, curve)
+
+    def token_seconds(self, tokens: float) -> float:
+        """The token curve at a step of `tokens` tokens (0 without one)."""
+        return self._curve(tokens) if self._curve is not None else 0.0
+
+    def _base(self, f: StepFeatures) -> float:
+        """The constant part of a step: const, plus the token curve at the step's tokens."""
+        curve = self._curve
+        return self._const if curve is None else self._const + curve(f.total_tokens)
 
     def step_time(self, f: StepFeatures) -> float:
         if f.prefill_tokens == 0 and f.decode_seqs == 0:
             return 0.0
-        t = (self._const + self._p_tok * f.prefill_tokens + self._p_seq * f.prefill_seqs
+        t = (self._base(f) + self._p_tok * f.prefill_tokens + self._p_seq * f.prefill_seqs
              + self._p_attn * f.prefill_attn + self._p_ctx * f.prefill_context + self._d_seq * f.decode_seqs
              + self._d_ctx * f.decode_context + self._sampled * f.sampled)
         return max(0.0, t)  # an extrapolating fit must never move the clock backwards
 
     def decode_step_times(self, f: StepFeatures, k: int) -> np.ndarray:
-        """step_time of k pure-decode steps from `f` on, element-wise the same operations."""
-        head = (self._const + self._p_tok * f.prefill_tokens + self._p_seq * f.prefill_seqs
+        """step_time of k pure-decode steps from `f` on, element-wise the same operations (a decode
+        run keeps its tokens, so the token curve is one value for all k)."""
+        head = (self._base(f) + self._p_tok * f.prefill_tokens + self._p_seq * f.prefill_seqs
                 + self._p_attn * f.prefill_attn + self._p_ctx * f.prefill_context + self._d_seq * f.decode_seqs)
         times = head + self._d_ctx * decode_contexts(f, k) + self._sampled * f.sampled
         return np.maximum(times, 0.0)
 
     def describe(self) -> dict:
-        return {"kind": "fitted", **self.info, "coefficients": dict(self.coefficients)}
+        out = {"kind": "fitted", **self.info, "coefficients": dict(self.coefficients)}
+        if self.token_curve is not None:
+            out["token_curve"] = self.token_curve.model_dump()
+        return out

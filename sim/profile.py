@@ -2,7 +2,10 @@
 
 Written by calibration (profile -> fit), read by FittedCostModel. Coefficient names are the
 StepFeatures field names plus "const", so a coefficient multiplies the feature of the same
-name: t = const + sum(coefficients[k] * features.k). A profile carries enough context
+name: t = const + sum(coefficients[k] * features.k). A profile may hold a token curve as well:
+the step's time as a piecewise-linear function of its tokens, added to the sum (and then standing
+for const and prefill_tokens, which the fit leaves out), because a CPU's matrix kernels do not
+cost the same per token at every batch size (calibration.fit). A profile carries enough context
 (hardware, model, dtype, TP, page size) for the cluster to refuse one measured for another
 setup, and its fit error so a run can be repeated at the error bounds.
 """
@@ -14,7 +17,15 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from typing_extensions import Self
 
 from core_api.config_file import parse_json
@@ -65,6 +76,27 @@ class ProfileFile(BaseModel):
         Path(path).write_text(self.model_dump_json(indent=2) + "\n")
 
 
+class TokenCurve(BaseModel):
+    """Seconds of a step by the tokens it computes (prefill tokens + decode rows), piecewise
+    linear between the knots, as sim.interpolate.Table1D reads it: flat below the first knot,
+    extended along the last segment above the last."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    tokens: list[float] = Field(min_length=1, max_length=64)
+    seconds: list[float] = Field(min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _knots(self) -> Self:
+        if len(self.tokens) != len(self.seconds):
+            raise ValueError(f"tokens has {len(self.tokens)} knots, seconds {len(self.seconds)}")
+        if any(b <= a for a, b in zip(self.tokens, self.tokens[1:])) or self.tokens[0] < 0:
+            raise ValueError("tokens must be non-negative and strictly increasing")
+        if any(x < 0 for x in self.seconds):
+            raise ValueError("seconds must be non-negative")
+        return self
+
+
 class CostProfile(ProfileFile):
 
     hardware: str = Field(description="device name, e.g. 'NVIDIA H100 80GB HBM3' or 'cpu: AMD EPYC ...'")
@@ -74,6 +106,8 @@ class CostProfile(ProfileFile):
     page_size: int = Field(ge=1)
     engine_version: str
     coefficients: dict[str, float]
+    token_curve: TokenCurve | None = Field(default=None, description=(
+        "step seconds by tokens computed, added to the coefficients' sum (calibrate fit --form curve)"))
     transfer: LinkSpec | None = Field(default=None, description="fitted KV transfer latency + bandwidth")
     rpc_latency_s: float | None = Field(default=None, ge=0, description=(
         "measured round trip of a no-op control call router -> engine -> router (ClusterConfig.rpc_latency_s)"))

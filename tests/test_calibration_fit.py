@@ -26,7 +26,7 @@ from calibration.samples import (
 )
 from core_api.step import StepFeatures
 from sim.cost_model import FittedCostModel
-from sim.profile import CostProfile
+from sim.profile import CostProfile, TokenCurve
 
 TRUE = {"const": 3e-4, "prefill_tokens": 3.5e-5, "prefill_seqs": 2e-5, "prefill_attn": 2.5e-8,
         "prefill_context": 8e-8, "decode_seqs": 1e-5, "decode_context": 9e-8, "sampled": 9e-5}
@@ -78,7 +78,7 @@ def samples_file(rng, **kw) -> ProfileSamples:
 @pytest.mark.parametrize("method", ["nnls", "robust"])
 def test_fit_recovers_known_coefficients_from_noisy_samples(method):
     rng = np.random.default_rng(0)
-    fit = fit_steps(synthetic_steps(rng, noise=0.02), method=method, seed=1)
+    fit = fit_steps(synthetic_steps(rng, noise=0.02), method=method, seed=1, form="linear")
     for name, true in TRUE.items():
         assert fit.coefficients[name] == pytest.approx(true, rel=0.15), name
     assert fit.errors["overall"] < 0.03  # held out: about the injected 2% noise
@@ -87,7 +87,7 @@ def test_fit_recovers_known_coefficients_from_noisy_samples(method):
 
 
 def test_exact_samples_give_exact_coefficients():
-    fit = fit_steps(synthetic_steps(np.random.default_rng(0), noise=0.0))
+    fit = fit_steps(synthetic_steps(np.random.default_rng(0), noise=0.0), form="linear")
     for name, true in TRUE.items():
         assert fit.coefficients[name] == pytest.approx(true, rel=1e-6), name
     assert fit.errors["overall"] < 1e-9
@@ -98,8 +98,8 @@ def test_robust_fit_shrugs_off_outliers():
     steps = synthetic_steps(rng, noise=0.01)
     for s in steps[::15]:  # a neighbour's burst tripled a few medians
         s.time_s *= 3
-    plain = fit_steps(steps, method="nnls")
-    robust = fit_steps(steps, method="robust")
+    plain = fit_steps(steps, method="nnls", form="linear")
+    robust = fit_steps(steps, method="robust", form="linear")
     err = lambda f: np.mean([abs(f.coefficients[k] / v - 1) for k, v in TRUE.items()])
     assert err(robust) < err(plain)
     assert robust.coefficients["decode_context"] == pytest.approx(TRUE["decode_context"], rel=0.1)
@@ -138,7 +138,7 @@ def test_samples_older_than_prefill_context_name_it():
 def test_features_the_grid_cannot_separate_are_named():
     steps = synthetic_steps(np.random.default_rng(0), kinds=("decode",))  # sampled == decode_seqs throughout
     with pytest.raises(FitError, match="cannot tell apart 'decode_seqs', 'sampled'"):
-        fit_steps(steps, names=("const", "decode_seqs", "decode_context", "sampled"))
+        fit_steps(steps, names=("const", "decode_seqs", "decode_context", "sampled"), form="linear")
 
 
 def test_transfer_needs_several_sizes():
@@ -266,3 +266,106 @@ def test_idle_table_never_falls_as_the_spell_grows():
     noisy = [IdleSample(idle_s=t, tokens=32, extra_s=x) for t, x in [(0.001, 1.38e-4), (0.003, 2.6e-5), (0.01, 2.48e-4)]]
     cost, _ = fit_idle(noisy)
     assert cost.extra_s == pytest.approx([8.2e-5, 8.2e-5, 2.48e-4])
+
+
+# ---- the token curve ---------------------------------------------------------------------------
+KNEE = TokenCurve(tokens=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
+                  seconds=[4e-4, 4.1e-4, 9e-4, 1.1e-3, 1.4e-3, 2.0e-3, 3.2e-3, 5.6e-3, 1.04e-2, 2.0e-2, 3.9e-2])
+CURVE_TRUE = {k: v for k, v in TRUE.items() if k not in ("const", "prefill_tokens")}
+
+
+def knee_steps(noise=0.0):
+    """The profiler's grid timed by a model whose cost per token jumps between 2 and 4 tokens, as a
+    CPU's matrix kernels do when they change strategy with the batch."""
+    steps = synthetic_steps(np.random.default_rng(0), noise=0.0)  # the grid; timed again below
+    model = FittedCostModel(CURVE_TRUE, token_curve=KNEE)
+    rng = np.random.default_rng(1)
+    for s in steps:
+        f = StepFeatures(**s.features)
+        s.time_s = model.step_time(f) * (1 + noise * rng.standard_normal())
+        s.times_s = [s.time_s]
+    return steps
+
+
+def test_the_token_curve_is_recovered_where_a_straight_line_cannot_follow_the_knee():
+    curve = fit_steps(knee_steps())
+    fitted = dict(zip(curve.token_curve.tokens, curve.token_curve.seconds))
+    truth = dict(zip(KNEE.tokens, KNEE.seconds))
+    for tokens, seconds in fitted.items():
+        assert seconds == pytest.approx(truth[tokens], rel=1e-6), tokens
+    for name, true in CURVE_TRUE.items():
+        assert curve.coefficients[name] == pytest.approx(true, rel=1e-6), name
+    assert "const" not in curve.coefficients and "prefill_tokens" not in curve.coefficients
+    assert curve.errors["overall"] < 1e-9
+    line = fit_steps(knee_steps(), form="linear")
+    assert line.token_curve is None and line.errors["overall"] > 0.03
+
+
+def test_the_curve_keeps_only_knots_its_samples_pin_down():
+    from calibration.fit import curve_basis, curve_knots, step_tokens
+
+    steps = [s for s in knee_steps() if StepFeatures(**s.features).total_tokens <= 300]
+    tokens = step_tokens(steps)
+    knots = curve_knots(tokens, 3)
+    assert set(knots) <= {2.0 ** k for k in range(10)} and knots[-1] >= 256
+    assert (np.count_nonzero(curve_basis(tokens, knots), axis=0) >= 3).all()
+    assert fit_steps(steps).errors["overall"] < 1e-9  # past its last knot the curve goes on along its last segment
+    thin_middle = np.array([1.0] * 3 + [2.0] * 3 + [600.0] * 3)
+    assert curve_knots(thin_middle, 3) == [1.0, 2.0, 512.0, 1024.0]  # no sample within reach of 4 to 256
+
+
+def test_a_curve_needs_steps_of_several_sizes():
+    same = [StepSample(kind="decode", label=f"d{i}", time_s=1e-3, times_s=[1e-3],
+                       features={"decode_seqs": 8, "decode_context": 8 * (100 + i), "sampled": 8}) for i in range(12)]
+    with pytest.raises(FitError, match="too few token counts.*--form linear"):
+        fit_steps(same, names=("decode_context",))
+    with pytest.raises(FitError, match="unknown fit form 'cubic'"):
+        fit_steps(knee_steps(), form="cubic")
+
+
+def test_a_profile_keeps_its_token_curve_and_the_simulator_prices_with_it(tmp_path):
+    samples = samples_file(np.random.default_rng(0))
+    samples.steps = knee_steps()
+    fit = fit_samples(samples)
+    path = tmp_path / "p.json"
+    to_profile(samples, fit).save(path)
+    model = FittedCostModel.from_profile(str(path))
+    assert model.describe()["token_curve"]["tokens"] == fit.token_curve.tokens
+    truth = FittedCostModel(CURVE_TRUE, token_curve=KNEE)
+    for f in (StepFeatures(prefill_tokens=3, prefill_seqs=1, prefill_attn=4.5, prefill_context=3, sampled=1),
+              StepFeatures(decode_seqs=48, decode_context=48 * 700, decode_max_context=900, sampled=48),
+              StepFeatures(prefill_tokens=300, prefill_seqs=1, prefill_attn=300 * 350, prefill_context=500,
+                           decode_seqs=20, decode_context=20 * 64, sampled=21)):
+        assert model.step_time(f) == pytest.approx(truth.step_time(f), rel=1e-6)
+    assert model.token_seconds(24) == pytest.approx((1.4e-3 + 2.0e-3) / 2)  # between knots: a straight line
+    assert model.token_seconds(2048) == pytest.approx(3.9e-2 + (3.9e-2 - 2.0e-2) * 2)  # past them: the last segment
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert report["token_curve"]["seconds"] == pytest.approx(KNEE.seconds, rel=1e-6)
+
+
+def test_scaling_a_profile_scales_its_curve_alone_or_with_the_rest(tmp_path):
+    samples = samples_file(np.random.default_rng(0))
+    samples.steps = knee_steps()
+    path = tmp_path / "p.json"
+    to_profile(samples, fit_samples(samples)).save(path)
+    base = FittedCostModel.from_profile(str(path))
+    f = StepFeatures(decode_seqs=8, decode_context=8 * 100, sampled=8)
+    assert FittedCostModel.from_profile(str(path), scale=1.1).step_time(f) == pytest.approx(1.1 * base.step_time(f))
+    curve_only = FittedCostModel.from_profile(str(path), scale={"token_curve": 2.0})
+    assert curve_only.step_time(f) - base.step_time(f) == pytest.approx(base.token_seconds(8))
+
+
+@pytest.mark.parametrize(("curve", "message"), [
+    ({"tokens": [1, 2], "seconds": [1e-3]}, "tokens has 2 knots, seconds 1"),
+    ({"tokens": [1, 4, 2], "seconds": [1e-3, 2e-3, 3e-3]}, "strictly increasing"),
+    ({"tokens": [1, 2], "seconds": [1e-3, -1e-3]}, "non-negative"),
+    ({"tokens": [], "seconds": []}, "token_curve.tokens"),
+])
+def test_a_malformed_token_curve_is_refused_naming_it(tmp_path, curve, message):
+    from sim.profile import ProfileError
+
+    samples = samples_file(np.random.default_rng(0))
+    data = json.loads(to_profile(samples, fit_samples(samples)).model_dump_json())
+    data["token_curve"] = curve
+    with pytest.raises(ProfileError, match=f"token_curve.*{message}|{message}"):
+        CostProfile.from_dict(data)

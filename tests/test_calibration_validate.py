@@ -186,6 +186,19 @@ def test_step_speed_compares_measured_steps_with_the_profiles_prediction_for_the
     assert step_speed(cold, [stats]) == {"e0": pytest.approx(1.0)}
 
 
+def test_a_profiles_token_curve_prices_each_step_by_its_tokens(tmp_path):
+    curve = {"tokens": [1, 65], "seconds": [1e-3, 4e-3]}
+    profile = CostProfile.load(tiny_profile(tmp_path, token_curve=curve, coefficients={"decode_seqs": 1e-4}))
+    # 10 steps of 1 token, 20 of 65, 30 of 33 (halfway: 2.5 ms each), 50 decode rows in all.
+    predicted = 10 * 1e-3 + 20 * 4e-3 + 30 * 2.5e-3 + 50 * 1e-4
+    stats = {"e0": {"steps": 60, "loop_s": 1.2 * predicted, "step_features": {"decode_seqs": 50.0},
+                    "steps_by_tokens": {"1": 10, "65": 20, "33": 30}}}
+    assert step_speed(profile, [stats]) == {"e0": pytest.approx(1.2)}
+    # A report from before engines counted their steps by tokens cannot be priced by a curve.
+    del stats["e0"]["steps_by_tokens"]
+    assert step_speed(profile, [stats]) == {}
+
+
 def test_a_run_is_compared_by_its_own_steps_not_its_warm_ups():
     from real.engine_stats import stats_between
 
@@ -196,7 +209,9 @@ def test_a_run_is_compared_by_its_own_steps_not_its_warm_ups():
 
     warm = report(10, 0.5, 800.0, 40, [[-12, 2, 0.002], [1, 1, 2.0]])
     later = report(110, 1.5, 5800.0, 440, [[-12, 5, 0.005], [-6, 1, 0.05], [1, 1, 2.0]])
+    warm["steps_by_tokens"], later["steps_by_tokens"] = {"80": 10}, {"80": 10, "50": 100}
     own = stats_between(warm, later)
+    assert own["steps_by_tokens"] == {"50": 100}
     assert (own["steps"], own["loop_s"], own["busy_s"]) == (100, 1.0, 0.5)
     assert own["step_features"] == {"prefill_tokens": 5000.0, "decode_seqs": 0.0}
     assert own["stream"] == {"steps": 100, "tokens": 400, "messages": 200}

@@ -1,5 +1,6 @@
 """The engine loop counts the messages it handles and the thread CPU each op took, outside any step
-(calibration reads what a start_generate costs from it); what a peer sends cannot grow the table."""
+(calibration reads what a start_generate costs from it), and its steps by the tokens each computed;
+what a peer sends cannot grow the table."""
 import numpy as np
 import pytest
 
@@ -27,9 +28,14 @@ def test_the_engine_counts_each_call_by_op_and_a_garbled_one_under_malformed():
         engine.client.send_multipart([p.encode(p.Ping(op="ping", id=0)).replace(b"ping", b"pong")])
         ended = lambda out: sum(len(getattr(a, "finished", [])) for a in out) >= 3
         assert ended(engine.answers(until=ended, wait_s=20))
-        calls = stats_between(before, engine.worker.stats())["calls"]
+        own = stats_between(before, engine.worker.stats())
+        calls = own["calls"]
     finally:
         engine.close()
     assert calls["start_generate"][0] == 3 and calls["start_generate"][1] > 0
+    # Every step is counted under the tokens it computed (what a profile's token curve prices).
+    by_tokens, features = own["steps_by_tokens"], own["step_features"]
+    assert sum(by_tokens.values()) == own["steps"] > 0
+    assert sum(int(t) * n for t, n in by_tokens.items()) == features["prefill_tokens"] + features["decode_seqs"]
     assert calls[MALFORMED][0] == 2  # an unknown op is malformed: no key of a peer's choosing
     assert set(calls) <= {"start_generate", MALFORMED, "stats"}

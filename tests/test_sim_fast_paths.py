@@ -79,9 +79,12 @@ def test_fast_paths_give_byte_identical_results(name):
 
 def test_a_decode_run_priced_in_one_call_equals_its_steps_bit_for_bit():
     from core_api.step import StepFeatures
+    from sim.profile import TokenCurve
 
     for model in (RooflineCostModel("H100-SXM", "Llama-3.1-8B", tp=2),
-                  FittedCostModel({"const": 1e-3, "decode_seqs": 1e-5, "decode_context": 2e-8, "sampled": 3e-6})):
+                  FittedCostModel({"const": 1e-3, "decode_seqs": 1e-5, "decode_context": 2e-8, "sampled": 3e-6}),
+                  FittedCostModel({"decode_seqs": 1e-5, "decode_context": 2e-8, "sampled": 3e-6},
+                                  token_curve=TokenCurve(tokens=[1, 16, 64], seconds=[1e-3, 1.3e-3, 2.9e-3]))):
         f = StepFeatures(decode_seqs=37, decode_context=37 * 900, decode_max_context=1500, sampled=37)
         priced = model.decode_step_times(f, 500).tolist()
         stepped = []
