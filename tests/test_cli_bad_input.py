@@ -188,3 +188,18 @@ def test_json_nested_past_the_recursion_limit_is_malformed_json_everywhere(tmp_p
     (tmp_path / "s.json").write_text("[" + deep + "]")
     _fails_with(["sim", "--trace", str(tmp_path / "s.json"), "--trace-format", "sharegpt"],
                 "s.json:1: not JSON: nested too deeply", capsys)
+
+
+def test_a_profile_grid_file_is_read_as_yaml_or_json_and_its_errors_name_it(tmp_path, capsys):
+    from calibration.profile import GridSpec, ProfileSettings, grid_points
+    from core_api.config_file import read_config_file
+
+    out = str(tmp_path / "s.json")
+    assert main(["calibrate", "profile", "--grid", str(tmp_path / "none.yaml"), "--out", out]) == 2
+    assert "none.yaml: no such grid file" in capsys.readouterr().err
+    (tmp_path / "bad.yaml").write_text("prefill_tokens: [1, 16]\nprefil_context: [0]\n")
+    assert main(["calibrate", "profile", "--grid", str(tmp_path / "bad.yaml"), "--out", out]) == 2
+    assert "prefil_context: Extra inputs are not permitted" in capsys.readouterr().err
+    assert not Path(out).exists()
+    shipped = GridSpec.model_validate(read_config_file(ROOT / "experiments/specs/profile_grid_small.yaml", "grid"))
+    assert len(grid_points(ProfileSettings(grid=shipped))) == 71
