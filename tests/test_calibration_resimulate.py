@@ -181,11 +181,13 @@ def test_several_reports_give_a_line_each_and_their_median(tmp_path, capsys):
     assert not (tmp_path / "x.json").exists()
 
 
-def test_a_shipped_loop_resimulates_to_its_stored_comparison():
-    """A real calibration loop of this project's engines (calibration/profiles/loops-*): the
-    simulator gives the comparison it stored, so a change to what the simulator does on real
-    runs shows here (rerun `calibrate resimulate ... --out` to store a deliberate one)."""
-    path = min(PROFILES.glob("loops-*/*/validation.json"))
+@pytest.mark.parametrize("shipped", ["loops-*/*/validation.json", "smollm2-*/validation.json"])
+def test_a_shipped_loop_resimulates_to_its_stored_comparison(shipped):
+    """A real calibration loop of this project's engines (calibration/profiles/loops-*, and one of
+    SmolLM2-135M with a token-curve profile): the simulator gives the comparison it stored, so a
+    change to what the simulator does on real runs shows here (rerun `calibrate resimulate ...
+    --out` to store a deliberate one)."""
+    path = min(PROFILES.glob(shipped))
     stored = load_reports(path)
     for old, new in zip(stored, (resimulate(r, path) for r in stored)):
         assert new.metrics == old.metrics and new.at_run_speed == old.at_run_speed
