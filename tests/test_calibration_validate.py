@@ -102,9 +102,15 @@ def test_calibrate_fit_cli_writes_profile_report_and_predictions(tmp_path, capsy
     assert profile.fit_error["overall"] < 0.05
     report = json.loads((tmp_path / "prof" / "p.report.json").read_text())
     assert report["method"] == "robust" and "mixed" in report["held_out_mape"]
+    assert report["form"] == "curve" and report["token_curve"] == profile.token_curve.model_dump()
     rows = (tmp_path / "prof" / "p.predictions.csv").read_text().splitlines()
     assert rows[0].startswith("kind,label,split") and len(rows) > 100
-    assert "held-out MAPE" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "held-out MAPE" in printed and "token curve      1: " in printed
+    assert main(["calibrate", "fit", str(samples), "--out", str(out), "--form", "linear"]) == 0
+    line = CostProfile.load(out)
+    assert line.token_curve is None and {"const", "prefill_tokens"} <= set(line.coefficients)
+    capsys.readouterr()
     assert main(["calibrate", "fit", str(samples), "--out", str(out), "--coefficients", "const,bogus"]) == 2
     assert "unknown coefficient" in capsys.readouterr().err
 

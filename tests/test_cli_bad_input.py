@@ -202,4 +202,4 @@ def test_a_profile_grid_file_is_read_as_yaml_or_json_and_its_errors_name_it(tmp_
     assert "prefil_context: Extra inputs are not permitted" in capsys.readouterr().err
     assert not Path(out).exists()
     shipped = GridSpec.model_validate(read_config_file(ROOT / "experiments/specs/profile_grid_small.yaml", "grid"))
-    assert len(grid_points(ProfileSettings(grid=shipped))) == 71
+    assert len(grid_points(ProfileSettings(grid=shipped))) == 77
