@@ -165,6 +165,10 @@ def profile_cluster(s, kv_bytes_per_token: int, vocab: int,
     cluster = RealCluster(RealClusterConfig(engines=[{"count": 2, **spec}]))
     rng = np.random.default_rng(s.seed + 1)
 
+    def done(label: str, part: int) -> None:
+        if progress:
+            progress(part, 3, label)
+
     async def go():
         async with cluster.session() as engines:
             pair = list(engines.values())
@@ -176,10 +180,6 @@ def profile_cluster(s, kv_bytes_per_token: int, vocab: int,
             router = await _router_cost(pair, vocab, s.seed + 2, e.max_model_len)
             done(f"router CPU over {2 * ROUTER_REQUESTS} requests", 3)
             return transfers, {**router, **control}
-
-    def done(label: str, part: int) -> None:
-        if progress:
-            progress(part, 3, label)
 
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     try:

@@ -302,7 +302,7 @@ def test_the_token_curve_is_recovered_where_a_straight_line_cannot_follow_the_kn
 
 
 def test_the_curve_keeps_only_knots_its_samples_pin_down():
-    from calibration.fit import curve_basis, curve_knots, step_tokens
+    from calibration.token_curve import curve_basis, curve_knots, step_tokens
 
     steps = [s for s in knee_steps() if StepFeatures(**s.features).total_tokens <= 300]
     tokens = step_tokens(steps)
